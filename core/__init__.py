@@ -1,0 +1,1 @@
+"""ViTune Studio's engine: everything the pages do, usable headless through ``python -m core``."""

@@ -1,0 +1,175 @@
+"""Export a run for llama.cpp and Ollama: merge the adapter, convert to GGUF, quantize.
+
+All offline, with llama.cpp's own tools as vendored in the llama-cpp-python sdist that the setup
+command unpacks: ``convert_hf_to_gguf.py`` for the f16 GGUF and ``llama_model_quantize`` (through
+the llama-cpp-python binding) for q8_0 and q4_k_m. Runs as an ``export`` job in a worker.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+from core import jobs, paths, prompt_format
+
+QUANTIZATIONS = ("f16", "q8_0", "q4_k_m")
+DEFAULT_QUANT = "q4_k_m"
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+def converter_script() -> Path:
+    script = paths.llama_cpp_dir() / "convert_hf_to_gguf.py"
+    if not script.exists():
+        raise ExportError(
+            f"llama.cpp's converter is missing ({script}); run the setup command in the README, "
+            "which unpacks llama.cpp from the llama-cpp-python sdist"
+        )
+    return script
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def merge(base_model: str, adapter_dir: str | None, out_dir: Path, log: Callable[[str], None]) -> Path:
+    """The base model with the adapter merged in, saved in 16/32-bit safetensors with its tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from core.models import load_tokenizer
+
+    cuda = torch.cuda.is_available()
+    # a 4-bit-trained run is merged into a base reloaded in 16-bit; the CPU keeps float32
+    dtype = torch.bfloat16 if cuda else torch.float32
+    log(f"loading {base_model} in {str(dtype).replace('torch.', '')} to merge")
+    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype)
+    if adapter_dir:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+    tokenizer = load_tokenizer(base_model)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out_dir), safe_serialization=True)
+    tokenizer.save_pretrained(str(out_dir))
+    return out_dir
+
+
+def convert(merged_dir: Path, out_path: Path, log: Callable[[str], None]) -> Path:
+    cmd = [sys.executable, str(converter_script()), str(merged_dir), "--outtype", "f16", "--outfile", str(out_path)]
+    log("converting: " + " ".join(cmd))
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0 or not out_path.exists():
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
+        raise ExportError(f"convert_hf_to_gguf.py failed:\n{tail}")
+    return out_path
+
+
+def quantize(f16_path: Path, out_path: Path, qtype: str) -> Path:
+    import llama_cpp
+
+    ftypes = {"q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0, "q4_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M}
+    if qtype not in ftypes:
+        raise ExportError(f"unknown quantization '{qtype}' (one of: {', '.join(QUANTIZATIONS)})")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftypes[qtype]
+    rc = llama_cpp.llama_model_quantize(str(f16_path).encode(), str(out_path).encode(), ctypes.byref(params))
+    if rc != 0 or not out_path.exists():
+        raise ExportError(f"llama.cpp's quantizer failed for {qtype} (code {rc})")
+    return out_path
+
+
+def llama_generate(gguf: Path, prompts: list[str], max_tokens: int = 32, n_ctx: int = 1024) -> list[list[int]]:
+    """Greedy token ids from llama.cpp for each rendered prompt (BOS added by llama.cpp)."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=2, verbose=False, seed=0)
+    eos = {llm.token_eos()}
+    end_turn = llm.tokenize(b"<end_of_turn>", add_bos=False, special=True)
+    if len(end_turn) == 1:
+        eos.add(end_turn[0])
+    outputs = []
+    for prompt in prompts:
+        llm.reset()
+        tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+        out: list[int] = []
+        for tok in llm.generate(tokens, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0):
+            if tok in eos or len(out) >= max_tokens:
+                break
+            out.append(tok)
+        outputs.append(out)
+    return outputs
+
+
+def submit(run_id: str, quantizations: list[str] | None = None, owner: str | None = None) -> dict:
+    run = jobs.get_run(run_id)
+    if run["state"] != "succeeded" or not run["adapter_dir"]:
+        raise jobs.JobError(f"run {run_id} has not finished training ({run['state']})")
+    quantizations = quantizations or [DEFAULT_QUANT]
+    for q in quantizations:
+        if q not in QUANTIZATIONS:
+            raise ExportError(f"unknown quantization '{q}' (one of: {', '.join(QUANTIZATIONS)})")
+    out_dir = paths.exports_dir() / f"{run_id}-{datetime.now().strftime('%H%M%S')}"
+    payload = {
+        "run_id": run_id,
+        "base_model": run["base_model"],
+        "adapter_dir": run["adapter_dir"],
+        "prompt_format": run["prompt_format"],
+        "quantizations": quantizations,
+        "out_dir": str(out_dir),
+    }
+    return jobs.submit("export", payload, out_dir, owner, run_id, run["dataset_version_id"])
+
+
+def run(job: dict, job_dir: Path, status, log: Callable[[str], None]) -> dict:
+    """In the worker: merge → f16 GGUF → quantizations → a smoke generation in llama.cpp."""
+    from core.models import load_tokenizer
+
+    steps = 2 + len([q for q in job["quantizations"] if q != "f16"]) + 1
+    done = 0
+
+    def step(label: str) -> None:
+        nonlocal done
+        status.update(progress={"done": done, "total": steps, "label": label})
+        log(label)
+        done += 1
+
+    out_dir = Path(job["out_dir"])
+    name = Path(job["run_id"]).name
+    step("merging the adapter into the base model")
+    merged = merge(job["base_model"], job.get("adapter_dir"), out_dir / "merged", log)
+    step("converting to GGUF (f16) with llama.cpp")
+    f16 = convert(merged, out_dir / f"{name}-f16.gguf", log)
+    files = {"f16": str(f16)}
+    for q in job["quantizations"]:
+        if q == "f16":
+            continue
+        step(f"quantizing to {q} with llama.cpp")
+        files[q] = str(quantize(f16, out_dir / f"{name}-{q}.gguf", q))
+    step("smoke test in llama.cpp")
+    tokenizer = load_tokenizer(str(merged))
+    prompt = prompt_format.render_prompt({"instruction": "Xin chào, bạn là ai?"}, job["prompt_format"], tokenizer)
+    primary = job["quantizations"][-1]
+    ids = llama_generate(Path(files[primary]), [prompt], max_tokens=24)[0]
+    smoke = tokenizer.decode(ids, skip_special_tokens=True)
+    log(f"llama.cpp answered: {smoke!r}")
+    status.update(progress={"done": steps, "total": steps, "label": "done"})
+    return {
+        "merged_dir": str(merged),
+        "gguf": files,
+        "primary": primary,
+        "sha256": {q: sha256(Path(p)) for q, p in files.items()},
+        "prompt_format": job["prompt_format"],
+        "smoke_answer": smoke,
+    }

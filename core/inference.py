@@ -1,0 +1,142 @@
+"""Generation with a base model, optionally with a run's LoRA adapter: batched, greedy by default.
+
+Used by the evaluation worker and by the playground. Prompts come from ``core.prompt_format``.
+Batches are sorted by prompt length and left-padded, so the KV cache serves every row.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, asdict, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from core import prompt_format
+
+
+@dataclass
+class Decoding:
+    max_new_tokens: int = 128
+    temperature: float = 0.0          # 0: greedy
+    top_p: float = 1.0
+    top_k: int = 0
+    batch_size: int = 8
+    stop: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> "Decoding":
+        return cls(**(data or {}))
+
+
+@dataclass
+class Loaded:
+    model: object
+    tokenizer: object
+    base_model: str
+    adapter_dir: str | None
+    prompt_format: str
+
+
+def load(base_model: str, adapter_dir: str | None = None, prompt_format_name: str | None = None,
+         merge: bool = True, dtype=None) -> Loaded:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from core.models import compute_dtype, load_tokenizer
+
+    fmt = prompt_format_name or prompt_format.DEFAULT_FORMAT
+    if adapter_dir:
+        meta_path = Path(adapter_dir) / "vitune_run.json"
+        if meta_path.exists():
+            meta = json.loads(meta_path.read_text())
+            base_model = base_model or meta["base_model"]
+            fmt = prompt_format_name or meta["prompt_format"]
+    tokenizer = load_tokenizer(base_model)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    cuda = torch.cuda.is_available()
+    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype or compute_dtype())
+    if adapter_dir:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter_dir)
+        if merge:
+            model = model.merge_and_unload()
+    if cuda:
+        model = model.to("cuda")
+    model.eval()
+    return Loaded(model, tokenizer, base_model, adapter_dir, fmt)
+
+
+def generate(loaded: Loaded, prompts: Sequence[str], decoding: Decoding | None = None,
+             on_progress: Callable[[int, int], None] | None = None) -> list[str]:
+    """Answers for ``prompts`` (already rendered), in the same order."""
+    import torch
+
+    decoding = decoding or Decoding()
+    tok, model = loaded.tokenizer, loaded.model
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    answers: list[str] = [""] * len(prompts)
+    eos_ids = prompt_format.stop_token_ids(loaded.prompt_format, tok)
+    done = 0
+    for start in range(0, len(order), max(1, decoding.batch_size)):
+        idx = order[start : start + decoding.batch_size]
+        batch = tok([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=True)
+        batch = {k: v.to(model.device) for k, v in batch.items()}
+        kwargs = dict(
+            max_new_tokens=decoding.max_new_tokens,
+            eos_token_id=eos_ids,
+            pad_token_id=tok.pad_token_id,
+        )
+        if decoding.temperature > 0:
+            kwargs.update(do_sample=True, temperature=decoding.temperature, top_p=decoding.top_p)
+            if decoding.top_k:
+                kwargs["top_k"] = decoding.top_k
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        with torch.inference_mode():
+            out = model.generate(**batch, **kwargs)
+        new = out[:, batch["input_ids"].shape[1]:]
+        for row, i in enumerate(idx):
+            answers[i] = clean(tok, new[row].tolist(), loaded.prompt_format, eos_ids, decoding.stop)
+        done += len(idx)
+        if on_progress:
+            on_progress(done, len(prompts))
+    return answers
+
+
+def clean(tok, ids: list[int], fmt: str, eos_ids: list[int], extra_stops: Sequence[str] = ()) -> str:
+    for k, t in enumerate(ids):
+        if t in eos_ids:
+            ids = ids[:k]
+            break
+    text = tok.decode(ids, skip_special_tokens=True)
+    text = prompt_format.clean_answer(text, fmt)
+    for stop in extra_stops:
+        if stop and stop in text:
+            text = text[: text.find(stop)].strip()
+    return text
+
+
+_CACHE: dict[tuple, Loaded] = {}
+
+
+def cached(base_model: str, adapter_dir: str | None, fmt: str | None) -> Loaded:
+    """One loaded model per (base, adapter, format) in this process: the playground's cache."""
+    key = (base_model, adapter_dir, fmt)
+    if key not in _CACHE:
+        if len(_CACHE) >= 4:
+            _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[key] = load(base_model, adapter_dir, fmt)
+    return _CACHE[key]
+
+
+def ask(loaded: Loaded, question: str, context: str = "", system: str | None = None,
+        decoding: Decoding | None = None) -> str:
+    prompt = prompt_format.render_prompt(
+        {"instruction": question, "input": context}, loaded.prompt_format, loaded.tokenizer, system=system
+    )
+    return generate(loaded, [prompt], decoding)[0]

@@ -1,0 +1,393 @@
+"""The job queue and its supervisor.
+
+Jobs (train, evaluate, export) are rows in DuckDB. ``tick()`` is the supervisor's one step, safe to
+call from any process at any time (the app calls it every few seconds, CLI commands that wait call
+it too; a file lock keeps two ticks from overlapping):
+
+1. ingest what running workers wrote (status, metrics, results) and settle jobs whose worker ended,
+   or died without a word (failed, with its log tail);
+2. start the oldest queued job on every free slot (one job per GPU; the CPU counts as one slot).
+
+Workers run in their own process session, so they outlive an app restart; the next tick re-attaches.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from core import paths, store
+from core.worker import JOB, LOG, METRICS, STATUS, TERMINAL, read_json, write_json_atomic
+
+STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+
+
+class JobError(RuntimeError):
+    pass
+
+
+# ── slots ────────────────────────────────────────────────────────────────────
+
+
+def slots() -> list[str]:
+    """One slot per GPU ("gpu:0", …), or a single "cpu" slot."""
+    forced = os.environ.get("VITUNE_SLOTS")
+    if forced:
+        return [s.strip() for s in forced.split(",") if s.strip()]
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        try:
+            out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10).stdout
+            gpus = [line for line in out.splitlines() if line.startswith("GPU ")]
+            if gpus:
+                return [f"gpu:{i}" for i in range(len(gpus))]
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    return ["cpu"]
+
+
+def worker_python() -> str:
+    """The interpreter workers run under: a setting, so a GPU host can use its own environment."""
+    return os.environ.get("VITUNE_WORKER_PYTHON") or store.get_setting("worker_python") or sys.executable
+
+
+# ── submitting ───────────────────────────────────────────────────────────────
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
+
+
+def _insert_job(kind: str, job_dir: Path, payload: dict, owner: str | None, run_id: str | None,
+                dataset_version_id: str | None) -> int:
+    job_dir.mkdir(parents=True, exist_ok=True)
+    with store.connect() as con:
+        job_id = con.execute(
+            """INSERT INTO jobs (kind, owner, state, config, run_id, dataset_version_id, job_dir, created_at)
+               VALUES (?, ?, 'queued', ?, ?, ?, ?, ?) RETURNING id""",
+            [kind, owner, json.dumps(payload, ensure_ascii=False), run_id, dataset_version_id,
+             str(job_dir), store.now()],
+        ).fetchone()[0]
+    write_json_atomic(job_dir / JOB, {**payload, "kind": kind, "job_id": job_id})
+    store.audit(f"job.submitted", str(job_id), owner, kind=kind, run_id=run_id)
+    return job_id
+
+
+def submit_train(dataset_version_id: str, cfg, owner: str | None = None) -> dict:
+    from core import datasets
+
+    cfg.validate()
+    version = datasets.get_version(dataset_version_id)
+    run_id = _new_id("run")
+    run_dir = paths.runs_dir() / run_id
+    payload = {
+        "run_id": run_id,
+        "config": cfg.to_dict(),
+        "train_file": str(Path(version["path"]) / "train.parquet"),
+        "test_file": str(Path(version["path"]) / "test.parquet"),
+        "dataset_version_id": dataset_version_id,
+    }
+    job_id = _insert_job("train", run_dir, payload, owner, run_id, dataset_version_id)
+    store.execute(
+        """INSERT INTO runs (id, job_id, base_model, dataset_version_id, prompt_format, config, run_dir,
+                             created_by, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+        [run_id, job_id, cfg.resolved_base_model(), dataset_version_id, cfg.prompt_format,
+         json.dumps(cfg.to_dict()), str(run_dir), owner, store.now()],
+    )
+    return get_job(job_id)
+
+
+def submit(kind: str, payload: dict, job_dir: Path, owner: str | None = None,
+           run_id: str | None = None, dataset_version_id: str | None = None) -> dict:
+    """Queue an evaluate or export job (their modules build the payload)."""
+    return get_job(_insert_job(kind, job_dir, payload, owner, run_id, dataset_version_id))
+
+
+def cancel(job_id: int, actor: str | None = None) -> dict:
+    job = get_job(job_id)
+    if job["state"] in TERMINAL:
+        raise JobError(f"job {job_id} has already ended ({job['state']})")
+    with _tick_lock():
+        if job["state"] == "running" and job["pid"]:
+            _kill_group(job["pid"])
+        store.execute(
+            "UPDATE jobs SET state = 'cancelled', finished_at = ?, error = ? WHERE id = ?",
+            [store.now(), f"cancelled by {actor or 'a user'}", job_id],
+        )
+    store.audit("job.cancelled", str(job_id), actor)
+    return get_job(job_id)
+
+
+# ── reading ──────────────────────────────────────────────────────────────────
+
+
+def _decode(job: dict | None) -> dict | None:
+    if job is None:
+        return None
+    for key in ("config", "result"):
+        if isinstance(job.get(key), str):
+            job[key] = json.loads(job[key])
+    return job
+
+
+def get_job(job_id: int) -> dict:
+    job = _decode(store.one("SELECT * FROM jobs WHERE id = ?", [job_id]))
+    if job is None:
+        raise JobError(f"no job {job_id}")
+    return job
+
+
+def list_jobs(limit: int = 100, kind: str | None = None) -> list[dict]:
+    if kind:
+        got = store.rows("SELECT * FROM jobs WHERE kind = ? ORDER BY id DESC LIMIT ?", [kind, limit])
+    else:
+        got = store.rows("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", [limit])
+    return [_decode(j) for j in got]
+
+
+def progress(job: dict) -> dict | None:
+    status = read_json(Path(job["job_dir"]) / STATUS) or {}
+    return status.get("progress")
+
+
+def log_tail(job: dict, lines: int = 30) -> str:
+    path = Path(job["job_dir"]) / LOG
+    try:
+        with path.open("rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - 64_000))
+            text = fh.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+# ── the supervisor ───────────────────────────────────────────────────────────
+
+
+@contextmanager
+def _tick_lock() -> Iterator[None]:
+    lock_path = paths.data_dir() / "scheduler.lock"
+    with open(lock_path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.waitpid(pid, os.WNOHANG)  # reap our own finished children
+    except ChildProcessError:
+        pass
+    except OSError:
+        pass
+    try:
+        import psutil
+
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return "core.worker" in " ".join(proc.cmdline())
+    except Exception:
+        return False
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        return
+    for _ in range(50):
+        if not _alive(pid):
+            return
+        time.sleep(0.1)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _ingest_metrics(con, job: dict) -> None:
+    path = Path(job["job_dir"]) / METRICS
+    if job["kind"] != "train" or not path.exists():
+        return
+    last = con.execute("SELECT coalesce(max(step), -1) FROM metrics WHERE run_id = ?", [job["run_id"]]).fetchone()[0]
+    new = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line still being written
+        if rec.get("step", -1) > last:
+            new.append([job["run_id"], rec["step"], rec.get("epoch"), rec.get("loss"), rec.get("learning_rate"),
+                        rec.get("grad_norm"), rec.get("tokens_per_s"), rec.get("ts")])
+            last = rec["step"]
+    if new:
+        con.executemany("INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?, ?, ?, ?, ?)", new)
+
+
+def _settle(con, job: dict, status: dict) -> None:
+    state = status.get("state")
+    result = status.get("result")
+    error = status.get("error")
+    if state == "succeeded":
+        try:
+            _ingest_result(con, job, result or {})
+        except Exception as exc:  # a result the studio cannot take is a failed job, not a crashed tick
+            state, error = "failed", f"could not ingest the result: {exc}"
+    con.execute(
+        "UPDATE jobs SET state = ?, finished_at = ?, error = ?, log_tail = ?, result = ? WHERE id = ?",
+        [state, store.now(), error, log_tail(job) if state == "failed" else None,
+         json.dumps(result, ensure_ascii=False) if result is not None else None, job["id"]],
+    )
+
+
+def _ingest_result(con, job: dict, result: dict) -> None:
+    if job["kind"] == "train":
+        con.execute("UPDATE runs SET adapter_dir = ? WHERE id = ?", [result.get("adapter_dir"), job["run_id"]])
+    elif job["kind"] == "evaluate":
+        from core import evaluate
+
+        evaluate.ingest(con, job, result)
+
+
+def _start(con, job: dict, slot: str) -> None:
+    job_dir = Path(job["job_dir"])
+    env = dict(os.environ)
+    env["VITUNE_HOME"] = str(paths.home())
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONPATH"] = str(paths.REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    if slot.startswith("gpu:"):
+        env["CUDA_VISIBLE_DEVICES"] = slot.split(":", 1)[1]
+    with open(job_dir / LOG, "ab") as log:
+        proc = subprocess.Popen(
+            [worker_python(), "-m", "core.worker", str(job_dir)],
+            cwd=str(paths.REPO_ROOT),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    con.execute(
+        "UPDATE jobs SET state = 'running', slot = ?, pid = ?, started_at = ? WHERE id = ?",
+        [slot, proc.pid, store.now(), job["id"]],
+    )
+
+
+def tick() -> dict[str, Any]:
+    """One supervisor step. Returns what it did."""
+    done: dict[str, list] = {"settled": [], "started": []}
+    with _tick_lock():
+        with store.connect() as con:
+            cur = con.execute("SELECT * FROM jobs WHERE state = 'running' ORDER BY id")
+            cols = [d[0] for d in cur.description]
+            running = [dict(zip(cols, r)) for r in cur.fetchall()]
+            busy = set()
+            for job in running:
+                _ingest_metrics(con, job)
+                status = read_json(Path(job["job_dir"]) / STATUS) or {}
+                if status.get("state") in TERMINAL:
+                    _settle(con, job, status)
+                    done["settled"].append(job["id"])
+                elif not _alive(job["pid"]):
+                    status = read_json(Path(job["job_dir"]) / STATUS) or {}
+                    if status.get("state") not in TERMINAL:
+                        status = {"state": "failed", "error": "the worker process died without finishing "
+                                  "(killed, out of memory or crashed); see the log tail"}
+                    _settle(con, job, status)
+                    done["settled"].append(job["id"])
+                else:
+                    busy.add(job["slot"])
+            free = [s for s in slots() if s not in busy]
+            if free:
+                queued = con.execute(
+                    "SELECT * FROM jobs WHERE state = 'queued' ORDER BY created_at, id LIMIT ?", [len(free)]
+                )
+                cols = [d[0] for d in queued.description]
+                for slot, row in zip(free, queued.fetchall()):
+                    job = dict(zip(cols, row))
+                    _start(con, job, slot)
+                    done["started"].append(job["id"])
+    return done
+
+
+def wait(job_id: int, timeout: float = 3600, poll: float = 1.0,
+         on_update: Callable[[dict], None] | None = None) -> dict:
+    """Tick until the job ends (used by the CLI and tests)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        tick()
+        job = get_job(job_id)
+        if on_update:
+            on_update(job)
+        if job["state"] in TERMINAL:
+            return job
+        if time.monotonic() > deadline:
+            raise JobError(f"job {job_id} still {job['state']} after {timeout:.0f} s")
+        time.sleep(poll)
+
+
+def run_metrics(run_id: str):
+    return store.frame("SELECT * FROM metrics WHERE run_id = ? ORDER BY step", [run_id])
+
+
+def list_runs() -> list[dict]:
+    return store.rows(
+        """SELECT r.*, j.state, j.finished_at FROM runs r JOIN jobs j ON j.id = r.job_id
+           ORDER BY r.created_at DESC"""
+    )
+
+
+def get_run(run_id: str) -> dict:
+    got = store.one(
+        "SELECT r.*, j.state FROM runs r JOIN jobs j ON j.id = r.job_id WHERE r.id = ?", [run_id]
+    )
+    if not got:
+        raise JobError(f"no run '{run_id}'")
+    got["config"] = json.loads(got["config"]) if isinstance(got["config"], str) else got["config"]
+    return got
+
+
+_background: dict[str, Any] = {}
+
+
+def start_background(interval: float = 2.0):
+    """Tick every ``interval`` seconds in a daemon thread (one per process): the app's supervisor."""
+    import threading
+
+    if _background.get("thread") and _background["thread"].is_alive():
+        return _background["thread"]
+
+    def loop() -> None:
+        while True:
+            try:
+                tick()
+                _background.pop("error", None)
+            except Exception as exc:  # keep supervising; the pages show the last error
+                _background["error"] = f"{type(exc).__name__}: {exc}"
+            time.sleep(interval)
+
+    thread = threading.Thread(target=loop, name="vitune-supervisor", daemon=True)
+    thread.start()
+    _background["thread"] = thread
+    return thread
+
+
+def supervisor_error() -> str | None:
+    return _background.get("error")

@@ -1,0 +1,63 @@
+"""Ollama Modelfiles whose TEMPLATE renders exactly the prompt format a run was trained with."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core import prompt_format
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,79}(:[a-z0-9][a-z0-9._-]{0,79})?$")
+DEFAULT_SYSTEM = "Bạn là trợ lý AI chuyên về nghiệp vụ của khách hàng. Luôn trả lời bằng tiếng Việt, chính xác và súc tích."
+
+
+class ModelfileError(ValueError):
+    pass
+
+
+@dataclass
+class Parameters:
+    temperature: float = 0.7
+    top_k: int = 50
+    top_p: float = 0.9
+    num_ctx: int = 2048
+    stop: list[str] = field(default_factory=list)
+
+
+def check_name(name: str) -> str:
+    if not name or not NAME_RE.match(name):
+        raise ModelfileError(
+            f"'{name}' is not a valid Ollama model name: use lower-case letters, digits, '.', '_' and '-', "
+            "optionally followed by ':tag'"
+        )
+    return name
+
+
+def check_system(text: str) -> str:
+    if '"""' in text:
+        raise ModelfileError('the system text contains """, which would end the Modelfile block early; remove it')
+    return text.strip()
+
+
+def build(gguf: str | Path, fmt: str, tokenizer=None, system: str | None = None,
+          params: Parameters | None = None) -> str:
+    prompt_format.check_format(fmt)
+    params = params or Parameters()
+    if tokenizer is None and fmt == "chat":
+        tokenizer = prompt_format.TemplateTokenizer.from_gguf(gguf)
+    template = prompt_format.ollama_template(fmt, tokenizer)
+    if '"""' in template:
+        raise ModelfileError('the prompt template contains """ and cannot be written into a Modelfile')
+    lines = [f"FROM {Path(gguf).resolve()}", "", f'TEMPLATE """{template}"""']
+    if system:
+        lines.append(f'SYSTEM """{check_system(system)}"""')
+    lines += [
+        "",
+        f"PARAMETER temperature {params.temperature}",
+        f"PARAMETER top_k {params.top_k}",
+        f"PARAMETER top_p {params.top_p}",
+        f"PARAMETER num_ctx {params.num_ctx}",
+    ]
+    for stop in params.stop or prompt_format.stop_strings(fmt):
+        lines.append(f'PARAMETER stop "{stop}"')
+    return "\n".join(lines) + "\n"

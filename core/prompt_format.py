@@ -1,0 +1,220 @@
+"""The one prompt format shared by training, evaluation, the playground and the Modelfile.
+
+Two formats:
+- ``chat`` (default): the model's own chat template (Gemma: ``<start_of_turn>user … <end_of_turn>``).
+- ``alpaca-vi``: the guide's Vietnamese Alpaca format (``### Hướng dẫn:`` / ``### Đầu vào:`` /
+  ``### Phản hồi:``).
+
+Texts are rendered without the BOS token: the tokenizer adds it (``add_special_tokens=True``), and
+so do llama.cpp and Ollama, so a rendered prompt never carries two.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+FORMATS = ("chat", "alpaca-vi")
+DEFAULT_FORMAT = "chat"
+
+# Gemma's chat template, attached to the embedded base model's tokenizer (the base GGUF has none).
+# Roles user / assistant (rendered "model"); a system message is folded into the first user turn.
+GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}"
+    "{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}"
+    "{%- set first_user_prefix = '' -%}"
+    "{%- set loop_messages = messages -%}"
+    "{%- endif -%}"
+    "{%- for message in loop_messages -%}"
+    "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+    "{%- endif -%}"
+    "{%- if message['role'] == 'assistant' -%}{%- set role = 'model' -%}"
+    "{%- else -%}{%- set role = message['role'] -%}{%- endif -%}"
+    "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') }}"
+    "{{ message['content'] | trim }}"
+    "{{ '<end_of_turn>\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
+)
+
+ALPACA_INSTRUCTION = "### Hướng dẫn:\n"
+ALPACA_INPUT = "### Đầu vào:\n"
+ALPACA_RESPONSE = "### Phản hồi:\n"
+
+
+class FormatError(ValueError):
+    pass
+
+
+def check_format(fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise FormatError(f"unknown prompt format '{fmt}' (choose one of: {', '.join(FORMATS)})")
+    return fmt
+
+
+def user_message(pair: Mapping[str, Any]) -> str:
+    """The instruction and, when present, its input, as one user turn."""
+    instruction = (pair.get("instruction") or "").strip()
+    extra = (pair.get("input") or "").strip()
+    return f"{instruction}\n\n{extra}" if extra else instruction
+
+
+def _strip_bos(text: str, tokenizer) -> str:
+    bos = getattr(tokenizer, "bos_token", None)
+    if bos and text.startswith(bos):
+        return text[len(bos):]
+    return text
+
+
+def _chat(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:
+    if not getattr(tokenizer, "chat_template", None):
+        raise FormatError("this tokenizer has no chat template; use the alpaca-vi format")
+    text = tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
+    return _strip_bos(text, tokenizer)
+
+
+def _alpaca_prompt(pair: Mapping[str, Any], system: str | None = None) -> str:
+    instruction = (pair.get("instruction") or "").strip()
+    extra = (pair.get("input") or "").strip()
+    text = f"{system.strip()}\n\n" if system else ""
+    text += f"{ALPACA_INSTRUCTION}{instruction}\n\n"
+    if extra:
+        text += f"{ALPACA_INPUT}{extra}\n\n"
+    return text + ALPACA_RESPONSE
+
+
+def render_prompt(pair: Mapping[str, Any], fmt: str, tokenizer, system: str | None = None) -> str:
+    """What the model sees before it answers."""
+    check_format(fmt)
+    if fmt == "alpaca-vi":
+        return _alpaca_prompt(pair, system)
+    messages = [{"role": "system", "content": system}] if system else []
+    messages.append({"role": "user", "content": user_message(pair)})
+    return _chat(tokenizer, messages, add_generation_prompt=True)
+
+
+def render_training_text(pair: Mapping[str, Any], fmt: str, tokenizer) -> str:
+    """Prompt and answer as one training text. The trainer appends the EOS token."""
+    check_format(fmt)
+    output = (pair.get("output") or "").strip()
+    if fmt == "alpaca-vi":
+        return _alpaca_prompt(pair) + output
+    return _chat(
+        tokenizer,
+        [{"role": "user", "content": user_message(pair)}, {"role": "assistant", "content": output}],
+        add_generation_prompt=False,
+    )
+
+
+def stop_strings(fmt: str, tokenizer=None) -> list[str]:
+    """Strings that end an answer, beyond the EOS token."""
+    check_format(fmt)
+    if fmt == "alpaca-vi":
+        return ["### Hướng dẫn:", "<eos>"]
+    return ["<end_of_turn>", "<eos>"]
+
+
+def stop_token_ids(fmt: str, tokenizer) -> list[int]:
+    ids = {tokenizer.eos_token_id}
+    if fmt == "chat":
+        end = tokenizer.convert_tokens_to_ids("<end_of_turn>")
+        if isinstance(end, int) and end != tokenizer.unk_token_id:
+            ids.add(end)
+    return sorted(i for i in ids if i is not None)
+
+
+def clean_answer(text: str, fmt: str) -> str:
+    """Cut generated text at the first stop string and trim it."""
+    for stop in stop_strings(fmt):
+        cut = text.find(stop)
+        if cut >= 0:
+            text = text[:cut]
+    return text.strip()
+
+
+_SYS = "\x01SYSTEM\x01"
+_PROMPT = "\x02PROMPT\x02"
+
+
+def ollama_template(fmt: str, tokenizer) -> str:
+    """An Ollama TEMPLATE (Go template) that renders exactly ``render_prompt``'s text.
+
+    For the chat format it is derived from the tokenizer's own chat template by rendering it with
+    placeholder texts, so it cannot drift from what training used.
+    """
+    check_format(fmt)
+    if fmt == "alpaca-vi":
+        return (
+            "{{ if .System }}{{ .System }}\n\n{{ end }}"
+            f"{ALPACA_INSTRUCTION}{{{{ .Prompt }}}}\n\n{ALPACA_RESPONSE}"
+        )
+    with_system = render_prompt({"instruction": _PROMPT}, fmt, tokenizer, system=_SYS)
+    without = render_prompt({"instruction": _PROMPT}, fmt, tokenizer)
+    before_sys, _, rest = with_system.partition(_SYS)
+    separator, _, after_prompt = rest.partition(_PROMPT)
+    if before_sys + _PROMPT + after_prompt != without:
+        raise FormatError("the chat template places the system text in a way the Modelfile cannot express")
+    return (
+        f"{before_sys}{{{{ if .System }}}}{{{{ .System }}}}{separator}{{{{ end }}}}"
+        f"{{{{ .Prompt }}}}{after_prompt}"
+    )
+
+
+def render_ollama_template(template: str, prompt: str, system: str | None = None) -> str:
+    """Render the subset of Go template syntax that ``ollama_template`` emits (for tests and preflight)."""
+    if system:
+        text = template.replace("{{ if .System }}", "").replace("{{ end }}", "", 1)
+        text = text.replace("{{ .System }}", system)
+    else:
+        start = template.find("{{ if .System }}")
+        end = template.find("{{ end }}")
+        text = template[:start] + template[end + len("{{ end }}"):] if start >= 0 else template
+    return text.replace("{{ .Prompt }}", prompt)
+
+
+class TemplateTokenizer:
+    """Just enough of a tokenizer to render a chat template: for the Modelfile, read from a GGUF,
+    without loading transformers."""
+
+    def __init__(self, chat_template: str, bos_token: str = "<bos>"):
+        self.chat_template = chat_template
+        self.bos_token = bos_token
+
+    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=False):
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        def raise_exception(message):
+            raise FormatError(message)
+
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        env.globals["raise_exception"] = raise_exception
+        return env.from_string(self.chat_template).render(
+            messages=messages, bos_token=self.bos_token, add_generation_prompt=add_generation_prompt
+        )
+
+    @classmethod
+    def from_gguf(cls, path) -> "TemplateTokenizer":
+        from gguf import GGUFReader
+
+        reader = GGUFReader(str(path))
+
+        def text(key):
+            field = reader.fields.get(key)
+            if field is None:
+                return None
+            return bytes(field.parts[field.data[0]]).decode("utf-8")
+
+        template = text("tokenizer.chat_template")
+        if not template:
+            raise FormatError(f"{path}: the GGUF carries no chat template; use the alpaca-vi format")
+        bos = "<bos>"
+        tokens = reader.fields.get("tokenizer.ggml.tokens")
+        bos_id = reader.fields.get("tokenizer.ggml.bos_token_id")
+        if tokens is not None and bos_id is not None:
+            idx = int(bos_id.parts[bos_id.data[0]][0])
+            bos = bytes(tokens.parts[tokens.data[idx]]).decode("utf-8")
+        return cls(template, bos)

@@ -1,0 +1,270 @@
+"""The one module that opens the studio's DuckDB file.
+
+DuckDB lets one process hold a file open for writing at a time. The app, CLI commands and the
+scheduler all run side by side, so every use here is a short-lived connection: open, do the work,
+close. A connection that finds the file locked by another process waits and retries. Worker
+processes never come here: they write files into their run folder and the supervisor ingests them.
+
+Schema changes are numbered migrations (``_m001_…``), applied in order and recorded in
+``schema_migrations``, in the manner of Simon Willison's ``llm``.
+"""
+from __future__ import annotations
+
+import json
+import random
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+import duckdb
+
+from core import paths
+
+LOCK_WAIT_S = 60.0
+
+# ── migrations ───────────────────────────────────────────────────────────────
+
+
+def _m001_initial(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(
+        """
+        CREATE TABLE dataset_versions (
+            id            VARCHAR PRIMARY KEY,
+            name          VARCHAR NOT NULL,
+            parent_id     VARCHAR,
+            content_hash  VARCHAR NOT NULL,
+            source        VARCHAR,
+            rows_total    INTEGER NOT NULL,
+            rows_train    INTEGER NOT NULL,
+            rows_test     INTEGER NOT NULL,
+            path          VARCHAR NOT NULL,
+            lineage       JSON,
+            report        JSON,
+            created_by    VARCHAR,
+            created_at    TIMESTAMPTZ NOT NULL
+        );
+        CREATE SEQUENCE job_seq START 1;
+        CREATE TABLE jobs (
+            id            INTEGER PRIMARY KEY DEFAULT nextval('job_seq'),
+            kind          VARCHAR NOT NULL,          -- train | evaluate | export
+            owner         VARCHAR,
+            state         VARCHAR NOT NULL,          -- queued | running | succeeded | failed | cancelled
+            config        JSON NOT NULL,
+            run_id        VARCHAR,
+            dataset_version_id VARCHAR,
+            slot          VARCHAR,
+            pid           INTEGER,
+            job_dir       VARCHAR NOT NULL,
+            created_at    TIMESTAMPTZ NOT NULL,
+            started_at    TIMESTAMPTZ,
+            finished_at   TIMESTAMPTZ,
+            error         VARCHAR,
+            log_tail      VARCHAR,
+            result        JSON
+        );
+        CREATE TABLE runs (
+            id            VARCHAR PRIMARY KEY,
+            job_id        INTEGER NOT NULL,
+            base_model    VARCHAR NOT NULL,
+            dataset_version_id VARCHAR NOT NULL,
+            prompt_format VARCHAR NOT NULL,
+            config        JSON NOT NULL,
+            run_dir       VARCHAR NOT NULL,
+            adapter_dir   VARCHAR,
+            created_by    VARCHAR,
+            created_at    TIMESTAMPTZ NOT NULL
+        );
+        CREATE TABLE metrics (
+            run_id        VARCHAR NOT NULL,
+            step          INTEGER NOT NULL,
+            epoch         DOUBLE,
+            loss          DOUBLE,
+            learning_rate DOUBLE,
+            grad_norm     DOUBLE,
+            tokens_per_s  DOUBLE,
+            ts            DOUBLE,
+            PRIMARY KEY (run_id, step)
+        );
+        CREATE TABLE evaluations (
+            id            VARCHAR PRIMARY KEY,
+            job_id        INTEGER,
+            run_id        VARCHAR,                   -- NULL: the base model alone
+            base_model    VARCHAR NOT NULL,
+            dataset_version_id VARCHAR NOT NULL,
+            split         VARCHAR NOT NULL,
+            n             INTEGER NOT NULL,
+            bleu          DOUBLE NOT NULL,
+            rouge_l       DOUBLE NOT NULL,
+            passed        BOOLEAN NOT NULL,
+            thresholds    JSON NOT NULL,
+            decoding      JSON NOT NULL,
+            duration_s    DOUBLE,
+            created_at    TIMESTAMPTZ NOT NULL
+        );
+        CREATE TABLE evaluation_examples (
+            evaluation_id VARCHAR NOT NULL,
+            idx           INTEGER NOT NULL,
+            instruction   VARCHAR,
+            input         VARCHAR,
+            reference     VARCHAR,
+            prediction    VARCHAR,
+            bleu          DOUBLE,
+            rouge_l       DOUBLE,
+            PRIMARY KEY (evaluation_id, idx)
+        );
+        CREATE TABLE releases (
+            id            VARCHAR PRIMARY KEY,
+            name          VARCHAR NOT NULL,
+            tag           VARCHAR NOT NULL,
+            run_id        VARCHAR NOT NULL,
+            dataset_version_id VARCHAR,
+            evaluation_id VARCHAR,
+            thresholds    JSON,
+            gguf_path     VARCHAR,
+            gguf_sha256   VARCHAR,
+            modelfile     VARCHAR,
+            ollama_status VARCHAR,
+            override_reason VARCHAR,
+            created_by    VARCHAR,
+            created_at    TIMESTAMPTZ NOT NULL
+        );
+        CREATE SEQUENCE audit_seq START 1;
+        CREATE TABLE audit_log (
+            id            INTEGER PRIMARY KEY DEFAULT nextval('audit_seq'),
+            ts            TIMESTAMPTZ NOT NULL,
+            actor         VARCHAR,
+            action        VARCHAR NOT NULL,
+            subject       VARCHAR,
+            detail        JSON
+        );
+        CREATE TABLE settings (
+            key           VARCHAR PRIMARY KEY,
+            value         JSON NOT NULL
+        );
+        """
+    )
+
+
+MIGRATIONS = [_m001_initial]
+
+# ── connections ──────────────────────────────────────────────────────────────
+
+_migrated: set[str] = set()
+
+
+def _is_lock_error(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return "lock" in text and ("conflicting" in text or "could not set" in text)
+
+
+def _open(path: Path) -> duckdb.DuckDBPyConnection:
+    deadline = time.monotonic() + LOCK_WAIT_S
+    delay = 0.02
+    while True:
+        try:
+            return duckdb.connect(str(path))
+        except duckdb.IOException as exc:
+            if not _is_lock_error(exc) or time.monotonic() > deadline:
+                raise StoreBusy(
+                    f"The studio database {path} is held by another process for longer than "
+                    f"{LOCK_WAIT_S:.0f} s: {exc}"
+                ) from exc
+            time.sleep(delay + random.random() * delay)
+            delay = min(delay * 2, 0.5)
+
+
+class StoreBusy(RuntimeError):
+    pass
+
+
+def migrate(con: duckdb.DuckDBPyConnection) -> int:
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name VARCHAR, applied_at TIMESTAMPTZ)"
+    )
+    done = {r[0] for r in con.execute("SELECT version FROM schema_migrations").fetchall()}
+    applied = 0
+    for number, fn in enumerate(MIGRATIONS, start=1):
+        if number in done:
+            continue
+        con.execute("BEGIN TRANSACTION")
+        try:
+            fn(con)
+            con.execute(
+                "INSERT INTO schema_migrations VALUES (?, ?, ?)", [number, fn.__name__, now()]
+            )
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+        applied += 1
+    return applied
+
+
+@contextmanager
+def connect() -> Iterator[duckdb.DuckDBPyConnection]:
+    """A short-lived connection to the studio database, migrated on first use in this process."""
+    path = paths.db_path()
+    con = _open(path)
+    try:
+        key = str(path)
+        if key not in _migrated:
+            migrate(con)
+            _migrated.add(key)
+        yield con
+    finally:
+        con.close()
+
+
+# ── small helpers used by the core modules ───────────────────────────────────
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def rows(sql: str, params: list | tuple | None = None) -> list[dict[str, Any]]:
+    with connect() as con:
+        cur = con.execute(sql, params or [])
+        cols = [d[0] for d in cur.description] if cur.description else []
+        return [dict(zip(cols, r)) for r in cur.fetchall()]
+
+
+def one(sql: str, params: list | tuple | None = None) -> dict[str, Any] | None:
+    got = rows(sql, params)
+    return got[0] if got else None
+
+
+def execute(sql: str, params: list | tuple | None = None) -> None:
+    with connect() as con:
+        con.execute(sql, params or [])
+
+
+def frame(sql: str, params: list | tuple | None = None):
+    with connect() as con:
+        return con.execute(sql, params or []).df()
+
+
+def audit(action: str, subject: str | None = None, actor: str | None = None, **detail: Any) -> None:
+    execute(
+        "INSERT INTO audit_log (ts, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?)",
+        [now(), actor, action, subject, json.dumps(detail, ensure_ascii=False, default=str)],
+    )
+
+
+def get_setting(key: str, default: Any = None) -> Any:
+    got = one("SELECT value FROM settings WHERE key = ?", [key])
+    return json.loads(got["value"]) if got else default
+
+
+def set_setting(key: str, value: Any, actor: str | None = None) -> None:
+    old = get_setting(key)
+    with connect() as con:
+        con.execute(
+            "INSERT OR REPLACE INTO settings VALUES (?, ?)", [key, json.dumps(value, ensure_ascii=False)]
+        )
+        con.execute(
+            "INSERT INTO audit_log (ts, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?)",
+            [now(), actor, "setting.changed", key, json.dumps({"old": old, "new": value}, ensure_ascii=False)],
+        )

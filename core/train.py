@@ -1,0 +1,235 @@
+"""LoRA / QLoRA training, run inside a worker process (never in the app).
+
+Backends, chosen automatically unless the config names one:
+- ``unsloth``: Unsloth ``FastLanguageModel`` (4-bit, LoRA, gradient checkpointing "unsloth") on CUDA;
+- ``hf-bnb``: transformers + PEFT + bitsandbytes 4-bit on CUDA when Unsloth is not importable;
+- ``hf``: transformers + PEFT in full precision (the CPU path).
+The same config drives all three; the code runs under both pinned package sets.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+from core import prompt_format
+from core.config import TrainConfig
+
+
+def choose_backend(requested: str = "auto") -> str:
+    import torch
+
+    if requested != "auto":
+        if requested != "hf" and not torch.cuda.is_available():
+            raise RuntimeError(f"backend '{requested}' needs CUDA, and this machine has none")
+        return requested
+    if not torch.cuda.is_available():
+        return "hf"
+    try:
+        import unsloth  # noqa: F401
+
+        return "unsloth"
+    except Exception:
+        pass
+    try:
+        import bitsandbytes  # noqa: F401
+
+        return "hf-bnb"
+    except Exception:
+        return "hf"
+
+
+def read_rows(path: str) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()
+
+
+def _load(cfg: TrainConfig, backend: str, log: Callable[[str], None]):
+    import torch
+
+    base = cfg.resolved_base_model()
+    if backend == "unsloth":
+        from unsloth import FastLanguageModel
+
+        model, tokenizer = FastLanguageModel.from_pretrained(
+            model_name=base, max_seq_length=cfg.max_seq_length, dtype=None, load_in_4bit=cfg.load_in_4bit
+        )
+        model = FastLanguageModel.get_peft_model(
+            model,
+            r=cfg.lora_r,
+            target_modules=cfg.target_modules,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            bias="none",
+            use_gradient_checkpointing="unsloth",
+            random_state=cfg.seed,
+        )
+        return model, _with_template(tokenizer, base)
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from core.models import compute_dtype, load_tokenizer
+
+    tokenizer = load_tokenizer(base)
+    kwargs: dict = {}
+    if backend == "hf-bnb":
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_use_double_quant=True,
+        )
+        kwargs["dtype"] = torch.bfloat16
+    else:
+        kwargs["dtype"] = compute_dtype()
+    model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
+    if backend == "hf-bnb":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=cfg.target_modules,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora), tokenizer
+
+
+def _with_template(tokenizer, base: str):
+    tok = getattr(tokenizer, "tokenizer", tokenizer)
+    if not getattr(tok, "chat_template", None) and "gemma" in base.lower():
+        tok.chat_template = prompt_format.GEMMA_CHAT_TEMPLATE
+    return tokenizer
+
+
+def _training_args(cfg: TrainConfig, out_dir: Path, backend: str, log: Callable[[str], None]):
+    import torch
+    from trl import SFTConfig
+
+    from core.models import compute_dtype
+
+    cuda = torch.cuda.is_available()
+    bf16 = compute_dtype() == torch.bfloat16
+    optim = cfg.optim
+    if "8bit" in optim and not cuda:
+        log(f"optimizer {optim} needs bitsandbytes on CUDA; using adamw_torch on this CPU")
+        optim = "adamw_torch"
+    fields = {f.name for f in dataclasses.fields(SFTConfig)}
+    kwargs = dict(
+        output_dir=str(out_dir / "checkpoints"),
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        num_train_epochs=cfg.num_train_epochs,
+        max_steps=cfg.max_steps,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        weight_decay=cfg.weight_decay,
+        optim=optim,
+        seed=cfg.seed,
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=2,
+        report_to="none",
+        bf16=bf16,
+        fp16=cuda and not bf16,
+        use_cpu=not cuda,
+        packing=cfg.packing,
+        dataset_text_field="text",
+        include_num_input_tokens_seen=True,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    # trl names the sequence length max_length (newer) or max_seq_length (older)
+    kwargs["max_length" if "max_length" in fields else "max_seq_length"] = cfg.max_seq_length
+    # transformers 5 takes a warmup ratio as a float warmup_steps; older releases had warmup_ratio
+    if "warmup_ratio" in fields:
+        kwargs["warmup_ratio"] = cfg.warmup_ratio
+    else:
+        kwargs["warmup_steps"] = cfg.warmup_ratio
+    return SFTConfig(**{k: v for k, v in kwargs.items() if k in fields})
+
+
+def run(job: dict, job_dir: Path, status, log: Callable[[str], None]) -> dict:
+    """Train one run. ``status`` is the worker's status writer; metrics go to metrics.jsonl."""
+    cfg = TrainConfig.from_dict(job["config"])
+    backend = choose_backend(cfg.backend)
+    log(f"backend: {backend}; base model: {cfg.resolved_base_model()}")
+    status.update(backend=backend)
+    model, tokenizer = _load(cfg, backend, log)
+
+    import torch
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import SFTTrainer
+
+    text_tok = getattr(tokenizer, "tokenizer", tokenizer)
+    rows = read_rows(job["train_file"])
+    texts = [prompt_format.render_training_text(r, cfg.prompt_format, text_tok) for r in rows]
+    dataset = Dataset.from_dict({"text": texts})
+    args = _training_args(cfg, job_dir, backend, log)
+
+    metrics_path = job_dir / "metrics.jsonl"
+
+    class Recorder(TrainerCallback):
+        def __init__(self):
+            self.t0 = time.time()
+            self.last = (0, self.t0)
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if not logs or "loss" not in logs:
+                return
+            now = time.time()
+            tokens = getattr(state, "num_input_tokens_seen", 0) or 0
+            prev_tokens, prev_t = self.last
+            tps = (tokens - prev_tokens) / (now - prev_t) if now > prev_t and tokens else None
+            self.last = (tokens, now)
+            record = {
+                "step": state.global_step,
+                "epoch": state.epoch,
+                "loss": logs.get("loss"),
+                "learning_rate": logs.get("learning_rate"),
+                "grad_norm": logs.get("grad_norm"),
+                "tokens_per_s": tps,
+                "ts": now,
+            }
+            if torch.cuda.is_available():
+                record["gpu_mem_gib"] = torch.cuda.max_memory_allocated() / 1024**3
+            with metrics_path.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record) + "\n")
+
+        def on_step_end(self, args, state, control, **kw):
+            status.update(progress={"done": state.global_step, "total": state.max_steps, "label": "steps"})
+
+    trainer_kwargs = dict(model=model, args=args, train_dataset=dataset, callbacks=[Recorder()])
+    params = inspect.signature(SFTTrainer.__init__).parameters
+    trainer_kwargs["processing_class" if "processing_class" in params else "tokenizer"] = tokenizer
+    trainer = SFTTrainer(**trainer_kwargs)
+    status.update(progress={"done": 0, "total": trainer.state.max_steps or cfg.max_steps, "label": "steps"})
+    result = trainer.train()
+    adapter_dir = job_dir / "adapter"
+    model.save_pretrained(str(adapter_dir))
+    tokenizer.save_pretrained(str(adapter_dir))
+    (adapter_dir / "vitune_run.json").write_text(
+        json.dumps(
+            {"base_model": cfg.resolved_base_model(), "prompt_format": cfg.prompt_format, "backend": backend},
+            indent=2,
+        )
+    )
+    return {
+        "adapter_dir": str(adapter_dir),
+        "backend": backend,
+        "train_runtime_s": result.metrics.get("train_runtime"),
+        "train_loss": result.metrics.get("train_loss"),
+        "steps": trainer.state.global_step,
+    }
