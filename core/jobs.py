@@ -187,20 +187,24 @@ def _tick_lock() -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def _reap(pid: int) -> None:
+    """Collect a finished worker that this process started, so that it leaves no zombie."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except OSError:
+        pass  # not our child (started by another process) or already collected
+
+
 def _alive(pid: int | None) -> bool:
     if not pid:
         return False
-    try:
-        os.waitpid(pid, os.WNOHANG)  # reap our own finished children
-    except ChildProcessError:
-        pass
-    except OSError:
-        pass
+    _reap(pid)
     try:
         import psutil
 
         proc = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE:
+            _reap(pid)
             return False
         return "core.worker" in " ".join(proc.cmdline())
     except Exception:

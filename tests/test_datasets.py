@@ -1,0 +1,89 @@
+import json
+import unicodedata
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from core import datasets, store
+from tests.conftest import cli, tiny_pairs, write_jsonl
+
+
+def test_jsonl_import_keeps_good_rows_and_names_bad_lines(home):
+    rows = tiny_pairs(10)
+    nfd = {k: unicodedata.normalize("NFD", v) for k, v in rows[0].items()}  # an NFD copy is a duplicate
+    lines = rows + ["{broken", {"instruction": "Hỏi", "input": ""}, {"instruction": 5, "output": "x"},
+                    {"instruction": "Hỏi gì?", "output": "   "}, nfd]
+    path = write_jsonl(home / "pairs.jsonl", lines)
+    version, report = datasets.import_files([path], "cskh", test_fraction=0.2, seed=1)
+    r = report.as_dict()
+    assert (r["rows_read"], r["rows_kept"], r["rows_rejected"], r["duplicates_removed"]) == (15, 10, 4, 1)
+    assert [(e["line"], e["reason"]) for e in r["errors"]] == [
+        (11, "invalid JSON (Expecting property name enclosed in double quotes)"),
+        (12, "missing field 'output'"),
+        (13, "field 'instruction' is not text (int)"),
+        (14, "field 'output' is empty"),
+    ]
+    assert version["rows_train"] + version["rows_test"] == 10 and version["rows_test"] == 2
+    train = datasets.load_rows(version["id"], "train")
+    assert all(unicodedata.is_normalized("NFC", row["output"]) for row in train)
+
+
+def test_csv_with_bom_and_multiline_fields_and_parquet(home):
+    csv_path = home / "pairs.csv"
+    csv_path.write_bytes(("\ufeffinstruction,input,output\r\n"
+                          "\"Tóm tắt\",\"ĐIỀU 1:\r\ndòng hai\",\"Điều khoản chính: (1) ...\"\r\n"
+                          "Giải thích,,\r\n").encode("utf-8"))
+    parquet_path = home / "pairs.parquet"
+    pq.write_table(pa.table({k: [r[k] for r in tiny_pairs(3)] for k in ("instruction", "input", "output")}),
+                   parquet_path)
+    version, report = datasets.import_files([csv_path, parquet_path], "mixed")
+    assert report.rows_read == 5 and report.rows_kept == 4
+    assert report.errors == [{"file": "pairs.csv", "line": 4, "reason": "field 'output' is empty"}]
+    rows = datasets.load_rows(version["id"], "train") + datasets.load_rows(version["id"], "test")
+    assert any(r["input"] == "ĐIỀU 1:\ndòng hai" for r in rows)
+
+
+def test_split_is_seeded_and_general_mix_is_recorded(home):
+    general, _ = datasets.import_files([write_jsonl(home / "g.jsonl", [
+        {"instruction": f"Câu hỏi chung {i}", "input": "", "output": f"Trả lời {i}"} for i in range(30)])], "general")
+    path = write_jsonl(home / "d.jsonl", tiny_pairs(40))
+    a, _ = datasets.import_files([path], "a", seed=7, general_version=general["id"], general_ratio=0.1)
+    b, _ = datasets.import_files([path], "b", seed=7, general_version=general["id"], general_ratio=0.1)
+    assert a["content_hash"] == b["content_hash"]
+    train = datasets.load_rows(a["id"], "train")
+    n_general = sum(r["source"] == "g" for r in train)
+    assert n_general == 4 and n_general / len(train) == pytest.approx(0.1, abs=0.01)
+    assert json.loads(a["lineage"])["general"] == {"version": general["id"], "ratio": 0.1, "rows": 4}
+
+
+def test_not_utf8_is_a_clear_error(home):
+    path = home / "cp1258.jsonl"
+    path.write_bytes('{"instruction": "Hợp đồng", "output": "ổn"}\n'.encode("utf-16"))
+    with pytest.raises(datasets.DatasetError, match="cp1258.jsonl: not UTF-8"):
+        datasets.import_files([path], "x")
+
+
+def test_dataset_import_cli(home):
+    path = write_jsonl(home / "p.jsonl", tiny_pairs(5) + ["not json"])
+    proc = cli("dataset", "import", str(path), "--name", "p", "--json", home=home)
+    report = json.loads(proc.stdout)
+    assert report["rows_kept"] == 5 and report["errors"] == [{"file": "p.jsonl", "line": 6, "reason": "invalid JSON (Expecting value)"}]
+    empty = home / "empty.jsonl"
+    empty.write_text("")
+    proc = cli("dataset", "import", str(empty), "--name", "e", home=home, check=False)
+    assert proc.returncode == 1 and "no valid rows" in proc.stderr
+
+
+def test_samples_are_nfc_and_large_enough():
+    from core import paths
+
+    counts = {}
+    for name in ("customer_care", "contracts", "general_vi"):
+        lines = (paths.samples_dir() / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()
+        rows = [json.loads(line) for line in lines]
+        assert all(set(r) == {"instruction", "input", "output"} for r in rows)
+        assert all(unicodedata.is_normalized("NFC", v) for r in rows for v in r.values())
+        counts[name] = len(rows)
+    assert counts["customer_care"] + counts["contracts"] >= 300 and counts["general_vi"] >= 50
+    assert len(list((paths.samples_dir() / "raw").iterdir())) >= 3
