@@ -6,7 +6,7 @@ import streamlit as st
 
 from core import jobs
 
-st.set_page_config(page_title="ViTune Studio", page_icon="🇻🇳", layout="wide")
+st.set_page_config(page_title="ViTune Studio", page_icon=":material/translate:", layout="wide")
 
 
 @st.cache_resource
@@ -20,14 +20,14 @@ _supervisor()
 demo = st.query_params.get("demo") in ("1", "true", "yes")
 st.session_state["demo"] = demo
 if demo:
-    pages = [st.Page("pages/playground.py", title="Playground", icon="💬", default=True)]
+    pages = [st.Page("pages/playground.py", title="Playground", icon=":material/chat:", default=True)]
 else:
     pages = [
-        st.Page("pages/datasets.py", title="Datasets", icon="📚", default=True),
-        st.Page("pages/train.py", title="Train", icon="🏋️"),
-        st.Page("pages/evaluate.py", title="Evaluate", icon="📏"),
-        st.Page("pages/playground.py", title="Playground", icon="💬"),
-        st.Page("pages/deploy.py", title="Deploy", icon="🚀"),
+        st.Page("pages/datasets.py", title="Datasets", icon=":material/table_chart:", default=True),
+        st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
+        st.Page("pages/evaluate.py", title="Evaluate", icon=":material/analytics:"),
+        st.Page("pages/playground.py", title="Playground", icon=":material/chat:"),
+        st.Page("pages/deploy.py", title="Deploy", icon=":material/rocket_launch:"),
     ]
     with st.sidebar:
         st.session_state.setdefault("user", "team")

@@ -146,7 +146,8 @@ def _training_args(cfg: TrainConfig, out_dir: Path, backend: str, log: Callable[
         use_cpu=not cuda,
         packing=cfg.packing,
         dataset_text_field="text",
-        include_num_input_tokens_seen=True,
+        # counting tokens syncs the GPU every micro-step; on CUDA the packed step size is used instead
+        include_num_input_tokens_seen=not cuda,
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
@@ -180,6 +181,7 @@ def run(job: dict, job_dir: Path, status, log: Callable[[str], None]) -> dict:
     args = _training_args(cfg, job_dir, backend, log)
 
     metrics_path = job_dir / "metrics.jsonl"
+    packed_tokens_per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * cfg.max_seq_length
 
     class Recorder(TrainerCallback):
         def __init__(self):
@@ -191,6 +193,8 @@ def run(job: dict, job_dir: Path, status, log: Callable[[str], None]) -> dict:
                 return
             now = time.time()
             tokens = getattr(state, "num_input_tokens_seen", 0) or 0
+            if not tokens and cfg.packing:  # CUDA: packed steps are full blocks
+                tokens = state.global_step * packed_tokens_per_step
             prev_tokens, prev_t = self.last
             tps = (tokens - prev_tokens) / (now - prev_t) if now > prev_t and tokens else None
             self.last = (tokens, now)

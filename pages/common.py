@@ -12,7 +12,7 @@ def user() -> str:
 
 def fail(exc: Exception) -> None:
     """A clear message instead of a traceback."""
-    st.error(f"{exc}", icon="⚠️")
+    st.error(f"{exc}")
 
 
 def job_progress(job: dict) -> None:

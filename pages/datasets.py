@@ -3,7 +3,7 @@ import streamlit as st
 from core import charts, datasets
 from pages.common import fail, user
 
-st.title("📚 Datasets")
+st.title("Datasets")
 st.caption("Import instruction pairs (instruction, input, output). Each import makes an immutable dataset version: "
            "NFC-normalised, validated, de-duplicated, split, optionally mixed with 5–10 % general Vietnamese data.")
 

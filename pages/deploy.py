@@ -3,7 +3,7 @@ import streamlit as st
 from core import deploy, evaluate, export, jobs, modelfile
 from pages.common import fail, user
 
-st.title("🚀 Deploy")
+st.title("Deploy")
 st.caption("Merge the adapter, export GGUF with llama.cpp's own converter and quantizer, write a Modelfile whose "
            "template matches training, `ollama create` it, and record the release.")
 

@@ -4,7 +4,7 @@ from core import charts, evaluate, jobs, models
 from core.inference import Decoding
 from pages.common import fail, job_progress, user
 
-st.title("📏 Evaluate")
+st.title("Evaluate")
 th = evaluate.thresholds()
 st.caption(f"Greedy generation on the held-out split, scored on Vietnamese syllables (BLEU-4 corpus, ROUGE-L F1). "
            f"Release gate: BLEU > {th['bleu']} and ROUGE-L > {th['rouge_l']}.")
@@ -66,7 +66,7 @@ else:
     c1, c2, c3 = st.columns(3)
     c1.metric("BLEU", f"{e['bleu']:.4f}")
     c2.metric("ROUGE-L", f"{e['rouge_l']:.4f}")
-    c3.metric("Gate", "PASS ✅" if e["passed"] else "FAIL ❌")
+    c3.metric("Gate", "PASS" if e["passed"] else "FAIL")
     examples = evaluate.examples(chosen)
     g1, g2 = st.columns(2)
     g1.plotly_chart(charts.gate_bars(e["bleu"], e["rouge_l"], thresholds))

@@ -4,7 +4,7 @@ from core import inference, jobs, models
 from pages.common import fail
 
 demo = st.session_state.get("demo", False)
-st.title("💬 Playground" + (" — demo" if demo else ""))
+st.title("Playground" + (" — demo" if demo else ""))
 if demo:
     st.caption("Read-only demo: ask the tuned model a question; nothing here changes the studio.")
 else:

@@ -3,7 +3,7 @@ import streamlit as st
 from core import charts, config, datasets, jobs, models
 from pages.common import fail, job_progress, jobs_table, user
 
-st.title("🏋️ Train")
+st.title("Train")
 st.caption("LoRA/QLoRA jobs run in worker processes, one per GPU (the CPU counts as one), first come first served. "
            "Every browser session sees the same queue, and jobs survive an app restart.")
 

@@ -1,0 +1,51 @@
+"""Wall time and peak RSS of the whole default pipeline on this machine (CPU).
+
+    .venv/bin/python bench/pipeline_cpu.py
+
+Runs, in a temporary studio home, through the CLI: sample import → train 20 steps (quick preset) →
+evaluate 20 held-out pairs → export f16 + q4_k_m → Modelfile. Target: ≤ 5 min on 2 cores.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def main() -> int:
+    home = Path(tempfile.mkdtemp(prefix="vitune-bench-"))
+    env = dict(os.environ, VITUNE_HOME=str(home))
+    stages: list[tuple[str, float]] = []
+
+    def run(label: str, *args: str) -> str:
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "core", *args], cwd=REPO, env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            sys.exit(f"{label} failed:\n{proc.stderr[-2000:]}")
+        stages.append((label, time.perf_counter() - t0))
+        print(f"{label:<28} {stages[-1][1]:7.1f} s", flush=True)
+        return proc.stdout
+
+    start = time.perf_counter()
+    dataset = run("import samples", "dataset", "import-samples").split()[0]
+    train = json.loads(run("train (20 steps)", "train", "--dataset", dataset, "--preset", "quick test (CPU, 20 steps)", "--json"))
+    ev = json.loads(run("evaluate (20 pairs)", "evaluate", "--run", train["run"], "--limit", "20", "--max-new-tokens", "48", "--json"))
+    exp = json.loads(run("export (f16 + q4_k_m)", "export", "--run", train["run"], "--quant", "f16", "q4_k_m", "--json"))
+    run("modelfile", "modelfile", "--gguf", exp["gguf"]["q4_k_m"], "--system", "Bạn là trợ lý CSKH.")
+    total = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(f"{'total':<28} {total:7.1f} s")
+    print(f"peak RSS of any process    {peak:7.0f} MiB")
+    print(f"BLEU {ev['bleu']:.4f}  ROUGE-L {ev['rouge_l']:.4f}  gate {'PASS' if ev['passed'] else 'FAIL'}  (home: {home})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
