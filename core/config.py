@@ -74,9 +74,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "guide (r=16)": {},
     "quick test (CPU, 20 steps)": {
         "max_steps": 20,
-        "per_device_train_batch_size": 4,
+        "per_device_train_batch_size": 2,
         "gradient_accumulation_steps": 1,
-        "max_seq_length": 512,
+        "max_seq_length": 256,
         "packing": False,
         "learning_rate": 5e-4,
         "warmup_ratio": 0.05,
