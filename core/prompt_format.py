@@ -198,23 +198,12 @@ class TemplateTokenizer:
 
     @classmethod
     def from_gguf(cls, path) -> "TemplateTokenizer":
-        from gguf import GGUFReader
+        """Read the chat template and BOS text from a GGUF's metadata (llama.cpp, vocabulary only)."""
+        import llama_cpp
 
-        reader = GGUFReader(str(path))
-
-        def text(key):
-            field = reader.fields.get(key)
-            if field is None:
-                return None
-            return bytes(field.parts[field.data[0]]).decode("utf-8")
-
-        template = text("tokenizer.chat_template")
+        llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+        template = llm.metadata.get("tokenizer.chat_template")
         if not template:
             raise FormatError(f"{path}: the GGUF carries no chat template; use the alpaca-vi format")
-        bos = "<bos>"
-        tokens = reader.fields.get("tokenizer.ggml.tokens")
-        bos_id = reader.fields.get("tokenizer.ggml.bos_token_id")
-        if tokens is not None and bos_id is not None:
-            idx = int(bos_id.parts[bos_id.data[0]][0])
-            bos = bytes(tokens.parts[tokens.data[idx]]).decode("utf-8")
+        bos = llm.detokenize([llm.token_bos()], special=True).decode("utf-8") or "<bos>"
         return cls(template, bos)
