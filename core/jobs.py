@@ -211,19 +211,37 @@ def _alive(pid: int | None) -> bool:
         return False
 
 
+def _exited(pid: int) -> bool:
+    """True once the worker is gone; reaps it when this process started it."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == pid
+    except ChildProcessError:  # started by another process: ask the system
+        import psutil
+
+        try:
+            return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+
 def _kill_group(pid: int) -> None:
+    """SIGTERM the worker's process group, SIGKILL it after 5 s, and wait until it is gone."""
     try:
         os.killpg(pid, signal.SIGTERM)
     except (ProcessLookupError, PermissionError):
         return
-    for _ in range(50):
-        if not _alive(pid):
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if _exited(pid):
             return
-        time.sleep(0.1)
+        time.sleep(0.05)
     try:
         os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
-        pass
+        return
+    while not _exited(pid):
+        time.sleep(0.05)
 
 
 def _ingest_metrics(con, job: dict) -> None:
