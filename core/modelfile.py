@@ -42,6 +42,8 @@ def check_system(text: str) -> str:
 def build(gguf: str | Path, fmt: str, tokenizer=None, system: str | None = None,
           params: Parameters | None = None) -> str:
     prompt_format.check_format(fmt)
+    if system:
+        system = check_system(system)
     params = params or Parameters()
     if tokenizer is None and fmt == "chat":
         tokenizer = prompt_format.TemplateTokenizer.from_gguf(gguf)

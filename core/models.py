@@ -81,7 +81,10 @@ def reference_token_ids(gguf: Path, text: str) -> list[int]:
     """Token ids for ``text`` by the GGUF's own vocabulary, through llama.cpp's tokenizer."""
     import llama_cpp
 
-    llm = llama_cpp.Llama(model_path=str(gguf), vocab_only=True, verbose=False)
+    from core.native import quiet_stderr
+
+    with quiet_stderr():
+        llm = llama_cpp.Llama(model_path=str(gguf), vocab_only=True, verbose=False)
     return llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
 
 

@@ -201,7 +201,10 @@ class TemplateTokenizer:
         """Read the chat template and BOS text from a GGUF's metadata (llama.cpp, vocabulary only)."""
         import llama_cpp
 
-        llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+        from core.native import quiet_stderr
+
+        with quiet_stderr():
+            llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
         template = llm.metadata.get("tokenizer.chat_template")
         if not template:
             raise FormatError(f"{path}: the GGUF carries no chat template; use the alpaca-vi format")

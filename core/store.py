@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -152,6 +153,7 @@ MIGRATIONS = [_m001_initial]
 # ── connections ──────────────────────────────────────────────────────────────
 
 _migrated: set[str] = set()
+_migrate_lock = threading.Lock()  # threads of one process share DuckDB's instance: migrate once
 
 
 def _is_lock_error(exc: Exception) -> bool:
@@ -210,8 +212,10 @@ def connect() -> Iterator[duckdb.DuckDBPyConnection]:
     try:
         key = str(path)
         if key not in _migrated:
-            migrate(con)
-            _migrated.add(key)
+            with _migrate_lock:
+                if key not in _migrated:
+                    migrate(con)
+                    _migrated.add(key)
         yield con
     finally:
         con.close()

@@ -38,7 +38,7 @@ def test_app_navigation_and_demo_mode(home):
 
 def test_datasets_page_imports_the_samples(home):
     at = _run("datasets")
-    at.button[0].click().run()  # the form's Import is a form button; the first plain button is the samples
+    next(b for b in at.button if b.label.startswith("Import the sample data")).click().run()
     _clean(at)
     from core import datasets
 
@@ -62,7 +62,7 @@ def test_every_page_renders_with_a_finished_pipeline(pipeline, monkeypatch, page
 def test_playground_answers_side_by_side(pipeline, monkeypatch):
     monkeypatch.setenv("VITUNE_HOME", str(pipeline["home"]))
     at = _run("playground")
-    at.button[0].click().run()
+    next(b for b in at.button if b.label == "Ask").click().run()
     _clean(at)
     labels = [m.value for m in at.markdown]
     assert "**Tuned**" in labels and "**Base**" in labels

@@ -51,3 +51,23 @@ def test_only_core_store_opens_duckdb():
                 offenders.append(str(path))
     assert offenders == []
     assert "duckdb.connect" not in (REPO / "app.py").read_text(encoding="utf-8")
+
+
+def test_threads_of_one_process_migrate_a_new_database_once(home):
+    import threading
+
+    errors = []
+
+    def use():
+        try:
+            store.rows("SELECT count(*) FROM jobs")
+        except Exception as exc:  # pragma: no cover - the failure being tested for
+            errors.append(exc)
+
+    threads = [threading.Thread(target=use) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert store.rows("SELECT count(*) AS n FROM schema_migrations") == [{"n": len(store.MIGRATIONS)}]
