@@ -39,3 +39,11 @@ def jobs_table(kind: str | None = None, limit: int = 20):
         hide_index=True,
     )
     return rows
+
+
+def flash(message: str | None = None) -> None:
+    """Show a message once, across a rerun: call with text before st.rerun(), without to show it."""
+    if message is not None:
+        st.session_state["_flash"] = message
+    elif "_flash" in st.session_state:
+        st.success(st.session_state.pop("_flash"))

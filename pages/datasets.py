@@ -1,12 +1,13 @@
 import streamlit as st
 
 from core import charts, datasets
-from pages.common import fail, user
+from pages.common import fail, flash, user
 
 st.title("Datasets")
 st.caption("Import instruction pairs (instruction, input, output). Each import makes an immutable dataset version: "
            "NFC-normalised, validated, de-duplicated, split, optionally mixed with 5–10 % general Vietnamese data.")
 
+flash()
 versions = datasets.list_versions()
 
 with st.expander("Import a file", expanded=not versions):
@@ -47,7 +48,7 @@ with st.expander("Import a file", expanded=not versions):
 if st.button("Import the sample data (customer care + contracts, 5 % general Vietnamese)"):
     try:
         v = datasets.import_samples(created_by=user())
-        st.success(f"Sample dataset version {v['id']} is ready.")
+        flash(f"Sample dataset version {v['id']} is ready.")
         st.rerun()
     except datasets.DatasetError as exc:
         fail(exc)

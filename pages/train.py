@@ -81,6 +81,7 @@ def live() -> None:
     if "gemma-4" in run["base_model"].lower():
         note = "Gemma 4 E2B/E4B: a loss of 13–15 at the start is normal (Unsloth's Gemma 4 notes)."
     st.plotly_chart(charts.loss_curve(metrics, f"Loss — {run_id} ({run['state']})", note), key=f"loss-{run_id}")
+    st.caption(f"Run {run_id}: {run['state']}")
     if len(metrics):
         last = metrics.iloc[-1]
         m1, m2, m3 = st.columns(3)

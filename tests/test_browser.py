@@ -70,3 +70,83 @@ def test_every_page_opens_without_an_exception(studio):
         page.get_by_role("heading", name="Playground").first.wait_for(timeout=60_000)
         assert page.get_by_text("Read-only demo").count() == 1
         browser.close()
+
+
+@pytest.fixture
+def empty_studio(tmp_path):
+    port = _free_port()
+    env = dict(os.environ, VITUNE_HOME=str(tmp_path), VITUNE_SLOTS="cpu")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true",
+         "--browser.gatherUsageStats", "false", "--server.address", "127.0.0.1"],
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(120):
+        try:
+            urllib.request.urlopen(url + "/_stcore/health", timeout=1)
+            break
+        except Exception:
+            time.sleep(0.5)
+    yield url, tmp_path
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_the_whole_pipeline_by_clicking_through_the_browser(empty_studio):
+    """Import the samples → train 20 steps → watch the loss → evaluate 20 pairs → see the gate →
+    export GGUF and the Modelfile, all by clicking, as a person would."""
+    from playwright.sync_api import sync_playwright
+
+    url, home = empty_studio
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1400})
+        page.set_default_timeout(60_000)
+
+        page.goto(url)
+        page.get_by_role("button", name="Import the sample data").click()
+        page.get_by_text("Sample dataset version").wait_for()
+
+        page.goto(f"{url}/train")
+        page.get_by_role("button", name="Queue training job").click()
+        queued = page.get_by_text("Queued job")
+        queued.wait_for()
+        run_id = queued.inner_text().rstrip(".").split()[-1]
+        page.get_by_text(f"Run {run_id}: succeeded", exact=True).wait_for(timeout=420_000)
+        assert page.locator('[data-testid="stPlotlyChart"]').count() >= 1
+
+        page.goto(f"{url}/evaluate")
+        page.get_by_role("button", name="Queue evaluation").click()
+        page.get_by_text("Queued evaluation job").wait_for()
+        for _ in range(180):
+            page.wait_for_timeout(2000)
+            page.reload()
+            page.get_by_role("heading", name="Evaluate").first.wait_for()
+            page.wait_for_timeout(1500)
+            if page.get_by_text("Gate", exact=True).count():
+                break
+        gate = page.locator('[data-testid="stMetric"]').filter(has_text="Gate").inner_text()
+        assert "PASS" in gate or "FAIL" in gate
+
+        page.goto(f"{url}/deploy")
+        page.get_by_role("heading", name="Deploy").first.wait_for()
+        if page.get_by_text("Not releasable").count():
+            page.get_by_label("Override reason (required: the gate has not passed)").fill("browser test")
+        page.get_by_role("button", name="Export and deploy").click()
+        page.get_by_text("recorded").first.wait_for(timeout=300_000)
+        page.get_by_role("button", name="Download Modelfile").wait_for()
+        assert page.locator('[data-testid="stException"]').count() == 0
+        browser.close()
+    from core import deploy as deploy_mod
+
+    os.environ["VITUNE_HOME"], previous = str(home), os.environ.get("VITUNE_HOME")
+    try:
+        releases = deploy_mod.list_releases()
+    finally:
+        if previous is None:
+            os.environ.pop("VITUNE_HOME")
+        else:
+            os.environ["VITUNE_HOME"] = previous
+    assert len(releases) == 1 and releases[0]["modelfile"].startswith("FROM ")
