@@ -1,5 +1,6 @@
 """A real browser (Playwright driving Debian's Chromium) opens every page of a running studio."""
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -135,7 +136,7 @@ def test_the_whole_pipeline_by_clicking_through_the_browser(empty_studio):
         if page.get_by_text("Not releasable").count():
             page.get_by_label("Override reason (required: the gate has not passed)").fill("browser test")
         page.get_by_role("button", name="Export and deploy").click()
-        page.get_by_text("recorded").first.wait_for(timeout=300_000)
+        page.get_by_text(re.compile(r"^Release \S+ recorded$")).first.wait_for(timeout=300_000)
         page.get_by_role("button", name="Download Modelfile").wait_for()
         assert page.locator('[data-testid="stException"]').count() == 0
         browser.close()
