@@ -116,6 +116,11 @@ def cmd_train(args) -> int:
         if args.prompt_format:
             cfg.prompt_format = args.prompt_format
         cfg.validate()
+        if args.print_config:
+            print(config.to_yaml(cfg), end="")
+            return 0
+        if not args.dataset:
+            return _fail("train needs --dataset VERSION (see `python -m core dataset list`)")
         job = jobs.submit_train(args.dataset, cfg, owner=_user())
     except (ValueError, jobs.JobError) as exc:
         return _fail(str(exc))
@@ -141,6 +146,13 @@ def cmd_jobs(args) -> int:
         return 0
     if args.action == "tick":
         print(json.dumps(jobs.tick()))
+        return 0
+    if args.action == "resume":
+        try:
+            job = jobs.resume(args.id, actor=_user())
+        except jobs.JobError as exc:
+            return _fail(str(exc))
+        print(f"queued job {job['id']} for run {job['run_id']}, from {job['config']['resume_from']}")
         return 0
     for j in jobs.list_jobs(args.limit):
         print(f"{j['id']:>4}  {j['kind']:<9} {j['state']:<10} {j['run_id'] or '':<28} {j['owner'] or ''}")
@@ -266,19 +278,21 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(fn=cmd_dataset)
 
     t = sub.add_parser("train", help="queue a training job and wait for it")
-    t.add_argument("--dataset", required=True, metavar="VERSION")
+    t.add_argument("--dataset", metavar="VERSION", help="the dataset version to train on (required to queue)")
     t.add_argument("--config", help="YAML training config")
     t.add_argument("--preset", default="guide (r=16)", help="preset when no --config is given")
     t.add_argument("--max-steps", type=int)
     t.add_argument("--base-model")
     t.add_argument("--prompt-format", choices=["chat", "alpaca-vi"])
+    t.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and queue nothing")
     t.add_argument("--no-wait", action="store_true")
     t.add_argument("--timeout", type=float, default=24 * 3600)
     t.add_argument("--json", action="store_true")
     t.set_defaults(fn=cmd_train)
 
     j = sub.add_parser("jobs", help="list or cancel jobs; run one supervisor tick")
-    j.add_argument("action", choices=["list", "cancel", "tick"])
+    j.add_argument("action", choices=["list", "cancel", "resume", "tick"],
+                   help="resume: queue a failed or cancelled training job again from its last checkpoint")
     j.add_argument("id", nargs="?", type=int)
     j.add_argument("--limit", type=int, default=30)
     j.set_defaults(fn=cmd_jobs)

@@ -32,7 +32,9 @@ class TrainConfig:
     weight_decay: float = 0.01
     seed: int = 42
     logging_steps: int = 1
-    save_steps: int = 200
+    save_steps: int = 200                 # a checkpoint every N optimizer steps (resume starts from the last)
+    eval_steps: int = 0                   # > 0: eval loss on the test split every N steps, best checkpoint kept
+    eval_max_rows: int = 200              # test pairs used for the eval loss
     load_in_4bit: bool = True             # on CUDA; CPU trains the 16/32-bit base with LoRA
     backend: str = "auto"                 # auto | unsloth | hf-bnb | hf
 
@@ -52,6 +54,13 @@ class TrainConfig:
             problems.append("max_seq_length must be at least 32")
         if self.max_steps <= 0 and self.num_train_epochs <= 0:
             problems.append("set max_steps or num_train_epochs")
+        if self.save_steps <= 0:
+            problems.append("save_steps must be positive")
+        if self.eval_steps < 0 or self.eval_max_rows <= 0:
+            problems.append("eval_steps must be 0 (off) or positive, eval_max_rows positive")
+        elif self.eval_steps and self.save_steps % self.eval_steps:
+            problems.append(f"save_steps ({self.save_steps}) must be a multiple of eval_steps ({self.eval_steps}) "
+                            "so that the best checkpoint can be kept")
         if self.backend not in ("auto", "unsloth", "hf-bnb", "hf"):
             problems.append(f"unknown backend '{self.backend}'")
         if problems:

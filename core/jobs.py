@@ -128,6 +128,51 @@ def cancel(job_id: int, actor: str | None = None) -> dict:
     return get_job(job_id)
 
 
+def checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """The run's saved checkpoints as (step, folder), oldest first."""
+    found = []
+    for path in (Path(run_dir) / "checkpoints").glob("checkpoint-*"):
+        step = path.name.rsplit("-", 1)[-1]
+        if step.isdigit() and (path / "trainer_state.json").exists():
+            found.append((int(step), path))
+    return sorted(found)
+
+
+def resume(job_id: int, actor: str | None = None) -> dict:
+    """Queue a failed or cancelled training job again, from its run's last checkpoint.
+
+    The run keeps its id and folder; its loss curve is cut back to the checkpoint's step so the
+    resumed steps replace the lost ones.
+    """
+    job = get_job(job_id)
+    if job["kind"] != "train":
+        raise JobError(f"job {job_id} is a {job['kind']} job; only training resumes from a checkpoint")
+    if job["state"] not in ("failed", "cancelled"):
+        raise JobError(f"job {job_id} is {job['state']}; only a failed or cancelled job can be resumed")
+    run = get_run(job["run_id"])
+    if run["job_id"] != job_id:
+        raise JobError(f"run {run['id']} has moved on to job {run['job_id']}; resume that one")
+    found = checkpoints(Path(run["run_dir"]))
+    if not found:
+        raise JobError(f"run {run['id']} saved no checkpoint before it stopped (one is saved every "
+                       f"{run['config'].get('save_steps')} steps); start a new run instead")
+    step, path = found[-1]
+    run_dir = Path(run["run_dir"])
+    metrics_file = run_dir / METRICS
+    kept = [json.dumps({"step": s, **rec}) for s, rec in sorted(read_metrics_file(metrics_file).items()) if s <= step]
+    metrics_file.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    old_payload = {k: v for k, v in job["config"].items() if k not in ("kind", "job_id")}
+    payload = {**old_payload, "resume_from": str(path), "resumed_job": job_id}
+    for stale in (STATUS,):
+        (run_dir / stale).unlink(missing_ok=True)
+    new_id = _insert_job("train", run_dir, payload, actor or job["owner"], run["id"], job["dataset_version_id"])
+    with store.connect() as con:
+        con.execute("DELETE FROM metrics WHERE run_id = ? AND step > ?", [run["id"], step])
+        con.execute("UPDATE runs SET job_id = ? WHERE id = ?", [new_id, run["id"]])
+    store.audit("job.resumed", str(new_id), actor, from_job=job_id, checkpoint=str(path), step=step)
+    return get_job(new_id)
+
+
 # ── reading ──────────────────────────────────────────────────────────────────
 
 
@@ -244,23 +289,40 @@ def _kill_group(pid: int) -> None:
         time.sleep(0.05)
 
 
-def _ingest_metrics(con, job: dict) -> None:
-    path = Path(job["job_dir"]) / METRICS
-    if job["kind"] != "train" or not path.exists():
-        return
-    last = con.execute("SELECT coalesce(max(step), -1) FROM metrics WHERE run_id = ?", [job["run_id"]]).fetchone()[0]
-    new = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+_METRIC_COLUMNS = ("epoch", "loss", "learning_rate", "grad_norm", "tokens_per_s", "ts", "eval_loss", "gpu_mem_gib")
+
+
+def read_metrics_file(path: Path) -> dict[int, dict]:
+    """metrics.jsonl folded into one record per step (a step's eval loss arrives on a line of its own)."""
+    steps: dict[int, dict] = {}
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return steps
+    for line in lines:
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line still being written
-        if rec.get("step", -1) > last:
-            new.append([job["run_id"], rec["step"], rec.get("epoch"), rec.get("loss"), rec.get("learning_rate"),
-                        rec.get("grad_norm"), rec.get("tokens_per_s"), rec.get("ts")])
-            last = rec["step"]
+        if isinstance(rec, dict) and isinstance(rec.get("step"), int):
+            steps.setdefault(rec["step"], {}).update({k: v for k, v in rec.items() if v is not None})
+    return steps
+
+
+def _ingest_metrics(con, job: dict) -> None:
+    if job["kind"] != "train":
+        return
+    steps = read_metrics_file(Path(job["job_dir"]) / METRICS)
+    if not steps:
+        return
+    # the last stored step is taken again: its eval loss may have come after its training loss
+    last = con.execute("SELECT coalesce(max(step), -1) FROM metrics WHERE run_id = ?", [job["run_id"]]).fetchone()[0]
+    new = [[job["run_id"], step, *(rec.get(c) for c in _METRIC_COLUMNS)]
+           for step, rec in sorted(steps.items()) if step >= last]
     if new:
-        con.executemany("INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?, ?, ?, ?, ?)", new)
+        cols = ", ".join(("run_id", "step", *_METRIC_COLUMNS))
+        con.executemany(f"INSERT OR REPLACE INTO metrics ({cols}) VALUES ({', '.join('?' * (len(_METRIC_COLUMNS) + 2))})",
+                        new)
 
 
 def _settle(con, job: dict, status: dict) -> None:

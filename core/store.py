@@ -148,7 +148,13 @@ def _m001_initial(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
-MIGRATIONS = [_m001_initial]
+def _m006_training_metrics(con: duckdb.DuckDBPyConnection) -> None:
+    """Eval loss (on the test split) and peak GPU memory beside each training step."""
+    con.execute("ALTER TABLE metrics ADD COLUMN eval_loss DOUBLE")
+    con.execute("ALTER TABLE metrics ADD COLUMN gpu_mem_gib DOUBLE")
+
+
+MIGRATIONS = [_m001_initial, _m006_training_metrics]
 
 # ── connections ──────────────────────────────────────────────────────────────
 

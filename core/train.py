@@ -151,6 +151,17 @@ def _training_args(cfg: TrainConfig, out_dir: Path, backend: str, log: Callable[
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
+    if cfg.eval_steps:
+        kwargs.update(
+            eval_strategy="steps",
+            eval_steps=cfg.eval_steps,
+            per_device_eval_batch_size=cfg.per_device_train_batch_size,
+            load_best_model_at_end=True,
+            metric_for_best_model="eval_loss",
+            greater_is_better=False,
+        )
+        if "eval_strategy" not in fields:  # older transformers
+            kwargs["evaluation_strategy"] = kwargs.pop("eval_strategy")
     # trl names the sequence length max_length (newer) or max_seq_length (older)
     kwargs["max_length" if "max_length" in fields else "max_seq_length"] = cfg.max_seq_length
     # transformers 5 takes a warmup ratio as a float warmup_steps; older releases had warmup_ratio
@@ -178,7 +189,18 @@ def run(job: dict, job_dir: Path, status, log: Callable[[str], None]) -> dict:
     rows = read_rows(job["train_file"])
     texts = [prompt_format.render_training_text(r, cfg.prompt_format, text_tok) for r in rows]
     dataset = Dataset.from_dict({"text": texts})
+    eval_dataset = None
+    if cfg.eval_steps:
+        test_rows = read_rows(job["test_file"])[: cfg.eval_max_rows]
+        if not test_rows:
+            raise ValueError("eval_steps is set but the dataset version has no test pairs")
+        eval_dataset = Dataset.from_dict(
+            {"text": [prompt_format.render_training_text(r, cfg.prompt_format, text_tok) for r in test_rows]})
+        log(f"eval loss on {len(test_rows)} test pairs every {cfg.eval_steps} steps")
     args = _training_args(cfg, job_dir, backend, log)
+    resume_from = job.get("resume_from")
+    if resume_from:
+        log(f"resuming from {resume_from}")
 
     metrics_path = job_dir / "metrics.jsonl"
     packed_tokens_per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * cfg.max_seq_length
@@ -188,7 +210,15 @@ def run(job: dict, job_dir: Path, status, log: Callable[[str], None]) -> dict:
             self.t0 = time.time()
             self.last = (0, self.t0)
 
+        def on_train_begin(self, args, state, control, **kw):
+            # a resumed job starts counting from the checkpoint's tokens, not from zero
+            self.last = (getattr(state, "num_input_tokens_seen", 0) or 0, time.time())
+
         def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "eval_loss" in logs:
+                with metrics_path.open("a", encoding="utf-8") as fh:
+                    fh.write(json.dumps({"step": state.global_step, "eval_loss": logs["eval_loss"],
+                                         "ts": time.time()}) + "\n")
             if not logs or "loss" not in logs:
                 return
             now = time.time()
@@ -215,12 +245,16 @@ def run(job: dict, job_dir: Path, status, log: Callable[[str], None]) -> dict:
         def on_step_end(self, args, state, control, **kw):
             status.update(progress={"done": state.global_step, "total": state.max_steps, "label": "steps"})
 
-    trainer_kwargs = dict(model=model, args=args, train_dataset=dataset, callbacks=[Recorder()])
+    trainer_kwargs = dict(model=model, args=args, train_dataset=dataset, eval_dataset=eval_dataset,
+                          callbacks=[Recorder()])
     params = inspect.signature(SFTTrainer.__init__).parameters
     trainer_kwargs["processing_class" if "processing_class" in params else "tokenizer"] = tokenizer
     trainer = SFTTrainer(**trainer_kwargs)
     status.update(progress={"done": 0, "total": trainer.state.max_steps or cfg.max_steps, "label": "steps"})
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    best = trainer.state.best_model_checkpoint
+    if best:
+        log(f"best checkpoint by eval loss: {best} ({trainer.state.best_metric:.4f}); its weights are kept")
     adapter_dir = job_dir / "adapter"
     model.save_pretrained(str(adapter_dir))
     tokenizer.save_pretrained(str(adapter_dir))
@@ -236,4 +270,7 @@ def run(job: dict, job_dir: Path, status, log: Callable[[str], None]) -> dict:
         "train_runtime_s": result.metrics.get("train_runtime"),
         "train_loss": result.metrics.get("train_loss"),
         "steps": trainer.state.global_step,
+        "best_checkpoint": best,
+        "best_eval_loss": trainer.state.best_metric if best else None,
+        "resumed_from": resume_from,
     }

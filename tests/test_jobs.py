@@ -94,3 +94,54 @@ def test_config_yaml_round_trip_and_refusals(tmp_path):
         config.from_yaml("lora_rank: 8")
     with pytest.raises(ValueError, match="lora_r must be positive"):
         config.from_yaml("lora_r: 0")
+
+
+def test_cancel_then_resume_from_the_last_checkpoint(home, version):
+    cfg = _quick(8)
+    cfg.save_steps = 2
+    job = jobs.submit_train(version, cfg, owner="an")
+    run_dir = home / "data" / "runs" / job["run_id"]
+    _wait_for(lambda: jobs.checkpoints(run_dir) and jobs.run_metrics(job["run_id"])["step"].max() >= 3, timeout=300)
+    jobs.cancel(job["id"], actor="an")
+    with pytest.raises(jobs.JobError, match="no job"):
+        jobs.resume(job["id"] + 1000)
+    step, path = jobs.checkpoints(run_dir)[-1]
+    assert step >= 2 and step % 2 == 0
+
+    again = jobs.resume(job["id"], actor="binh")
+    assert again["config"]["resume_from"] == str(path) and again["run_id"] == job["run_id"]
+    assert jobs.run_metrics(job["run_id"])["step"].max() == step  # the curve is cut back to the checkpoint
+    assert jobs.get_run(job["run_id"])["job_id"] == again["id"]
+    with pytest.raises(jobs.JobError, match="moved on"):
+        jobs.resume(job["id"])
+    done = jobs.wait(again["id"], timeout=300)
+    assert done["state"] == "succeeded", done["error"]
+    assert done["result"]["resumed_from"] == str(path)
+    metrics = jobs.run_metrics(job["run_id"])
+    assert list(metrics["step"]) == list(range(1, 9)) and metrics["loss"].notna().all()
+    assert f"resuming from {path}" in (run_dir / "worker.log").read_text()
+    assert store.one("SELECT count(*) AS n FROM audit_log WHERE action = 'job.resumed'")["n"] == 1
+
+
+def test_resume_refuses_what_cannot_resume(home, version):
+    job = jobs.submit_train(version, _quick(50))
+    with pytest.raises(jobs.JobError, match="only a failed or cancelled job"):
+        jobs.resume(job["id"])
+    jobs.cancel(job["id"])
+    with pytest.raises(jobs.JobError, match="saved no checkpoint"):
+        jobs.resume(job["id"])
+
+
+def test_eval_loss_on_the_test_split_keeps_the_best_checkpoint(home, version):
+    cfg = _quick(4)
+    cfg.save_steps, cfg.eval_steps = 2, 2
+    done = jobs.wait(jobs.submit_train(version, cfg)["id"], timeout=300)
+    assert done["state"] == "succeeded", done["error"]
+    metrics = jobs.run_metrics(done["run_id"])
+    evals = metrics.dropna(subset=["eval_loss"])
+    assert list(evals["step"]) == [2, 4] and (evals["eval_loss"] > 0).all()
+    assert metrics["loss"].notna().all()  # the eval lines merged into their steps, not replacing them
+    assert done["result"]["best_checkpoint"].rsplit("-", 1)[-1] in ("2", "4")
+    assert done["result"]["best_eval_loss"] == pytest.approx(evals["eval_loss"].min())
+    with pytest.raises(ValueError, match="multiple of eval_steps"):
+        config.preset("quick test (CPU, 20 steps)", save_steps=5, eval_steps=2)
