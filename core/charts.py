@@ -21,6 +21,32 @@ def loss_curve(metrics, title: str = "Training loss", note: str | None = None) -
     return fig
 
 
+def training_dashboard(metrics, title: str = "Training", note: str | None = None) -> go.Figure:
+    """Loss (and eval loss), learning rate, grad norm, tokens/s and GPU memory, step by step."""
+    fig = make_subplots(rows=2, cols=2, subplot_titles=("loss", "learning rate", "grad norm",
+                                                        "tokens/s and GPU memory"),
+                        specs=[[{}, {}], [{}, {"secondary_y": True}]], vertical_spacing=0.18)
+    if metrics is not None and len(metrics):
+        step = metrics["step"]
+        fig.add_trace(go.Scatter(x=step, y=metrics["loss"], name="loss", mode="lines+markers"), 1, 1)
+        if "eval_loss" in metrics and metrics["eval_loss"].notna().any():
+            ev = metrics.dropna(subset=["eval_loss"])
+            fig.add_trace(go.Scatter(x=ev["step"], y=ev["eval_loss"], name="eval loss (test split)",
+                                     mode="lines+markers", marker={"symbol": "diamond", "size": 9}), 1, 1)
+        fig.add_trace(go.Scatter(x=step, y=metrics["learning_rate"], name="learning rate", mode="lines"), 1, 2)
+        fig.add_trace(go.Scatter(x=step, y=metrics["grad_norm"], name="grad norm", mode="lines"), 2, 1)
+        fig.add_trace(go.Scatter(x=step, y=metrics["tokens_per_s"], name="tokens/s", mode="lines"), 2, 2)
+        if "gpu_mem_gib" in metrics and metrics["gpu_mem_gib"].notna().any():
+            fig.add_trace(go.Scatter(x=step, y=metrics["gpu_mem_gib"], name="peak GPU memory (GiB)",
+                                     mode="lines", line={"dash": "dot"}), 2, 2, secondary_y=True)
+    fig.update_layout(title=title, height=560, margin={"t": 80, "b": 40, "l": 40, "r": 40},
+                      legend={"orientation": "h", "y": -0.12})
+    fig.update_xaxes(title_text="step", row=2)
+    if note:
+        fig.add_annotation(text=note, xref="paper", yref="paper", x=0, y=1.12, showarrow=False, font={"size": 12})
+    return fig
+
+
 def length_histogram(rows: list[dict]) -> go.Figure:
     fig = go.Figure()
     for field in ("instruction", "input", "output"):

@@ -205,6 +205,15 @@ def progress(job: dict) -> dict | None:
     return status.get("progress")
 
 
+def eta_seconds(job: dict) -> float | None:
+    """Seconds left for a running job, from its progress and pace."""
+    p = progress(job) or {}
+    done, total, pace = p.get("done") or 0, p.get("total") or 0, p.get("per_s")
+    if job["state"] != "running" or not pace or not total or done >= total:
+        return None
+    return (total - done) / pace
+
+
 def log_tail(job: dict, lines: int = 30) -> str:
     path = Path(job["job_dir"]) / LOG
     try:

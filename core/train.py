@@ -243,7 +243,12 @@ def run(job: dict, job_dir: Path, status, log: Callable[[str], None]) -> dict:
                 fh.write(json.dumps(record) + "\n")
 
         def on_step_end(self, args, state, control, **kw):
-            status.update(progress={"done": state.global_step, "total": state.max_steps, "label": "steps"})
+            now = time.time()
+            if not hasattr(self, "first"):
+                self.first = (state.global_step - 1, self.t0)  # this process's pace, resumed or not
+            steps, seconds = state.global_step - self.first[0], now - self.first[1]
+            status.update(progress={"done": state.global_step, "total": state.max_steps, "label": "steps",
+                                    "per_s": steps / seconds if seconds > 0 else None})
 
     trainer_kwargs = dict(model=model, args=args, train_dataset=dataset, eval_dataset=eval_dataset,
                           callbacks=[Recorder()])

@@ -24,6 +24,9 @@ def job_progress(job: dict) -> None:
         label += f" — {done}/{total} {p.get('label', '')}"
         if p.get("per_s"):
             label += f" ({p['per_s']:.2f}/s)"
+        eta = jobs.eta_seconds(job)
+        if eta is not None:
+            label += f", about {int(eta // 60)} min {int(eta % 60):02d} s left"
     st.progress(min(done / total, 1.0) if total else 0.0, text=label)
 
 

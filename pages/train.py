@@ -36,6 +36,12 @@ else:
             accum = b2.number_input("Gradient accumulation", 1, 128, base_cfg.gradient_accumulation_steps)
             seq = b3.number_input("Max sequence length", 32, 32768, base_cfg.max_seq_length)
             packing = b4.checkbox("Packing", base_cfg.packing)
+            e1, e2, _, _ = st.columns(4)
+            save_steps = e1.number_input("Checkpoint every N steps", 1, 100000, base_cfg.save_steps,
+                                         help="A failed or cancelled job resumes from its last checkpoint.")
+            eval_steps = e2.number_input("Eval loss every N steps (0: off)", 0, 100000, base_cfg.eval_steps,
+                                         help="Loss on the test split; the best checkpoint is kept. "
+                                              "Checkpoint steps must be a multiple of it.")
         go = st.form_submit_button("Queue training job", type="primary")
     if go:
         try:
@@ -45,6 +51,7 @@ else:
             cfg.lora_r, cfg.lora_alpha, cfg.learning_rate = int(r), int(alpha), float(lr)
             cfg.num_train_epochs, cfg.per_device_train_batch_size = float(epochs), int(batch)
             cfg.gradient_accumulation_steps, cfg.max_seq_length, cfg.packing = int(accum), int(seq), packing
+            cfg.save_steps, cfg.eval_steps = int(save_steps), int(eval_steps)
             if max_steps:
                 cfg.max_steps = int(max_steps)
             job = jobs.submit_train(labels[version], cfg.validate(), owner=user())
@@ -80,7 +87,7 @@ def live() -> None:
     note = None
     if "gemma-4" in run["base_model"].lower():
         note = "Gemma 4 E2B/E4B: a loss of 13–15 at the start is normal (Unsloth's Gemma 4 notes)."
-    st.plotly_chart(charts.loss_curve(metrics, f"Loss — {run_id} ({run['state']})", note), key=f"loss-{run_id}")
+    st.plotly_chart(charts.training_dashboard(metrics, f"{run_id} ({run['state']})", note), key=f"loss-{run_id}")
     st.caption(f"Run {run_id}: {run['state']}")
     if len(metrics):
         last = metrics.iloc[-1]
@@ -89,6 +96,14 @@ def live() -> None:
         m2.metric("loss", f"{last['loss']:.4f}")
         m3.metric("tokens/s", f"{last['tokens_per_s']:.0f}" if last["tokens_per_s"] == last["tokens_per_s"] and last["tokens_per_s"] else "–")
     job = jobs.get_job(run["job_id"])
+    if job["state"] in ("failed", "cancelled"):
+        found = jobs.checkpoints(run["run_dir"])
+        if found and st.button(f"Resume from the checkpoint at step {found[-1][0]}", key=f"resume-{job['id']}"):
+            try:
+                again = jobs.resume(job["id"], actor=user())
+                st.success(f"Queued job {again['id']} for run {run_id}.")
+            except jobs.JobError as exc:
+                fail(exc)
     with st.expander("Log tail", expanded=job["state"] == "failed"):
         st.code(job["log_tail"] or jobs.log_tail(job) or "(empty)")
 

@@ -108,7 +108,14 @@ def test_cancel_then_resume_from_the_last_checkpoint(home, version):
     step, path = jobs.checkpoints(run_dir)[-1]
     assert step >= 2 and step % 2 == 0
 
-    again = jobs.resume(job["id"], actor="binh")
+    # through the Train page, as a person would: the button names the checkpoint's step
+    from tests.test_pages import _clean, _run
+
+    at = _run("train")
+    next(b for b in at.button if b.label == f"Resume from the checkpoint at step {step}").click().run()
+    _clean(at)
+    again = jobs.get_job(jobs.get_run(job["run_id"])["job_id"])
+    assert again["id"] != job["id"] and again["owner"] == "tester"
     assert again["config"]["resume_from"] == str(path) and again["run_id"] == job["run_id"]
     assert jobs.run_metrics(job["run_id"])["step"].max() == step  # the curve is cut back to the checkpoint
     assert jobs.get_run(job["run_id"])["job_id"] == again["id"]
