@@ -6,5 +6,4 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/python -m core dataset import-samples
 echo "==> ViTune Studio on http://localhost:8501"
-exec .venv/bin/python -m streamlit run app.py --server.port "${PORT:-8501}" --server.headless true \
-  --browser.gatherUsageStats false
+exec .venv/bin/python scripts/serve.py --server.port "${PORT:-8501}"

@@ -26,6 +26,36 @@ def cli(*args: str, home: Path, timeout: float = 900, check: bool = True) -> sub
     return proc
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_studio(home: Path, port: int) -> subprocess.Popen:
+    """The studio's web app, started the way scripts/studio.sh starts it, on loopback; waits until healthy."""
+    import time
+    import urllib.request
+
+    env = dict(os.environ, VITUNE_HOME=str(home), VITUNE_SLOTS="cpu")
+    log = Path(home) / f"studio-{port}.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen([sys.executable, "scripts/serve.py", "--server.port", str(port), "--server.address",
+                                 "127.0.0.1"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    for _ in range(240):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1)
+            return proc
+        except Exception:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.5)
+    proc.kill()
+    raise AssertionError("the studio did not start: " + log.read_text(errors="replace")[-2000:])
+
+
 @pytest.fixture
 def home(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("VITUNE_HOME", str(tmp_path))

@@ -2,16 +2,11 @@
 import os
 import re
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import free_port, start_studio
 
 pytestmark = pytest.mark.slow
 
@@ -19,31 +14,10 @@ PAGES = {"": "Datasets", "train": "Train", "evaluate": "Evaluate", "playground":
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def studio(pipeline):
-    port = _free_port()
-    env = dict(os.environ, VITUNE_HOME=str(pipeline["home"]))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true",
-         "--browser.gatherUsageStats", "false", "--server.address", "127.0.0.1"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(120):
-        try:
-            urllib.request.urlopen(url + "/_stcore/health", timeout=1)
-            break
-        except Exception:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("the studio did not start: " + proc.stdout.read().decode()[-2000:])
-    yield url
+    proc = start_studio(pipeline["home"], port := free_port())
+    yield f"http://127.0.0.1:{port}"
     proc.terminate()
     proc.wait(10)
 
@@ -75,20 +49,8 @@ def test_every_page_opens_without_an_exception(studio):
 
 @pytest.fixture
 def empty_studio(tmp_path):
-    port = _free_port()
-    env = dict(os.environ, VITUNE_HOME=str(tmp_path), VITUNE_SLOTS="cpu")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true",
-         "--browser.gatherUsageStats", "false", "--server.address", "127.0.0.1"],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(120):
-        try:
-            urllib.request.urlopen(url + "/_stcore/health", timeout=1)
-            break
-        except Exception:
-            time.sleep(0.5)
-    yield url, tmp_path
+    proc = start_studio(tmp_path, port := free_port())
+    yield f"http://127.0.0.1:{port}", tmp_path
     proc.terminate()
     proc.wait(10)
 
