@@ -41,7 +41,11 @@ def submit(run_id: str | None = None, *, base_model: str | None = None, dataset_
     """Queue an evaluation of a run (its adapter) or, with ``base_model`` alone, of the base model."""
     from core import datasets
 
-    decoding = decoding or Decoding()
+    decoding = (decoding or Decoding()).validate()
+    if split not in ("test", "train"):
+        raise ValueError(f"unknown split '{split}' (test or train)")
+    if limit is not None and limit < 1:
+        raise ValueError("the example limit must be at least 1 (leave it out for the whole split)")
     adapter_dir = None
     fmt = prompt_format.DEFAULT_FORMAT
     if run_id:
@@ -55,11 +59,6 @@ def submit(run_id: str | None = None, *, base_model: str | None = None, dataset_
     if not base_model or not dataset_version_id:
         raise ValueError("an evaluation needs a run, or a base model and a dataset version")
     version = datasets.get_version(dataset_version_id)
-    if split not in ("test", "train"):
-        raise ValueError(f"unknown split '{split}' (test or train)")
-    if limit is not None and limit < 1:
-        raise ValueError("the example limit must be at least 1 (leave it out for the whole split)")
-    decoding.validate()
     evaluation_id = "eval-" + uuid.uuid4().hex[:10]
     where = Path(run["run_dir"]) / "evaluations" if run_id else paths.data_dir() / "evaluations"
     payload = {

@@ -178,3 +178,26 @@ def test_thresholds_are_settings_and_changes_are_audited(home):
         "old": None, "new": {"bleu": 0.4, "rouge_l": 0.5}}
     e = store_evaluation(home, "eval-after", TUNED_PREDS)
     assert e["thresholds"] == {"bleu": 0.4, "rouge_l": 0.5}
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--top-p", "0"], "error: top_p must be in (0, 1], not 0.0"),
+    (["--temperature", "-1"], "error: temperature must be between 0 (greedy) and 5, not -1.0"),
+    (["--max-new-tokens", "0"], "error: max_new_tokens must be between 1 and 8192, not 0"),
+    (["--limit", "0"], "error: the example limit must be at least 1 (leave it out for the whole split)"),
+])
+def test_bad_decoding_settings_are_refused_in_one_line(home, flags, message):
+    proc = cli("evaluate", "--base-model", "models/base/gemma-3-270m", "--dataset", "ds-x", *flags, home=home,
+               check=False)
+    assert proc.returncode == 1 and proc.stderr.strip() == message
+    assert jobs.list_jobs() == []
+
+
+def test_decoding_round_trips_and_stop_strings_parse():
+    from core.inference import Decoding, parse_stop
+
+    d = Decoding(max_new_tokens=64, temperature=0.7, top_p=0.9, stop=parse_stop("###\n\\n\\nKhách hàng:"))
+    assert d.stop == ["###", "\n\nKhách hàng:"]
+    assert Decoding.from_dict(json.loads(json.dumps(d.to_dict()))) == d and not d.greedy
+    with pytest.raises(ValueError, match="unknown decoding setting"):
+        Decoding.from_dict({"temp": 1})

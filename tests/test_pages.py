@@ -66,3 +66,34 @@ def test_playground_answers_side_by_side(pipeline, monkeypatch):
     _clean(at)
     labels = [m.value for m in at.markdown]
     assert "**Tuned**" in labels and "**Base**" in labels
+
+
+def test_evaluate_page_leaderboard_comparison_and_drill_down(home):
+    from tests.test_evaluate import BASE_PREDS, TUNED_PREDS, store_evaluation
+
+    store_evaluation(home, "eval-base", BASE_PREDS)
+    store_evaluation(home, "eval-tuned", TUNED_PREDS)
+    store_evaluation(home, "eval-other", TUNED_PREDS[:2], dataset="ds-y")
+    at = _run("evaluate")
+    _clean(at)
+    board = at.dataframe[0].value
+    assert sorted(board["evaluation"]) == ["eval-base", "eval-other", "eval-tuned"]
+    next(s for s in at.selectbox if s.label == "Dataset version").set_value("ds-x").run()
+    _clean(at)
+    assert sorted(at.dataframe[0].value["evaluation"]) == ["eval-base", "eval-tuned"]
+    assert {b.label for b in at.get("download_button")} >= {"Download the report (HTML)", "Download the examples (CSV)"}
+    # compare: A = base (the one before), B = tuned
+    next(s for s in at.selectbox if s.label == "A (before)").set_value("eval-base")
+    next(s for s in at.selectbox if s.label == "B (after)").set_value("eval-tuned")
+    at.run()
+    _clean(at)
+    metrics = {m.label: m for m in at.metric}
+    assert metrics["Better examples"].value == "4" and metrics["Worse examples"].value == "0"
+    assert metrics["ROUGE-L (shared)"].delta.startswith("+")
+    # drill-down: reference and prediction side by side, the differing words highlighted
+    next(s for s in at.selectbox if s.label == "Evaluation").set_value("eval-tuned").run()
+    _clean(at)
+    htmls = [h.proto.body for h in at.get("html")]
+    assert any('vt-diff-ref' in h and 'vt-chg' in h for h in htmls)
+    assert any('vt-diff-pred' in h for h in htmls)
+
