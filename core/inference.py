@@ -69,10 +69,34 @@ class Loaded:
     base_model: str
     adapter_dir: str | None
     prompt_format: str
+    backend: str = "hf"
+
+
+def _unsloth_inference(base_model: str, adapter_dir: str | None, tokenizer):
+    """Unsloth's fast inference (CUDA only): the base model, the run's adapter on top, ``for_inference``.
+    ``VITUNE_UNSLOTH=0`` turns it off. Returns None where Unsloth is not installed."""
+    import os
+
+    if os.environ.get("VITUNE_UNSLOTH", "1") == "0":
+        return None
+    try:
+        from unsloth import FastLanguageModel
+    except Exception:
+        return None
+    model, _ = FastLanguageModel.from_pretrained(model_name=base_model, max_seq_length=8192, dtype=None,
+                                                 load_in_4bit=False)
+    if adapter_dir:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter_dir)
+    FastLanguageModel.for_inference(model)
+    return model
 
 
 def load(base_model: str, adapter_dir: str | None = None, prompt_format_name: str | None = None,
-         merge: bool = True, dtype=None) -> Loaded:
+         merge: bool = True, dtype=None, device: str | None = None) -> Loaded:
+    """``device``: "cuda" or "cpu"; by default CUDA where there is one (then Unsloth's fast inference
+    when it is installed, plain transformers otherwise)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -89,8 +113,17 @@ def load(base_model: str, adapter_dir: str | None = None, prompt_format_name: st
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    cuda = torch.cuda.is_available()
-    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype or compute_dtype())
+    cuda = torch.cuda.is_available() if device is None else device == "cuda"
+    if cuda and dtype is None:
+        try:
+            model = _unsloth_inference(base_model, adapter_dir, tokenizer)
+        except Exception as exc:  # an Unsloth that cannot load this model: plain transformers does
+            print(f"Unsloth inference unavailable for {base_model} ({type(exc).__name__}: {exc}); using transformers",
+                  flush=True)
+            model = None
+        if model is not None:
+            return Loaded(model, tokenizer, base_model, adapter_dir, fmt, "unsloth")
+    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype or compute_dtype(cuda))
     if adapter_dir:
         from peft import PeftModel
 
@@ -100,7 +133,7 @@ def load(base_model: str, adapter_dir: str | None = None, prompt_format_name: st
     if cuda:
         model = model.to("cuda")
     model.eval()
-    return Loaded(model, tokenizer, base_model, adapter_dir, fmt)
+    return Loaded(model, tokenizer, base_model, adapter_dir, fmt, "hf")
 
 
 def generate(loaded: Loaded, prompts: Sequence[str], decoding: Decoding | None = None,
