@@ -201,3 +201,59 @@ def test_decoding_round_trips_and_stop_strings_parse():
     assert Decoding.from_dict(json.loads(json.dumps(d.to_dict()))) == d and not d.greedy
     with pytest.raises(ValueError, match="unknown decoding setting"):
         Decoding.from_dict({"temp": 1})
+
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+@pytest.mark.slow
+def test_base_model_vs_tuned_run_on_the_same_examples_and_the_report_in_chromium(pipeline, monkeypatch, tmp_path):
+    """The default model without adapter against the pipeline's tuned run, through the CLI; the report
+    of the tuned run then carries the comparison, and Debian's Chromium renders its plots offline."""
+    home = pipeline["home"]
+    monkeypatch.setenv("VITUNE_HOME", str(home))
+    run = jobs.get_run(pipeline["run"])
+    proc = cli("evaluate", "--base-model", run["base_model"], "--dataset", run["dataset_version_id"], "--limit", "6",
+               "--max-new-tokens", "32", "--batch-size", "6", "--stop", "<end_of_turn>", "--json", home=home)
+    base = json.loads(proc.stdout)
+    assert base["n"] == 6 and base["examples_per_s"] > 0 and base["decoding"]["stop"] == ["<end_of_turn>"]
+    assert "examples/s" in proc.stderr or "/s)" in proc.stderr  # progress with the rate
+    stored = evaluate.get_evaluation(base["evaluation"])
+    assert stored["run_id"] is None and stored["adapter_dir"] is None and stored["sample_limit"] == 6
+    tuned = pipeline["evaluation"]["evaluation"]
+    c = json.loads(cli("evaluate", "compare", base["evaluation"], tuned, "--json", home=home).stdout)
+    assert c["shared"]["n"] == 6 and c["a"]["run_id"] is None and c["b"]["run_id"] == pipeline["run"]
+    assert sum(c["counts"].values()) == 6
+    for p in c["pairs"]:
+        assert p["idx_a"] == p["idx_b"]  # the first six held-out pairs of the same version, in the same order
+        assert p["delta_rouge_l"] == pytest.approx(p["rouge_l_b"] - p["rouge_l_a"])
+    assert c["shared"]["a"]["rouge_l"] == pytest.approx(sum(p["rouge_l_a"] for p in c["pairs"]) / 6)
+    assert evaluate.base_counterpart(tuned)["id"] == base["evaluation"]
+
+    out = tmp_path / "report.html"
+    cli("evaluate", "report", tuned, "--out", str(out), home=home)
+    page = out.read_text(encoding="utf-8")
+    assert page.count('class="plotly-graph-div"') == 4  # gate, ROUGE-L histogram, loss curve, base-vs-tuned scatter
+    assert "<script src=" not in page
+
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(chromium).exists():
+        pytest.fail("Debian's chromium is missing: scripts/test.sh installs it (apt-get install -y chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+        context = browser.new_context(offline=True)  # the client may read it with no network at all
+        tab = context.new_page()
+        errors = []
+        tab.on("pageerror", lambda exc: errors.append(str(exc)))
+        tab.goto(out.as_uri())
+        tab.wait_for_function("document.querySelectorAll('.plotly-graph-div .main-svg').length >= 4", timeout=30_000)
+        rendered = tab.evaluate("""() => [...document.querySelectorAll('.plotly-graph-div')].map(d =>
+            [d.querySelectorAll('svg.main-svg').length, d.querySelectorAll('.point, .bars path, .scatterlayer path').length])""")
+        title = tab.title()
+        browser.close()
+    assert errors == []
+    assert len(rendered) == 4 and all(svgs >= 1 and marks >= 1 for svgs, marks in rendered), rendered
+    assert title == f"Evaluation report {tuned}"
