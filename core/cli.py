@@ -217,7 +217,7 @@ def cmd_evaluate(args) -> int:
                             stop=list(args.stop or []))
         job = evaluate.submit(
             args.run, base_model=args.base_model, dataset_version_id=args.dataset, split=args.split,
-            limit=args.limit, decoding=decoding, owner=_user(),
+            limit=args.limit, decoding=decoding, owner=_user(), prompt_format_name=args.prompt_format,
         )
     except (ValueError, jobs.JobError) as exc:
         return _fail(str(exc))
@@ -368,6 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--base-model", help="evaluate this base model without an adapter (or: filter the list)")
     e.add_argument("--dataset", metavar="VERSION", help="dataset version (or: filter the list)")
     e.add_argument("--split", default="test", choices=["test", "train"])
+    e.add_argument("--prompt-format", choices=["chat", "alpaca-vi"],
+                   help="with --base-model: the prompt format (use the tuned run's to compare the two)")
     e.add_argument("--split-filter", choices=["test", "train"], help="list: only this split")
     e.add_argument("--limit", type=int, help="only the first N examples of the split")
     e.add_argument("--max-new-tokens", type=int, default=128)

@@ -37,8 +37,9 @@ def set_thresholds(bleu: float, rouge_l: float, actor: str | None = None) -> dic
 
 def submit(run_id: str | None = None, *, base_model: str | None = None, dataset_version_id: str | None = None,
            split: str = "test", limit: int | None = None, decoding: Decoding | None = None,
-           owner: str | None = None) -> dict:
-    """Queue an evaluation of a run (its adapter) or, with ``base_model`` alone, of the base model."""
+           owner: str | None = None, prompt_format_name: str | None = None) -> dict:
+    """Queue an evaluation of a run (its adapter) or, with ``base_model`` alone, of the base model
+    (in ``prompt_format_name``: give the tuned run's format to compare the two on equal terms)."""
     from core import datasets
 
     decoding = (decoding or Decoding()).validate()
@@ -47,7 +48,7 @@ def submit(run_id: str | None = None, *, base_model: str | None = None, dataset_
     if limit is not None and limit < 1:
         raise ValueError("the example limit must be at least 1 (leave it out for the whole split)")
     adapter_dir = None
-    fmt = prompt_format.DEFAULT_FORMAT
+    fmt = prompt_format.check_format(prompt_format_name or prompt_format.DEFAULT_FORMAT)
     if run_id:
         run = jobs.get_run(run_id)
         if run["state"] != "succeeded" or not run["adapter_dir"]:

@@ -33,7 +33,8 @@ if go and runs:
         if target.startswith("base::"):
             run = jobs.get_run(target.split("::", 1)[1])
             job = evaluate.submit(None, base_model=run["base_model"], dataset_version_id=run["dataset_version_id"],
-                                  split=split, limit=int(limit) or None, decoding=decoding, owner=user())
+                                  split=split, limit=int(limit) or None, decoding=decoding, owner=user(),
+                                  prompt_format_name=run["prompt_format"])
         else:
             job = evaluate.submit(target, split=split, limit=int(limit) or None, decoding=decoding, owner=user())
         st.success(f"Queued evaluation job {job['id']}.")
@@ -94,9 +95,9 @@ with board_tab:
         else:
             g2.plotly_chart(charts.example_scores(evaluate.examples(chosen)), key="hist")
         b1, b2 = st.columns(2)
-        b1.download_button("Download the report (HTML)", lambda: evaluate.report_html(chosen),
+        b1.download_button("Download the report (HTML)", lambda chosen=chosen: evaluate.report_html(chosen),
                            file_name=f"{chosen}-report.html", mime="text/html", on_click="ignore")
-        b2.download_button("Download the examples (CSV)", lambda: evaluate.examples_csv(chosen),
+        b2.download_button("Download the examples (CSV)", lambda chosen=chosen: evaluate.examples_csv(chosen),
                            file_name=f"{chosen}-examples.csv", mime="text/csv", on_click="ignore")
 
 with compare_tab:
@@ -133,7 +134,7 @@ with compare_tab:
             w2.markdown(f"**Got worse ({c['counts']['worse']})**")
             w2.dataframe(cols(c["worse"]), hide_index=True)
             st.download_button("Download the report of B compared with A (HTML)",
-                               lambda: evaluate.report_html(b, compare_with=a), file_name=f"{b}-vs-{a}.html",
+                               lambda a=a, b=b: evaluate.report_html(b, compare_with=a), file_name=f"{b}-vs-{a}.html",
                                mime="text/html", on_click="ignore")
 
 with drill_tab:
@@ -160,11 +161,11 @@ with gate_tab:
     st.caption("Project settings; every change is recorded in the audit log, and every evaluation keeps the "
                "thresholds its verdict used.")
     with st.form("thresholds"):
-        b = st.number_input("BLEU must exceed", 0.0, 1.0, float(th["bleu"]), 0.01)
-        r = st.number_input("ROUGE-L must exceed", 0.0, 1.0, float(th["rouge_l"]), 0.01)
+        min_bleu = st.number_input("BLEU must exceed", 0.0, 1.0, float(th["bleu"]), 0.01)
+        min_rouge = st.number_input("ROUGE-L must exceed", 0.0, 1.0, float(th["rouge_l"]), 0.01)
         if st.form_submit_button("Save thresholds"):
             try:
-                evaluate.set_thresholds(b, r, actor=user())
+                evaluate.set_thresholds(min_bleu, min_rouge, actor=user())
                 st.success("Saved.")
             except ValueError as exc:
                 fail(exc)

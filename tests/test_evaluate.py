@@ -221,6 +221,7 @@ def test_base_model_vs_tuned_run_on_the_same_examples_and_the_report_in_chromium
     assert "examples/s" in proc.stderr or "/s)" in proc.stderr  # progress with the rate
     stored = evaluate.get_evaluation(base["evaluation"])
     assert stored["run_id"] is None and stored["adapter_dir"] is None and stored["sample_limit"] == 6
+    assert stored["prompt_format"] == run["prompt_format"] and stored["generation_s"] > 0
     tuned = pipeline["evaluation"]["evaluation"]
     c = json.loads(cli("evaluate", "compare", base["evaluation"], tuned, "--json", home=home).stdout)
     assert c["shared"]["n"] == 6 and c["a"]["run_id"] is None and c["b"]["run_id"] == pipeline["run"]
