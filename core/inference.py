@@ -83,8 +83,9 @@ def _unsloth_inference(base_model: str, adapter_dir: str | None, tokenizer):
         from unsloth import FastLanguageModel
     except Exception:
         return None
+    # a pre-quantised 4-bit base (as trained with QLoRA) stays 4-bit; others load in bf16/fp16
     model, _ = FastLanguageModel.from_pretrained(model_name=base_model, max_seq_length=8192, dtype=None,
-                                                 load_in_4bit=False)
+                                                 load_in_4bit="4bit" in base_model.lower())
     if adapter_dir:
         from peft import PeftModel
 
