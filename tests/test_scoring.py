@@ -96,7 +96,9 @@ def test_score_speed_10k_pairs():
     refs, hyps = make_pairs(10_000, 200)
     t0 = time.perf_counter()
     result = scoring.score(refs, hyps)
-    assert time.perf_counter() - t0 < 10  # bench/score.py measures ~5 s on the 2-core machine
+    # bench/score.py measures ~5 s on the idle 2-core machine (target 10 s); ~9 s while a training job
+    # shares both cores. The margin keeps a busy machine from failing the suite; the bench exits 1 over 10 s.
+    assert time.perf_counter() - t0 < 15
     assert len(result.per_example) == 10_000 and 0.3 < result.rouge_l < 1
 
 
