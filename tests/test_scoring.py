@@ -94,11 +94,11 @@ def test_score_speed_10k_pairs():
     from score import make_pairs  # bench/score.py: 10,000 pairs of ~200 syllables of sample-data Vietnamese
 
     refs, hyps = make_pairs(10_000, 200)
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     result = scoring.score(refs, hyps)
-    # bench/score.py measures ~5 s on the idle 2-core machine (target 10 s); ~9 s while a training job
-    # shares both cores. The margin keeps a busy machine from failing the suite; the bench exits 1 over 10 s.
-    assert time.perf_counter() - t0 < 15
+    # CPU seconds of this (single-threaded) work, so that other jobs sharing the 2 cores do not count:
+    # bench/score.py measures ~5 s wall on the idle machine; the target is 10 s.
+    assert time.process_time() - t0 < 10
     assert len(result.per_example) == 10_000 and 0.3 < result.rouge_l < 1
 
 
