@@ -75,3 +75,35 @@ def example_scores(examples: list[dict]) -> go.Figure:
     fig.update_layout(title="ROUGE-L per example", xaxis_title="ROUGE-L", yaxis_title="examples",
                       height=280, margin={"t": 50, "b": 40})
     return fig
+
+
+def rouge_scatter(comparison: dict) -> go.Figure:
+    """Per-example ROUGE-L of evaluation A (x) against B (y) on their shared examples; above the
+    diagonal B did better."""
+    pairs = comparison["pairs"]
+    colors = ["#2e7d32" if p["delta_rouge_l"] > 1e-9 else "#c62828" if p["delta_rouge_l"] < -1e-9 else "#757575"
+              for p in pairs]
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "#9e9e9e"},
+                             name="same", hoverinfo="skip"))
+    fig.add_trace(go.Scatter(
+        x=[p["rouge_l_a"] for p in pairs], y=[p["rouge_l_b"] for p in pairs], mode="markers",
+        marker={"color": colors, "size": 9, "opacity": 0.8}, name="example",
+        customdata=[[p["idx_a"], p["idx_b"], (p["instruction"] or "")[:80]] for p in pairs],
+        hovertemplate="A #%{customdata[0]} → B #%{customdata[1]}<br>%{customdata[2]}<br>"
+                      "A %{x:.3f} · B %{y:.3f}<extra></extra>"))
+    a, b = comparison["a"]["id"], comparison["b"]["id"]
+    fig.update_layout(title=f"ROUGE-L per example: {a} (x) vs {b} (y)", height=420, showlegend=False,
+                      xaxis={"range": [-0.02, 1.02], "title": f"A: {a}"},
+                      yaxis={"range": [-0.02, 1.02], "title": f"B: {b}", "scaleanchor": "x"},
+                      margin={"t": 50, "b": 40})
+    return fig
+
+
+def leaderboard_bars(rows: list[dict]) -> go.Figure:
+    fig = go.Figure()
+    names = [r["id"] for r in rows]
+    fig.add_trace(go.Bar(x=names, y=[r["bleu"] for r in rows], name="BLEU"))
+    fig.add_trace(go.Bar(x=names, y=[r["rouge_l"] for r in rows], name="ROUGE-L"))
+    fig.update_layout(barmode="group", yaxis_range=[0, 1], height=300, title="Evaluations", margin={"t": 50, "b": 40})
+    return fig

@@ -97,6 +97,8 @@ def _progress_printer(label: str):
         text = f"{label} job {job['id']}: {job['state']}"
         if p.get("total"):
             text += f"  {p['done']}/{p['total']} {p.get('label', '')}"
+            if p.get("per_s"):
+                text += f" ({p['per_s']:.2f}/s)"
         if text != last["text"]:
             print(text, file=sys.stderr, flush=True)
             last["text"] = text
@@ -159,15 +161,75 @@ def cmd_jobs(args) -> int:
     return 0
 
 
+def _eval_row(e: dict) -> str:
+    return (f"{e['id']}  {e['run_id'] or '(base, no adapter)':<28} {e['dataset_version_id']}/{e['split']:<5} "
+            f"n={e['n']:<5} BLEU {e['bleu']:.4f}  ROUGE-L {e['rouge_l']:.4f}  {'PASS' if e['passed'] else 'FAIL'}")
+
+
 def cmd_evaluate(args) -> int:
     from core import evaluate, jobs
     from core.inference import Decoding
 
+    action, ids = args.action, args.ids
+    needs = {"show": 1, "compare": 2, "report": 1, "csv": 1, "list": 0}
+    if action and len(ids) != needs[action]:
+        return _fail(f"evaluate {action} needs {needs[action]} evaluation id(s), got {len(ids)}", 2)
+    if not action and ids:
+        return _fail(f"unknown evaluate action '{ids[0]}' (list, show, compare, report, csv; or --run RUN)", 2)
     try:
+        if action == "list":
+            rows = evaluate.leaderboard(args.dataset, args.base_model, args.split_filter)
+            if args.json:
+                print(json.dumps(rows, ensure_ascii=False, indent=2, default=str))
+            else:
+                for e in rows:
+                    print(f"#{e['rank']:<3} " + _eval_row(e))
+            return 0
+        if action == "show":
+            e = evaluate.get_evaluation(ids[0])
+            e["verdict"] = "PASS" if e["passed"] else "FAIL"
+            _print(e, args.json)
+            return 0
+        if action == "compare":
+            c = evaluate.compare(ids[0], ids[1])
+            if args.json:
+                print(json.dumps(c, ensure_ascii=False, indent=2, default=str))
+                return 0
+            print(f"A {c['a']['label']}\nB {c['b']['label']}")
+            print(f"whole evaluations:  BLEU {c['a']['bleu']:.4f} → {c['b']['bleu']:.4f} ({c['delta']['bleu']:+.4f})  "
+                  f"ROUGE-L {c['a']['rouge_l']:.4f} → {c['b']['rouge_l']:.4f} ({c['delta']['rouge_l']:+.4f})")
+            sh = c["shared"]
+            print(f"{sh['n']} shared examples: BLEU {sh['a']['bleu']:.4f} → {sh['b']['bleu']:.4f} "
+                  f"({sh['delta']['bleu']:+.4f})  ROUGE-L {sh['a']['rouge_l']:.4f} → {sh['b']['rouge_l']:.4f} "
+                  f"({sh['delta']['rouge_l']:+.4f})")
+            print(f"better {c['counts']['better']}, worse {c['counts']['worse']}, same {c['counts']['same']}")
+            for title, items in (("most improved", c["better"][:5]), ("most worsened", c["worse"][:5])):
+                for p in items:
+                    print(f"  {title}: #{p['idx_b']} ROUGE-L {p['rouge_l_a']:.3f} → {p['rouge_l_b']:.3f}  "
+                          f"{(p['instruction'] or '')[:60]}")
+            return 0
+        if action in ("report", "csv"):
+            if not args.out:
+                return _fail(f"evaluate {action} needs --out FILE", 2)
+            out = Path(args.out)
+            if action == "report":
+                text = evaluate.report_html(ids[0], args.compare_with)
+                out.write_text(text, encoding="utf-8")
+            else:
+                out.write_text(evaluate.examples_csv(ids[0]), encoding="utf-8")
+            if args.csv:
+                Path(args.csv).write_text(evaluate.examples_csv(ids[0]), encoding="utf-8")
+            print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)", file=sys.stderr)
+            return 0
+        if not args.run and not args.base_model:
+            return _fail("evaluate needs --run RUN, or --base-model MODEL with --dataset VERSION "
+                         "(or an action: list, show, compare, report, csv)", 2)
+        decoding = Decoding(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                            temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                            stop=list(args.stop or []))
         job = evaluate.submit(
             args.run, base_model=args.base_model, dataset_version_id=args.dataset, split=args.split,
-            limit=args.limit, decoding=Decoding(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size),
-            owner=_user(),
+            limit=args.limit, decoding=decoding, owner=_user(), prompt_format_name=args.prompt_format,
         )
     except (ValueError, jobs.JobError) as exc:
         return _fail(str(exc))
@@ -176,6 +238,7 @@ def cmd_evaluate(args) -> int:
         return _fail(f"evaluation job {job['id']} {job['state']}: {job['error']}")
     result = dict(job["result"])
     result["evaluation"] = job["config"]["evaluation_id"]
+    result["decoding"] = job["config"]["decoding"]
     result.pop("predictions", None)
     _print(result, args.json)
     return 0
@@ -184,14 +247,24 @@ def cmd_evaluate(args) -> int:
 def cmd_gate(args) -> int:
     from core import evaluate, jobs
 
+    if args.set_thresholds:
+        try:
+            value = evaluate.set_thresholds(*args.set_thresholds, actor=_user())
+        except ValueError as exc:
+            return _fail(str(exc), 2)
+        print(json.dumps({"thresholds": value}))
+        return 0
+    if not args.run:
+        print(json.dumps({"thresholds": evaluate.thresholds()}))
+        return 0
     try:
-        jobs.get_run(args.run)
+        verdict = evaluate.verdict(args.run)
     except jobs.JobError as exc:
         return _fail(str(exc), 2)
-    verdict = evaluate.verdict(args.run)
     e = verdict["evaluation"]
     print(json.dumps({"run": args.run, "releasable": verdict["releasable"], "reason": verdict["reason"],
-                      "evaluation": e["id"] if e else None}, ensure_ascii=False))
+                      "evaluation": e["id"] if e else None, "thresholds": verdict.get("thresholds")},
+                     ensure_ascii=False))
     return 0 if verdict["releasable"] else 1
 
 
@@ -297,20 +370,40 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--limit", type=int, default=30)
     j.set_defaults(fn=cmd_jobs)
 
-    e = sub.add_parser("evaluate", help="evaluate a run (or a base model) on a held-out split")
+    e = sub.add_parser(
+        "evaluate", help="evaluate a run (or a base model) on a held-out split; list, compare and report evaluations",
+        description="`evaluate --run RUN` queues an evaluation and waits; `evaluate list` is the leaderboard; "
+                    "`evaluate compare A B` shows metric deltas and the examples that got better or worse; "
+                    "`evaluate report EVAL --out FILE.html` writes the self-contained client report; "
+                    "`evaluate csv EVAL --out FILE.csv` the examples.")
+    e.add_argument("action", nargs="?", choices=["list", "show", "compare", "report", "csv"])
+    e.add_argument("ids", nargs="*", metavar="EVAL", help="evaluation id(s) for show, compare, report, csv")
     e.add_argument("--run")
-    e.add_argument("--base-model")
-    e.add_argument("--dataset", metavar="VERSION")
+    e.add_argument("--base-model", help="evaluate this base model without an adapter (or: filter the list)")
+    e.add_argument("--dataset", metavar="VERSION", help="dataset version (or: filter the list)")
     e.add_argument("--split", default="test", choices=["test", "train"])
-    e.add_argument("--limit", type=int)
+    e.add_argument("--prompt-format", choices=["chat", "alpaca-vi"],
+                   help="with --base-model: the prompt format (use the tuned run's to compare the two)")
+    e.add_argument("--split-filter", choices=["test", "train"], help="list: only this split")
+    e.add_argument("--limit", type=int, help="only the first N examples of the split")
     e.add_argument("--max-new-tokens", type=int, default=128)
     e.add_argument("--batch-size", type=int, default=8)
+    e.add_argument("--temperature", type=float, default=0.0, help="0: greedy (the default)")
+    e.add_argument("--top-p", type=float, default=1.0)
+    e.add_argument("--top-k", type=int, default=0)
+    e.add_argument("--stop", action="append", metavar="TEXT", help="stop string (repeatable)")
+    e.add_argument("--out", help="report / csv: the file to write")
+    e.add_argument("--csv", help="report: also write the examples' CSV here")
+    e.add_argument("--compare-with", metavar="EVAL", help="report: compare with this evaluation "
+                   "(default: the base model's evaluation on the same split, when there is one)")
     e.add_argument("--timeout", type=float, default=6 * 3600)
     e.add_argument("--json", action="store_true")
     e.set_defaults(fn=cmd_evaluate)
 
-    g = sub.add_parser("gate", help="exit 0 only when the run is releasable")
-    g.add_argument("--run", required=True)
+    g = sub.add_parser("gate", help="exit 0 only when the run is releasable; show or set the thresholds")
+    g.add_argument("--run")
+    g.add_argument("--set-thresholds", nargs=2, type=float, metavar=("BLEU", "ROUGE_L"),
+                   help="set the project's gate thresholds (recorded in the audit log)")
     g.set_defaults(fn=cmd_gate)
 
     s = sub.add_parser("score", help="BLEU and ROUGE-L of a JSONL of {reference, prediction}")

@@ -1,7 +1,11 @@
 """Generation with a base model, optionally with a run's LoRA adapter: batched, greedy by default.
 
 Used by the evaluation worker and by the playground. Prompts come from ``core.prompt_format``.
-Batches are sorted by prompt length and left-padded, so the KV cache serves every row.
+Prompts are sorted by length and cut into batches, left-padded so that every row's last prompt
+token sits at the same position and decoding proceeds with the KV cache for the whole batch;
+answers come back in the prompts' order. A row stops at the format's end-of-turn token or at any
+of the decoding's stop strings (checked during generation, then cut from the text).
+On CUDA with Unsloth installed, ``load`` uses Unsloth's fast inference path (``for_inference``).
 """
 from __future__ import annotations
 
@@ -27,7 +31,35 @@ class Decoding:
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "Decoding":
-        return cls(**(data or {}))
+        data = dict(data or {})
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown decoding setting(s): {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+    def validate(self) -> "Decoding":
+        if not 1 <= int(self.max_new_tokens) <= 8192:
+            raise ValueError(f"max_new_tokens must be between 1 and 8192, not {self.max_new_tokens}")
+        if not 0 <= float(self.temperature) <= 5:
+            raise ValueError(f"temperature must be between 0 (greedy) and 5, not {self.temperature}")
+        if not 0 < float(self.top_p) <= 1:
+            raise ValueError(f"top_p must be in (0, 1], not {self.top_p}")
+        if int(self.top_k) < 0:
+            raise ValueError(f"top_k must be 0 (off) or more, not {self.top_k}")
+        if not 1 <= int(self.batch_size) <= 1024:
+            raise ValueError(f"batch_size must be between 1 and 1024, not {self.batch_size}")
+        if not isinstance(self.stop, list) or not all(isinstance(x, str) and x for x in self.stop):
+            raise ValueError("stop strings must be a list of non-empty texts")
+        return self
+
+    @property
+    def greedy(self) -> bool:
+        return float(self.temperature) <= 0
+
+
+def parse_stop(text: str | None) -> list[str]:
+    """Stop strings typed one per line (``\\n`` spells a newline)."""
+    return [line.replace("\\n", "\n") for line in (text or "").splitlines() if line.strip()]
 
 
 @dataclass
@@ -37,10 +69,35 @@ class Loaded:
     base_model: str
     adapter_dir: str | None
     prompt_format: str
+    backend: str = "hf"
+
+
+def _unsloth_inference(base_model: str, adapter_dir: str | None, tokenizer):
+    """Unsloth's fast inference (CUDA only): the base model, the run's adapter on top, ``for_inference``.
+    ``VITUNE_UNSLOTH=0`` turns it off. Returns None where Unsloth is not installed."""
+    import os
+
+    if os.environ.get("VITUNE_UNSLOTH", "1") == "0":
+        return None
+    try:
+        from unsloth import FastLanguageModel
+    except Exception:
+        return None
+    # a pre-quantised 4-bit base (as trained with QLoRA) stays 4-bit; others load in bf16/fp16
+    model, _ = FastLanguageModel.from_pretrained(model_name=base_model, max_seq_length=8192, dtype=None,
+                                                 load_in_4bit="4bit" in base_model.lower())
+    if adapter_dir:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter_dir)
+    FastLanguageModel.for_inference(model)
+    return model
 
 
 def load(base_model: str, adapter_dir: str | None = None, prompt_format_name: str | None = None,
-         merge: bool = True, dtype=None) -> Loaded:
+         merge: bool = True, dtype=None, device: str | None = None) -> Loaded:
+    """``device``: "cuda" or "cpu"; by default CUDA where there is one (then Unsloth's fast inference
+    when it is installed, plain transformers otherwise)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -57,8 +114,17 @@ def load(base_model: str, adapter_dir: str | None = None, prompt_format_name: st
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    cuda = torch.cuda.is_available()
-    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype or compute_dtype())
+    cuda = torch.cuda.is_available() if device is None else device == "cuda"
+    if cuda and dtype is None:
+        try:
+            model = _unsloth_inference(base_model, adapter_dir, tokenizer)
+        except Exception as exc:  # an Unsloth that cannot load this model: plain transformers does
+            print(f"Unsloth inference unavailable for {base_model} ({type(exc).__name__}: {exc}); using transformers",
+                  flush=True)
+            model = None
+        if model is not None:
+            return Loaded(model, tokenizer, base_model, adapter_dir, fmt, "unsloth")
+    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype or compute_dtype(cuda))
     if adapter_dir:
         from peft import PeftModel
 
@@ -68,7 +134,7 @@ def load(base_model: str, adapter_dir: str | None = None, prompt_format_name: st
     if cuda:
         model = model.to("cuda")
     model.eval()
-    return Loaded(model, tokenizer, base_model, adapter_dir, fmt)
+    return Loaded(model, tokenizer, base_model, adapter_dir, fmt, "hf")
 
 
 def generate(loaded: Loaded, prompts: Sequence[str], decoding: Decoding | None = None,
@@ -76,9 +142,10 @@ def generate(loaded: Loaded, prompts: Sequence[str], decoding: Decoding | None =
     """Answers for ``prompts`` (already rendered), in the same order."""
     import torch
 
-    decoding = decoding or Decoding()
+    decoding = (decoding or Decoding()).validate()
     tok, model = loaded.tokenizer, loaded.model
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    lengths = [len(ids) for ids in tok(list(prompts), add_special_tokens=True)["input_ids"]] if prompts else []
+    order = sorted(range(len(prompts)), key=lambda i: lengths[i])
     answers: list[str] = [""] * len(prompts)
     eos_ids = prompt_format.stop_token_ids(loaded.prompt_format, tok)
     done = 0
@@ -90,7 +157,10 @@ def generate(loaded: Loaded, prompts: Sequence[str], decoding: Decoding | None =
             max_new_tokens=decoding.max_new_tokens,
             eos_token_id=eos_ids,
             pad_token_id=tok.pad_token_id,
+            use_cache=True,
         )
+        if decoding.stop:
+            kwargs.update(stop_strings=list(decoding.stop), tokenizer=tok)
         if decoding.temperature > 0:
             kwargs.update(do_sample=True, temperature=decoding.temperature, top_p=decoding.top_p)
             if decoding.top_k:

@@ -162,14 +162,15 @@ def load_tokenizer(base_model: str):
     return tok
 
 
-def compute_dtype():
+def compute_dtype(cuda: bool | None = None):
     """bfloat16 on CUDA and on CPUs with native bf16 (AVX512-BF16 or AMX: ~4× the float32 speed
-    there); float32 elsewhere. ``VITUNE_CPU_DTYPE=float32`` forces full precision on the CPU."""
+    there); float32 elsewhere. ``VITUNE_CPU_DTYPE=float32`` forces full precision on the CPU.
+    ``cuda=False`` asks for the CPU's dtype on a machine that has a GPU."""
     import os
 
     import torch
 
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() if cuda is None else cuda:
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if os.environ.get("VITUNE_CPU_DTYPE", "auto") == "float32":
         return torch.float32

@@ -10,6 +10,11 @@ non-ASCII letter and must never be used on Vietnamese.)
 - ROUGE-L: mean over examples of the LCS F1 (β = 1) on the same tokens; 0 for an empty prediction.
 - Per example also: sentence BLEU with nltk's smoothing method1 (shown, never gated).
 - Gate: BLEU > 0.35 and ROUGE-L > 0.45 by default; thresholds travel with every result.
+
+Speed: ``score`` counts the clipped n-gram matches of every pair at once with numpy (the n-grams
+become integer ids, counted per pair by sorting), the same integers the per-pair ``Counter``
+definition gives (tested against it), so results are bit-for-bit those of the plain definition;
+the LCS comes from rapidfuzz. 10,000 pairs of 200 syllables score in a few seconds on 2 cores.
 """
 from __future__ import annotations
 
@@ -115,20 +120,98 @@ def gate(bleu: float, rouge: float, thresholds: dict | None = None) -> bool:
     return bleu > t["bleu"] and rouge > t["rouge_l"]
 
 
+def match_counts(hyps: Sequence[Sequence[str]], refs: Sequence[Sequence[str]]) -> list[list[int]]:
+    """Clipped n-gram matches (n = 1..4) of every (hyp, ref) pair, computed for all pairs at once.
+
+    Equal to ``_clipped_counts(h, r)[0]`` for each pair (tested). Tokens become integer ids; a
+    unigram's id is the dense id of (pair, token), an n-gram's the dense id of (its (n-1)-gram's
+    id, its last token), so equal ids mean the same n-gram in the same pair. Each id is counted on
+    the hypothesis side and on the reference side; the clipped match is the smaller count.
+    """
+    import numpy as np
+    import pandas as pd
+
+    n_pairs = len(hyps)
+    out = np.zeros((n_pairs, MAX_N), dtype=np.int64)
+    seqs = list(hyps) + list(refs)
+    lens = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+    total = int(lens.sum())
+    if n_pairs == 0 or total == 0:
+        return out.tolist()
+    tokens = pd.factorize(np.asarray([t for s in seqs for t in s], dtype=object))[0].astype(np.int64)
+    vocab = int(tokens.max()) + 1
+    unit = np.repeat(np.arange(len(seqs), dtype=np.int64), lens)
+    starts = np.repeat(np.cumsum(lens) - lens, lens)
+    left = np.repeat(lens, lens) - (np.arange(total, dtype=np.int64) - starts)  # tokens from here to the end
+    pair = unit % n_pairs
+    is_ref = unit >= n_pairs
+    where = np.arange(total, dtype=np.int64)   # positions where an n-gram starts (n tokens remain)
+    gram = pd.factorize(pair * vocab + tokens)[0].astype(np.int64)
+    for n in range(1, MAX_N + 1):
+        if n > 1:
+            keep = left[where] >= n
+            where = where[keep]
+            if not len(where):
+                break
+            gram = pd.factorize(gram[keep] * vocab + tokens[where + n - 1])[0].astype(np.int64)
+        k = int(gram.max()) + 1
+        ref_side = is_ref[where]
+        hyp_count = np.bincount(gram[~ref_side], minlength=k)
+        ref_count = np.bincount(gram[ref_side], minlength=k)
+        owner = np.empty(k, dtype=np.int64)
+        owner[gram] = pair[where]
+        out[:, n - 1] = np.bincount(owner, weights=np.minimum(hyp_count, ref_count), minlength=n_pairs)
+    return out.tolist()
+
+
+def _bleu_from_counts(matches: Sequence[int], totals: Sequence[int], hyp_len: int, ref_len: int) -> float:
+    if hyp_len == 0 or any(m == 0 for m in matches):
+        return 0.0
+    log_precision = sum(math.log(m / t) for m, t in zip(matches, totals)) / MAX_N
+    brevity = 1.0 if hyp_len > ref_len else math.exp(1 - ref_len / hyp_len)
+    return brevity * math.exp(log_precision)
+
+
+def _sentence_bleu_from_counts(matches: Sequence[int], hyp_len: int, ref_len: int, epsilon: float = 0.1) -> float:
+    if not hyp_len or matches[0] == 0:
+        return 0.0
+    logs = []
+    for n, m in enumerate(matches, start=1):
+        t = max(hyp_len - n + 1, 0)
+        logs.append(math.log(epsilon / 1) if t == 0 else math.log((m if m else epsilon) / t))
+    brevity = 1.0 if hyp_len > ref_len else math.exp(1 - ref_len / hyp_len)
+    return brevity * math.exp(sum(logs) / MAX_N)
+
+
 def score(references: Iterable[str], predictions: Iterable[str], thresholds: dict | None = None) -> Scores:
     thresholds = dict(thresholds or DEFAULT_THRESHOLDS)
     refs = [tokenize(r) for r in references]
     hyps = [tokenize(p) for p in predictions]
     if len(refs) != len(hyps):
         raise ValueError(f"{len(refs)} references but {len(hyps)} predictions")
+    counts = match_counts(hyps, refs)
     per = []
     rouge_sum = 0.0
-    for h, r in zip(hyps, refs):
-        rl = rouge_l(h, r)
+    corpus_matches, corpus_totals = [0] * MAX_N, [0] * MAX_N
+    hyp_len = ref_len = 0
+    similarity = LCSseq.similarity
+    for h, r, m in zip(hyps, refs, counts):
+        lh, lr = len(h), len(r)
+        rl = 0.0
+        if lh and lr:
+            lcs = similarity(h, r)
+            if lcs:
+                precision, recall = lcs / lh, lcs / lr
+                rl = 2 * precision * recall / (precision + recall)
         rouge_sum += rl
-        per.append({"rouge_l": rl, "bleu": sentence_bleu_method1(h, r)})
+        per.append({"rouge_l": rl, "bleu": _sentence_bleu_from_counts(m, lh, lr)})
+        for i in range(MAX_N):
+            corpus_matches[i] += m[i]
+            corpus_totals[i] += max(lh - i, 0)
+        hyp_len += lh
+        ref_len += lr
     n = len(refs)
-    bleu = corpus_bleu(hyps, refs) if n else 0.0
+    bleu = _bleu_from_counts(corpus_matches, corpus_totals, hyp_len, ref_len) if n else 0.0
     rouge = rouge_sum / n if n else 0.0
     return Scores(n, bleu, rouge, gate(bleu, rouge, thresholds), thresholds, per)
 

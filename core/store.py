@@ -148,13 +148,28 @@ def _m001_initial(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+def _m004_evaluation_details(con: duckdb.DuckDBPyConnection) -> None:
+    """Evaluations keep what a client asks about later: how they were produced, how fast, by whom,
+    and the verdict's reason; examples keep a key that matches the same pair across evaluations."""
+    for column, kind in (("prompt_format", "VARCHAR"), ("adapter_dir", "VARCHAR"), ("sample_limit", "INTEGER"),
+                         ("generation_s", "DOUBLE"), ("scoring_s", "DOUBLE"), ("examples_per_s", "DOUBLE"),
+                         ("gate_reason", "VARCHAR"), ("created_by", "VARCHAR")):
+        con.execute(f"ALTER TABLE evaluations ADD COLUMN IF NOT EXISTS {column} {kind}")
+    con.execute("ALTER TABLE evaluation_examples ADD COLUMN IF NOT EXISTS pair_key VARCHAR")
+    con.execute(
+        """UPDATE evaluation_examples SET pair_key =
+               md5(coalesce(instruction, '') || chr(31) || coalesce(input, '') || chr(31) || coalesce(reference, ''))
+           WHERE pair_key IS NULL"""
+    )
+
+
 def _m006_training_metrics(con: duckdb.DuckDBPyConnection) -> None:
     """Eval loss (on the test split) and peak GPU memory beside each training step."""
-    con.execute("ALTER TABLE metrics ADD COLUMN eval_loss DOUBLE")
-    con.execute("ALTER TABLE metrics ADD COLUMN gpu_mem_gib DOUBLE")
+    con.execute("ALTER TABLE metrics ADD COLUMN IF NOT EXISTS eval_loss DOUBLE")
+    con.execute("ALTER TABLE metrics ADD COLUMN IF NOT EXISTS gpu_mem_gib DOUBLE")
 
 
-MIGRATIONS = [_m001_initial, _m006_training_metrics]
+MIGRATIONS = [_m001_initial, _m004_evaluation_details, _m006_training_metrics]
 
 # ── connections ──────────────────────────────────────────────────────────────
 
@@ -187,13 +202,18 @@ class StoreBusy(RuntimeError):
     pass
 
 
+def _migration_number(fn) -> int:
+    """``_m004_name`` is migration 4: numbers come from the names, so branches can leave gaps."""
+    return int(fn.__name__.split("_")[1].lstrip("m"))
+
+
 def migrate(con: duckdb.DuckDBPyConnection) -> int:
     con.execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name VARCHAR, applied_at TIMESTAMPTZ)"
     )
     done = {r[0] for r in con.execute("SELECT version FROM schema_migrations").fetchall()}
     applied = 0
-    for number, fn in enumerate(MIGRATIONS, start=1):
+    for number, fn in sorted((_migration_number(fn), fn) for fn in MIGRATIONS):
         if number in done:
             continue
         con.execute("BEGIN TRANSACTION")

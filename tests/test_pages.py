@@ -66,3 +66,72 @@ def test_playground_answers_side_by_side(pipeline, monkeypatch):
     _clean(at)
     labels = [m.value for m in at.markdown]
     assert "**Tuned**" in labels and "**Base**" in labels
+
+
+def test_evaluate_page_leaderboard_comparison_and_drill_down(home):
+    from tests.test_evaluate import BASE_PREDS, TUNED_PREDS, store_evaluation
+
+    store_evaluation(home, "eval-base", BASE_PREDS)
+    store_evaluation(home, "eval-tuned", TUNED_PREDS)
+    store_evaluation(home, "eval-other", TUNED_PREDS[:2], dataset="ds-y")
+    at = _run("evaluate")
+    _clean(at)
+    board = at.dataframe[0].value
+    assert sorted(board["evaluation"]) == ["eval-base", "eval-other", "eval-tuned"]
+    next(s for s in at.selectbox if s.label == "Dataset version").set_value("ds-x").run()
+    _clean(at)
+    assert sorted(at.dataframe[0].value["evaluation"]) == ["eval-base", "eval-tuned"]
+    assert {b.label for b in at.get("download_button")} >= {"Download the report (HTML)", "Download the examples (CSV)"}
+    # compare: A = base (the one before), B = tuned
+    next(s for s in at.selectbox if s.label == "A (before)").set_value("eval-base")
+    next(s for s in at.selectbox if s.label == "B (after)").set_value("eval-tuned")
+    at.run()
+    _clean(at)
+    metrics = {m.label: m for m in at.metric}
+    assert metrics["Better examples"].value == "4" and metrics["Worse examples"].value == "0"
+    assert metrics["ROUGE-L (shared)"].delta.startswith("+")
+    # drill-down: reference and prediction side by side, the differing words highlighted
+    next(s for s in at.selectbox if s.label == "Evaluation").set_value("eval-tuned").run()
+    _clean(at)
+    htmls = [h.proto.body for h in at.get("html")]
+    assert any('vt-diff-ref' in h and 'vt-chg' in h for h in htmls)
+    assert any('vt-diff-pred' in h for h in htmls)
+
+
+
+
+def test_gate_thresholds_saved_from_the_page_are_audited(home):
+    at = _run("evaluate")
+    next(n for n in at.number_input if n.label == "BLEU must exceed").set_value(0.4)
+    next(n for n in at.number_input if n.label == "ROUGE-L must exceed").set_value(0.5)
+    next(b for b in at.button if b.label == "Save thresholds").click().run()
+    _clean(at)
+    from core import evaluate, store
+
+    assert evaluate.thresholds() == {"bleu": 0.4, "rouge_l": 0.5}
+    audit = store.rows("SELECT actor, action, subject FROM audit_log")
+    assert audit == [{"actor": "tester", "action": "setting.changed", "subject": "thresholds"}]
+
+@pytest.mark.slow
+def test_evaluate_form_queues_a_base_model_evaluation_with_its_decoding(pipeline, monkeypatch):
+    monkeypatch.setenv("VITUNE_HOME", str(pipeline["home"]))
+    from core import jobs
+
+    at = _run("evaluate")
+    what = next(s for s in at.selectbox if s.label == "What to evaluate")
+    what.set_value(next(o for o in what.options if "without adapter" in o))
+    next(n for n in at.number_input if n.label.startswith("Temperature")).set_value(0.7)
+    next(n for n in at.number_input if n.label == "Top-p").set_value(0.9)
+    next(t for t in at.text_area if t.label.startswith("Stop strings")).set_value("###\nKhách hàng:")
+    next(b for b in at.button if b.label == "Queue evaluation").click().run()
+    _clean(at)
+    job = jobs.list_jobs(1, "evaluate")[0]
+    try:
+        cfg = job["config"]
+        assert job["state"] == "queued" and cfg["run_id"] is None and cfg["adapter_dir"] is None
+        assert cfg["decoding"]["temperature"] == 0.7 and cfg["decoding"]["top_p"] == 0.9
+        assert cfg["decoding"]["stop"] == ["###", "Khách hàng:"] and cfg["limit"] == 20
+        assert cfg["prompt_format"] == jobs.get_run(pipeline["run"])["prompt_format"]
+        assert any(s.value.startswith(f"Queued evaluation job {job['id']}") for s in at.success)
+    finally:
+        jobs.cancel(job["id"], actor="tester")  # leave the shared pipeline's queue as it was

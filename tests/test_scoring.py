@@ -72,13 +72,34 @@ def test_empty_prediction_scores_zero_and_gate_is_strict():
     assert scoring.gate(0.3501, 0.4501)
 
 
+@pytest.mark.parametrize("seed", [11, 12])
+def test_vectorised_match_counts_equal_the_per_pair_counter_definition(seed):
+    rnd = random.Random(seed)
+    hyps, refs = [[], ["một"], [], ["a", "b"]], [[], [], ["một"], ["a", "b", "a", "b", "a"]]  # empty and short
+    for _ in range(2000):
+        ref = [rnd.choice(VOCAB[:6]) for _ in range(rnd.randint(0, 30))]  # few words: many repeated n-grams
+        hyps.append([w if rnd.random() < 0.7 else rnd.choice(VOCAB[:6]) for w in ref][: rnd.randint(0, len(ref) + 3)])
+        refs.append(ref)
+    assert scoring.match_counts(hyps, refs) == [scoring._clipped_counts(h, r)[0] for h, r in zip(hyps, refs)]
+    assert scoring.match_counts([], []) == []
+
+
+def test_all_empty_corpus_scores_zero():
+    result = scoring.score(["", "..."], ["", ""])
+    assert result.bleu == 0 and result.rouge_l == 0 and [p["bleu"] for p in result.per_example] == [0, 0]
+
+
 def test_score_speed_10k_pairs():
-    rnd = random.Random(0)
-    refs = [" ".join(rnd.choice(VOCAB) for _ in range(200)) for _ in range(10_000)]
-    hyps = [" ".join(rnd.choice(VOCAB) for _ in range(200)) for _ in range(10_000)]
-    t0 = time.perf_counter()
-    scoring.score(refs, hyps)
-    assert time.perf_counter() - t0 < 20  # the target is 10 s on 2 cores; leave room for a busy CI
+    sys.path.insert(0, str(REPO / "bench"))
+    from score import make_pairs  # bench/score.py: 10,000 pairs of ~200 syllables of sample-data Vietnamese
+
+    refs, hyps = make_pairs(10_000, 200)
+    t0 = time.process_time()
+    result = scoring.score(refs, hyps)
+    # CPU seconds of this (single-threaded) work, so that other jobs sharing the 2 cores do not count:
+    # bench/score.py measures ~5 s wall on the idle machine; the target is 10 s.
+    assert time.process_time() - t0 < 10
+    assert len(result.per_example) == 10_000 and 0.3 < result.rouge_l < 1
 
 
 def test_score_cli(tmp_path):

@@ -12,11 +12,30 @@ from tests.conftest import REPO, cli, paths
 def test_migrations_are_numbered_and_applied_once(home):
     with store.connect() as con:
         got = con.execute("SELECT version, name FROM schema_migrations ORDER BY version").fetchall()
-        assert got == [(i, fn.__name__) for i, fn in enumerate(store.MIGRATIONS, start=1)]
+        assert got == sorted((int(fn.__name__.split("_")[1][1:]), fn.__name__) for fn in store.MIGRATIONS)
+        assert (4, "_m004_evaluation_details") in got
         assert store.migrate(con) == 0
         tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
     assert {"dataset_versions", "jobs", "runs", "metrics", "evaluations", "evaluation_examples",
             "releases", "audit_log", "settings"} <= tables
+
+
+def test_migration_004_keys_the_examples_of_an_older_database(home):
+    """A database made before migration 004 gains the new columns, and its examples a pair key equal to
+    the one ingest computes for new evaluations."""
+    from core import evaluate
+
+    con = duckdb.connect(str(paths.db_path()))
+    con.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name VARCHAR, applied_at TIMESTAMPTZ)")
+    store._m001_initial(con)
+    con.execute("INSERT INTO schema_migrations VALUES (1, '_m001_initial', now())")
+    con.execute("INSERT INTO evaluation_examples VALUES ('eval-old', 0, 'Hỏi', '', 'Dạ, vâng ạ.', 'Dạ', 0.1, 0.5)")
+    assert store.migrate(con) == len(store.MIGRATIONS) - 1
+    key = con.execute("SELECT pair_key FROM evaluation_examples").fetchone()[0]
+    cols = {r[0] for r in con.execute("DESCRIBE evaluations").fetchall()}
+    con.close()
+    assert key == evaluate.pair_key("Hỏi", "", "Dạ, vâng ạ.")
+    assert {"prompt_format", "generation_s", "examples_per_s", "gate_reason", "sample_limit"} <= cols
 
 
 def test_settings_changes_are_audited(home):
