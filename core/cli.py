@@ -121,6 +121,13 @@ def cmd_train(args) -> int:
         if args.print_config:
             print(config.to_yaml(cfg), end="")
             return 0
+        from core import vram
+
+        fit = vram.check(cfg, backend="unsloth" if cfg.backend == "auto" else cfg.backend)
+        if args.estimate:
+            _print(fit, True)
+            return 0
+        print(fit["message"], file=sys.stderr)
         if not args.dataset:
             return _fail("train needs --dataset VERSION (see `python -m core dataset list`)")
         job = jobs.submit_train(args.dataset, cfg, owner=_user())
@@ -358,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--base-model")
     t.add_argument("--prompt-format", choices=["chat", "alpaca-vi"])
     t.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and queue nothing")
+    t.add_argument("--estimate", action="store_true", help="print the GPU memory estimate as JSON and queue nothing")
     t.add_argument("--no-wait", action="store_true")
     t.add_argument("--timeout", type=float, default=24 * 3600)
     t.add_argument("--json", action="store_true")

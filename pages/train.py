@@ -1,6 +1,6 @@
 import streamlit as st
 
-from core import charts, config, datasets, jobs, models
+from core import charts, config, datasets, jobs, models, vram
 from pages.common import fail, job_progress, jobs_table, user
 
 st.title("Train")
@@ -57,6 +57,8 @@ else:
             job = jobs.submit_train(labels[version], cfg.validate(), owner=user())
             st.session_state["watch_run"] = job["run_id"]
             st.success(f"Queued job {job['id']} for run {job['run_id']}.")
+            fit = vram.check(cfg, backend="unsloth" if cfg.backend == "auto" else cfg.backend)
+            (st.warning if fit["fits"] is False else st.caption)(fit["message"])
         except (ValueError, jobs.JobError, datasets.DatasetError) as exc:
             fail(exc)
     st.download_button("Download the preset as YAML", config.to_yaml(config.preset(preset if versions else "guide (r=16)")),
