@@ -1,7 +1,8 @@
 """The one prompt format shared by training, evaluation, the playground and the Modelfile.
 
 Two formats:
-- ``chat`` (default): the model's own chat template (Gemma: ``<start_of_turn>user … <end_of_turn>``).
+- ``chat`` (default): the model's own chat template (Gemma 3: ``<start_of_turn>user … <end_of_turn>``;
+  Gemma 4: ``<|turn>user … <turn|>``; roles user and model either way).
 - ``alpaca-vi``: the guide's Vietnamese Alpaca format (``### Hướng dẫn:`` / ``### Đầu vào:`` /
   ``### Phản hồi:``).
 
@@ -71,8 +72,9 @@ def _strip_bos(text: str, tokenizer) -> str:
 def _chat(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:
     if not getattr(tokenizer, "chat_template", None):
         raise FormatError("this tokenizer has no chat template; use the alpaca-vi format")
+    # enable_thinking: Gemma 4's template opens a thinking channel unless told not to; others ignore it
     text = tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=add_generation_prompt
+        messages, tokenize=False, add_generation_prompt=add_generation_prompt, enable_thinking=False
     )
     return _strip_bos(text, tokenizer)
 
@@ -110,20 +112,38 @@ def render_training_text(pair: Mapping[str, Any], fmt: str, tokenizer) -> str:
     )
 
 
+# The marker that closes a turn: Gemma 2/3 write <end_of_turn>, Gemma 4 writes <turn|>.
+TURN_ENDS = ("<end_of_turn>", "<turn|>")
+
+
+def turn_end(tokenizer) -> str | None:
+    """The text the tokenizer's chat template writes right after an answer (its end-of-turn marker)."""
+    marker = "\x03ANSWER\x03"
+    try:
+        text = _chat(tokenizer, [{"role": "user", "content": "?"}, {"role": "assistant", "content": marker}],
+                     add_generation_prompt=False)
+    except Exception:
+        return None
+    after = text.partition(marker)[2].strip()
+    return after.split()[0] if after else None
+
+
 def stop_strings(fmt: str, tokenizer=None) -> list[str]:
     """Strings that end an answer, beyond the EOS token."""
     check_format(fmt)
     if fmt == "alpaca-vi":
         return ["### Hướng dẫn:", "<eos>"]
-    return ["<end_of_turn>", "<eos>"]
+    end = turn_end(tokenizer) if tokenizer is not None else None
+    return [end, "<eos>"] if end else [*TURN_ENDS, "<eos>"]
 
 
 def stop_token_ids(fmt: str, tokenizer) -> list[int]:
     ids = {tokenizer.eos_token_id}
     if fmt == "chat":
-        end = tokenizer.convert_tokens_to_ids("<end_of_turn>")
-        if isinstance(end, int) and end != tokenizer.unk_token_id:
-            ids.add(end)
+        for marker in TURN_ENDS:
+            end = tokenizer.convert_tokens_to_ids(marker)
+            if isinstance(end, int) and end != tokenizer.unk_token_id:
+                ids.add(end)
     return sorted(i for i in ids if i is not None)
 
 
@@ -156,16 +176,24 @@ def ollama_template(fmt: str, tokenizer) -> str:
     without = render_prompt({"instruction": _PROMPT}, fmt, tokenizer)
     before_sys, _, rest = with_system.partition(_SYS)
     separator, _, after_prompt = rest.partition(_PROMPT)
-    if before_sys + _PROMPT + after_prompt != without:
-        raise FormatError("the chat template places the system text in a way the Modelfile cannot express")
-    return (
-        f"{before_sys}{{{{ if .System }}}}{{{{ .System }}}}{separator}{{{{ end }}}}"
-        f"{{{{ .Prompt }}}}{after_prompt}"
-    )
+    if _SYS not in with_system or _PROMPT not in rest or _PROMPT not in without:
+        raise FormatError("the chat template drops the system text or the prompt; the Modelfile cannot express it")
+    if before_sys + _PROMPT + after_prompt == without:  # Gemma 3: the system text opens the first user turn
+        return (
+            f"{before_sys}{{{{ if .System }}}}{{{{ .System }}}}{separator}{{{{ end }}}}"
+            f"{{{{ .Prompt }}}}{after_prompt}"
+        )
+    # a system turn of its own (Gemma 4): one whole branch with it, one without
+    go = lambda text: text.replace(_SYS, "{{ .System }}").replace(_PROMPT, "{{ .Prompt }}")  # noqa: E731
+    return f"{{{{ if .System }}}}{go(with_system)}{{{{ else }}}}{go(without)}{{{{ end }}}}"
 
 
 def render_ollama_template(template: str, prompt: str, system: str | None = None) -> str:
     """Render the subset of Go template syntax that ``ollama_template`` emits (for tests and preflight)."""
+    if template.startswith("{{ if .System }}") and "{{ else }}" in template and template.endswith("{{ end }}"):
+        with_system, _, without = template[len("{{ if .System }}"):-len("{{ end }}")].partition("{{ else }}")
+        chosen = with_system.replace("{{ .System }}", system) if system else without
+        return chosen.replace("{{ .Prompt }}", prompt)
     if system:
         text = template.replace("{{ if .System }}", "").replace("{{ end }}", "", 1)
         text = text.replace("{{ .System }}", system)
@@ -184,7 +212,7 @@ class TemplateTokenizer:
         self.chat_template = chat_template
         self.bos_token = bos_token
 
-    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=False):
+    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=False, **variables):
         from jinja2.sandbox import ImmutableSandboxedEnvironment
 
         def raise_exception(message):
@@ -193,7 +221,7 @@ class TemplateTokenizer:
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         env.globals["raise_exception"] = raise_exception
         return env.from_string(self.chat_template).render(
-            messages=messages, bos_token=self.bos_token, add_generation_prompt=add_generation_prompt
+            messages=messages, bos_token=self.bos_token, add_generation_prompt=add_generation_prompt, **variables
         )
 
     @classmethod

@@ -108,6 +108,10 @@ def _load(cfg: TrainConfig, backend: str, log: Callable[[str], None]):
 def _with_template(tokenizer, base: str):
     tok = getattr(tokenizer, "tokenizer", tokenizer)
     if not getattr(tok, "chat_template", None) and "gemma" in base.lower():
+        if "gemma-4" in base.lower() or "gemma4" in base.lower():
+            # Gemma 4 marks turns differently (<|turn>user … <turn|>); its -it models carry the template
+            raise ValueError(f"{base} has no chat template: train an -it model (e.g. unsloth/gemma-4-E4B-it) "
+                             "or use the alpaca-vi prompt format")
         tok.chat_template = prompt_format.GEMMA_CHAT_TEMPLATE
     return tokenizer
 

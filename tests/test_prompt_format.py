@@ -49,3 +49,33 @@ def test_unknown_format_is_refused():
 def test_clean_answer_cuts_at_stop_strings():
     assert pf.clean_answer("Dạ, vâng.<end_of_turn>\nrác", "chat") == "Dạ, vâng."
     assert pf.clean_answer("Trả lời.\n\n### Hướng dẫn:\nthêm", "alpaca-vi") == "Trả lời."
+
+
+# Gemma 4's turn markup (roles user / model, a system turn of its own, a thinking channel that
+# enable_thinking=False keeps closed), written here as a small template of the same shape.
+GEMMA4_STYLE = (
+    "{{ bos_token }}{% for m in messages %}"
+    "{{ '<|turn>' + ('model' if m['role'] == 'assistant' else m['role']) + '\n' + m['content'] | trim + '<turn|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|turn>model\n' }}"
+    "{% if enable_thinking is defined and enable_thinking %}{{ '<|channel>thought\n' }}{% endif %}{% endif %}"
+)
+
+
+def test_a_gemma_4_template_drives_prompts_stops_and_the_modelfile():
+    tok = pf.TemplateTokenizer(GEMMA4_STYLE)
+    prompt = pf.render_prompt(PAIR, "chat", tok)
+    assert prompt == f"<|turn>user\n{pf.user_message(PAIR)}<turn|>\n<|turn>model\n"  # no thinking channel
+    text = pf.render_training_text(PAIR, "chat", tok)
+    assert text == prompt + PAIR["output"] + "<turn|>\n"
+    assert pf.turn_end(tok) == "<turn|>" and pf.stop_strings("chat", tok) == ["<turn|>", "<eos>"]
+    assert pf.clean_answer("Thời hạn 90 ngày.<turn|>\n<|turn>user", "chat") == "Thời hạn 90 ngày."
+    template = pf.ollama_template("chat", tok)
+    assert pf.render_ollama_template(template, "Xin chào", "Bạn là trợ lý.") == pf.render_prompt(
+        {"instruction": "Xin chào"}, "chat", tok, system="Bạn là trợ lý.")
+    assert pf.render_ollama_template(template, "Xin chào") == pf.render_prompt({"instruction": "Xin chào"}, "chat", tok)
+
+
+def test_the_gemma_3_turn_end_is_read_from_the_default_models_template(tokenizer):
+    assert pf.turn_end(tokenizer) == "<end_of_turn>"
+    assert pf.stop_strings("chat", tokenizer) == ["<end_of_turn>", "<eos>"]
+    assert tokenizer.convert_tokens_to_ids("<end_of_turn>") in pf.stop_token_ids("chat", tokenizer)
