@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,19 @@ def write_jsonl(path: Path, rows: list) -> Path:
         for row in rows:
             fh.write((row if isinstance(row, str) else json.dumps(row, ensure_ascii=False)) + "\n")
     return path
+
+
+_TONES = "\u0300\u0301\u0303\u0309\u0323"
+
+
+def to_cp1258(text: str) -> bytes:
+    """Text as Windows-1258 writes Vietnamese: precomposed vowels (ơ, ư, â, …), combining tone marks."""
+    out = []
+    for ch in unicodedata.normalize("NFC", text):
+        parts = unicodedata.normalize("NFD", ch)
+        tones = "".join(p for p in parts if p in _TONES)
+        out.append(unicodedata.normalize("NFC", "".join(p for p in parts if p not in _TONES)) + tones)
+    return "".join(out).encode("cp1258")
 
 
 def tiny_pairs(n: int = 24) -> list[dict]:

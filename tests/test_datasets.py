@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from core import datasets, store
-from tests.conftest import cli, tiny_pairs, write_jsonl
+from tests.conftest import cli, tiny_pairs, to_cp1258, write_jsonl
 
 
 def test_jsonl_import_keeps_good_rows_and_names_bad_lines(home):
@@ -57,11 +57,19 @@ def test_split_is_seeded_and_general_mix_is_recorded(home):
     assert json.loads(a["lineage"])["general"] == {"version": general["id"], "ratio": 0.1, "rows": 4}
 
 
-def test_not_utf8_is_a_clear_error(home):
+def test_not_utf8_is_a_clear_error_or_decoded_when_named(home):
     path = home / "cp1258.jsonl"
-    path.write_bytes('{"instruction": "Hợp đồng", "output": "ổn"}\n'.encode("utf-16"))
-    with pytest.raises(datasets.DatasetError, match="cp1258.jsonl: not UTF-8"):
+    path.write_bytes(to_cp1258('{"instruction": "Hợp đồng là gì?", "output": "Là thỏa thuận."}\n'))
+    with pytest.raises(datasets.DatasetError, match=r"cp1258.jsonl: not UTF-8 \(line 1, .*--encoding cp1258"):
         datasets.import_files([path], "x")
+    version, report = datasets.import_files([path], "x", encoding="cp1258")
+    assert report.files == [{"file": "cp1258.jsonl", "encoding": "cp1258", "format": "jsonl"}]
+    row = datasets.load_rows(version["id"], "train")[0]
+    assert row["instruction"] == "Hợp đồng là gì?" and unicodedata.is_normalized("NFC", row["output"])
+    utf16 = home / "utf16.jsonl"  # a UTF-16 BOM is recognised without being named
+    utf16.write_bytes('{"instruction": "Hợp đồng", "output": "ổn"}\n'.encode("utf-16"))
+    version, report = datasets.import_files([utf16], "y")
+    assert report.rows_kept == 1 and report.files[0]["encoding"] == "utf-16"
 
 
 def test_dataset_import_cli(home):
