@@ -67,6 +67,7 @@ def cmd_dataset(args) -> int:
         version, report = datasets.import_files(
             args.paths, args.name, test_fraction=args.test_fraction, seed=args.seed,
             general_version=args.mix_general, general_ratio=args.mix_ratio, created_by=_user(),
+            encoding=args.encoding, mapping=args.map,
         )
     except datasets.DatasetError as exc:
         return _fail(str(exc))
@@ -75,15 +76,19 @@ def cmd_dataset(args) -> int:
     if args.json:
         print(json.dumps(out, ensure_ascii=False, indent=2))
     else:
-        for key in ("rows_read", "rows_kept", "rows_rejected", "duplicates_removed", "normalized"):
+        for key in ("rows_read", "rows_kept", "rows_rejected", "duplicates_removed", "duplicates_exact",
+                    "duplicates_normalized", "normalized"):
             print(f"{key}: {out[key]}")
+        if out["columns_mapped"]:
+            print("columns mapped: " + ", ".join(f"{k} → {v}" for k, v in out["columns_mapped"].items()))
         for err in out["errors"][:50]:
             print(f"  {err['file']}:{err['line']}: {err['reason']}")
+        if len(out["errors"]) > 50 or out["rows_rejected"] > len(out["errors"]):
+            print(f"  … {out['rows_rejected'] - min(50, len(out['errors']))} more rejected rows")
         if version:
             print(f"dataset version {version['id']} ({version['rows_train']} train, {version['rows_test']} test)")
     if not version:
-        print("error: no valid rows were found; nothing was imported", file=sys.stderr)
-        return 1
+        return _fail(report.failure())
     return 0
 
 
@@ -256,12 +261,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("dataset", help="import and list dataset versions")
     d.add_argument("action", choices=["import", "list", "import-samples"])
-    d.add_argument("paths", nargs="*", help="JSONL, JSON, CSV or Parquet files (import)")
+    d.add_argument("paths", nargs="*", help="JSONL, JSON, CSV or Parquet files, or folders saved by `datasets` (import)")
     d.add_argument("--name", help="name of the new dataset version")
     d.add_argument("--test-fraction", type=float, default=0.1)
     d.add_argument("--seed", type=int, default=42)
     d.add_argument("--mix-general", metavar="VERSION", help="mix in general Vietnamese pairs from this version")
     d.add_argument("--mix-ratio", type=float, default=0.05, help="share of general pairs in train (0.05–0.10)")
+    d.add_argument("--encoding", help="text encoding of the files when not UTF-8 (e.g. cp1258, utf-16)")
+    d.add_argument("--map", action="append", metavar="COLUMN=FIELD",
+                   help="map a file column to instruction, input or output (repeatable), e.g. --map question=instruction")
     d.add_argument("--json", action="store_true")
     d.set_defaults(fn=cmd_dataset)
 

@@ -24,7 +24,7 @@ from core import paths, store
 FIELDS = ("instruction", "input", "output")
 REQUIRED = ("instruction", "output")
 MAX_FIELD_CHARS = 32_000
-MAX_LINE_BYTES = 1024**2          # one JSONL line / CSV record; longer ones are rejected unread
+MAX_LINE_CHARS = 1024**2          # one JSONL line / CSV record; longer ones are rejected unread
 MAX_FILE_BYTES = 2 * 1024**3
 MAX_ERRORS_LISTED = 1000          # rows past this are still counted, not listed
 # Common other names for the three fields, looked for when a row lacks the studio's own name.
@@ -173,8 +173,8 @@ def _jsonl(text: str) -> Iterator[tuple[int, Any]]:
     for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
-        if len(line) > MAX_LINE_BYTES:
-            yield number, ValueError(f"line too long ({len(line)} characters, limit {MAX_LINE_BYTES})")
+        if len(line) > MAX_LINE_CHARS:
+            yield number, ValueError(f"line too long ({len(line)} characters, limit {MAX_LINE_CHARS})")
             continue
         try:
             yield number, json.loads(line)
@@ -183,7 +183,7 @@ def _jsonl(text: str) -> Iterator[tuple[int, Any]]:
 
 
 def _csv(text: str) -> Iterator[tuple[int, Any]]:
-    csv.field_size_limit(MAX_LINE_BYTES * 4)
+    csv.field_size_limit(MAX_LINE_CHARS * 4)
     reader = csv.DictReader(io.StringIO(text, newline=""))
     start = 2  # a record's number is the line it starts on in the file (line 1: the header)
     try:
@@ -327,6 +327,13 @@ def _validate(raw: Any, mapping: dict[str, str] | None = None,
     return row, None
 
 
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 1024**3), ("MB", 1024**2), ("KB", 1024)):
+        if n >= scale:
+            return f"{n / scale:,.1f} {unit}"
+    return f"{n} bytes"
+
+
 def read_pairs(path: Path, report: ImportReport, source: str, *, encoding: str | None = None,
                mapping: dict[str, str] | None = None) -> list[dict]:
     """Every row of one file: good rows cleaned (NFC, whitespace) and kept, bad rows in ``report.errors``."""
@@ -336,8 +343,8 @@ def read_pairs(path: Path, report: ImportReport, source: str, *, encoding: str |
     size = (sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir()
             else path.stat().st_size)
     if size > MAX_FILE_BYTES:
-        raise DatasetError(f"{path.name}: {size / 1024**2:,.0f} MB is over the import limit of "
-                           f"{MAX_FILE_BYTES / 1024**2:,.0f} MB; split it into smaller files")
+        raise DatasetError(f"{path.name}: {_size(size)} is over the import limit of {_size(MAX_FILE_BYTES)}; "
+                           "split it into smaller files")
     kept = []
     for number, raw in _records(path, encoding, report):
         report.rows_read += 1

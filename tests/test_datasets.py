@@ -80,7 +80,7 @@ def test_dataset_import_cli(home):
     empty = home / "empty.jsonl"
     empty.write_text("")
     proc = cli("dataset", "import", str(empty), "--name", "e", home=home, check=False)
-    assert proc.returncode == 1 and "no valid rows" in proc.stderr
+    assert proc.returncode == 1 and proc.stderr == "error: empty.jsonl: no rows found (the file is empty); nothing was imported\n"
 
 
 def test_samples_are_nfc_and_large_enough():
@@ -95,3 +95,89 @@ def test_samples_are_nfc_and_large_enough():
         counts[name] = len(rows)
     assert counts["customer_care"] + counts["contracts"] >= 300 and counts["general_vi"] >= 50
     assert len(list((paths.samples_dir() / "raw").iterdir())) >= 3
+
+
+def test_column_mapping_by_cli_flags(home):
+    path = write_jsonl(home / "qa.jsonl", [{"cau": f"Câu {i}?", "ctx": "", "dap": f"Đáp {i}."} for i in range(4)])
+    proc = cli("dataset", "import", str(path), "--name", "qa", "--map", "cau=instruction", "--map", "dap=output",
+               "--map", "ctx=input", "--json", home=home)
+    report = json.loads(proc.stdout)
+    assert report["rows_kept"] == 4 and report["columns_mapped"] == {"cau": "instruction", "ctx": "input", "dap": "output"}
+    rows = datasets.load_rows(report["dataset_version"], "train")
+    assert {r["instruction"] for r in rows} <= {f"Câu {i}?" for i in range(4)}
+    assert json.loads(datasets.get_version(report["dataset_version"])["lineage"])["mapping"] == {
+        "cau": "instruction", "dap": "output", "ctx": "input"}
+    proc = cli("dataset", "import", str(path), "--name", "qa", home=home, check=False)
+    assert proc.returncode == 1 and proc.stderr == (
+        "error: no valid rows were found (4 of 4 rejected, first: line 1: missing field 'instruction'); "
+        "nothing was imported\n")
+    proc = cli("dataset", "import", str(path), "--name", "qa", "--map", "cau", home=home, check=False)
+    assert proc.returncode == 1 and "write it as FILE_COLUMN=FIELD" in proc.stderr
+    with pytest.raises(datasets.DatasetError, match="the target must be one of instruction, input, output"):
+        datasets.import_files([path], "qa", mapping=["cau=question"])
+
+
+def test_explicit_mapping_wins_over_aliases(home):
+    path = write_jsonl(home / "m.jsonl", [{"question": "Q ngắn", "title": "Câu hỏi thật?", "answer": "Trả lời."}])
+    version, report = datasets.import_files([path], "m", mapping={"title": "instruction"})
+    assert datasets.load_rows(version["id"])[0]["instruction"] == "Câu hỏi thật?"
+    assert report.columns_mapped == {"title": "instruction", "answer": "output"}
+
+
+def test_datasets_folder_and_parquet_with_numbers(home):
+    import datasets as hf
+
+    pairs = tiny_pairs(6)
+    dd = hf.DatasetDict({
+        "train": hf.Dataset.from_list([{"prompt": p["instruction"], "response": p["output"]} for p in pairs[:4]]),
+        "test": hf.Dataset.from_list([{"prompt": p["instruction"], "response": p["output"]} for p in pairs[4:]]
+                                     + [{"prompt": "Hỏi", "response": ""}]),
+    })
+    dd.save_to_disk(str(home / "hf_dd"))
+    version, report = datasets.import_files([home / "hf_dd"], "hf")
+    r = report.as_dict()
+    assert (r["rows_read"], r["rows_kept"]) == (7, 6)
+    assert r["errors"] == [{"file": "hf_dd", "line": 7, "reason": "field 'response' is empty"}]
+    assert r["columns_mapped"] == {"prompt": "instruction", "response": "output"}
+    assert r["files"] == [{"file": "hf_dd", "format": "datasets folder"}]
+    hf.Dataset.from_list(pairs[:3]).save_to_disk(str(home / "hf_one"))
+    _, report = datasets.import_files([home / "hf_one"], "hf1")
+    assert report.rows_kept == 3
+    pq.write_table(pa.table({"instruction": ["Hỏi 1", "Hỏi 2"], "output": ["Đáp", None], "input": [1, None]}),
+                   home / "n.parquet")
+    version, report = datasets.import_files([home / "n.parquet"], "n")
+    assert version is None and report.errors == [
+        {"file": "n.parquet", "line": 1, "reason": "field 'input' is not text (int)"},
+        {"file": "n.parquet", "line": 2, "reason": "missing field 'output'"}]
+    empty = home / "empty_dir"
+    empty.mkdir()
+    with pytest.raises(datasets.DatasetError, match="empty_dir: a folder must be one saved by `datasets`"):
+        datasets.import_files([empty], "e")
+
+
+def test_size_limits_are_clear(home, monkeypatch):
+    path = write_jsonl(home / "big.jsonl", tiny_pairs(50))
+    monkeypatch.setattr(datasets, "MAX_FILE_BYTES", 1024)
+    with pytest.raises(datasets.DatasetError, match=r"big.jsonl: 10.4 KB is over the import limit of 1.0 KB; split it"):
+        datasets.import_files([path], "big")
+    monkeypatch.setattr(datasets, "MAX_FILE_BYTES", 10**9)
+    monkeypatch.setattr(datasets, "MAX_LINE_CHARS", 150)
+    _, report = datasets.import_files([write_jsonl(home / "l.jsonl", [
+        {"instruction": "Hỏi", "output": "Đáp"}, {"instruction": "Hỏi " * 40, "output": "Đáp"}])], "l")
+    assert report.errors == [{"file": "l.jsonl", "line": 2, "reason": "line too long (196 characters, limit 150)"}]
+    with pytest.raises(datasets.DatasetError, match="unknown encoding 'latin-9x'"):
+        datasets.import_files([path], "x", encoding="latin-9x")
+    with pytest.raises(datasets.DatasetError, match="no such file or folder"):
+        datasets.import_files([home / "nope.jsonl"], "x")
+    with pytest.raises(datasets.DatasetError, match="unsupported file type '.xlsx'"):
+        (home / "a.xlsx").write_bytes(b"x")
+        datasets.import_files([home / "a.xlsx"], "x")
+
+
+def test_wrong_encoding_named_is_clear(home):
+    path = home / "u16.jsonl"
+    path.write_bytes('{"instruction": "Hỏi", "output": "Đáp"}\n'.encode("utf-16-le"))  # no BOM
+    with pytest.raises(datasets.DatasetError, match="u16.jsonl: not UTF-8"):
+        datasets.import_files([path], "x")
+    version, report = datasets.import_files([path], "x", encoding="utf-16-le")
+    assert report.rows_kept == 1
