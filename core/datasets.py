@@ -520,6 +520,14 @@ def import_files(
     return version, report
 
 
+def derive_version(parent: dict, train: list[dict], test: list[dict], *, source: str, lineage: dict,
+                   created_by: str | None) -> dict:
+    """A new version made from ``parent`` (an edit): same name, ``parent_id`` set, lineage kept."""
+    report = {"rows_kept": len(train) + len(test), "derived_from": parent["id"]}
+    return _write_version(parent["name"], train, test, source=source, parent_id=parent["id"],
+                          lineage=lineage, report=report, created_by=created_by)
+
+
 def list_versions() -> list[dict]:
     return store.rows("SELECT * FROM dataset_versions ORDER BY created_at DESC")
 
@@ -545,11 +553,17 @@ def load_rows(version_id: str, split: str = "train") -> list[dict]:
 
 
 def import_samples(created_by: str | None = "setup") -> dict:
-    """The sample data shipped in data/samples/: general Vietnamese, then the two domains mixed with 5 %."""
+    """The sample data shipped in data/samples/: general Vietnamese, then the two domains mixed with 5 %.
+
+    The samples are written by the ViTune team itself, so both versions are recorded as reviewed by
+    construction (core.review.mark_bundled) and train without a review sample."""
+    from core import review
+
     samples = paths.samples_dir()
     general = find_by_name("general-vi")
     if general is None:
         general, _ = import_files([samples / "general_vi.jsonl"], "general-vi", created_by=created_by)
+    review.mark_bundled(general["id"])
     domain = find_by_name("sample-cskh-hopdong")
     if domain is None:
         domain, _ = import_files(
@@ -559,6 +573,7 @@ def import_samples(created_by: str | None = "setup") -> dict:
             general_ratio=0.05,
             created_by=created_by,
         )
+    review.mark_bundled(domain["id"])
     return domain
 
 

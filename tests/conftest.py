@@ -75,6 +75,16 @@ def tiny_pairs(n: int = 24) -> list[dict]:
              "output": f"Dạ, Sao Việt sẽ hoàn tiền đơn {i} trong 7 ngày làm việc."} for i in range(n)]
 
 
+def approve_review(version_id: str, reviewer: str = "tester") -> dict:
+    """Draw the version's review sample and approve every pair (so that it may train)."""
+    from core import review
+
+    review.start(version_id)
+    while (item := review.next_item(version_id)) is not None:
+        review.decide(version_id, item["idx"], "approved", reviewer)
+    return review.status(version_id)
+
+
 @pytest.fixture(scope="session")
 def pipeline(tmp_path_factory, default_model) -> dict:
     """The whole default pipeline once, through the CLI: samples → train (20 steps) → evaluate (20
