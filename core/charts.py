@@ -49,3 +49,26 @@ def example_scores(examples: list[dict]) -> go.Figure:
     fig.update_layout(title="ROUGE-L per example", xaxis_title="ROUGE-L", yaxis_title="examples",
                       height=280, margin={"t": 50, "b": 40})
     return fig
+
+
+def token_histogram(stats: dict) -> go.Figure:
+    """Tokens per training text with the base model's tokenizer, and the max_seq_length line."""
+    limit = stats["max_seq_length"]
+    fig = go.Figure(go.Histogram(x=stats["lengths"], nbinsx=50, name="texts", marker_color="#1565c0"))
+    fig.add_vline(x=limit, line_dash="dash", line_color="#c62828",
+                  annotation_text=f"max_seq_length {limit}: {stats['share_over']:.1%} over", annotation_position="top")
+    fig.update_layout(title=f"Tokens per training text ({stats['tokenizer']}, {stats['format']} format)",
+                      xaxis_title="tokens", yaxis_title="pairs", height=320, margin={"t": 50, "b": 40})
+    return fig
+
+
+def review_progress(status: dict) -> go.Figure:
+    """Decisions of a review sample as one stacked bar."""
+    fig = go.Figure()
+    pending = status["sample_size"] - status["done"]
+    for name, value, color in (("approved", status["approved"], "#2e7d32"), ("edited", status["edited"], "#1565c0"),
+                               ("rejected", status["rejected"], "#c62828"), ("pending", pending, "#bdbdbd")):
+        fig.add_trace(go.Bar(y=["sample"], x=[value], name=name, orientation="h", marker_color=color))
+    fig.update_layout(barmode="stack", height=140, margin={"t": 10, "b": 10, "l": 10, "r": 10},
+                      legend={"orientation": "h", "y": -0.4})
+    return fig

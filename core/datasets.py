@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -595,3 +596,94 @@ def length_stats(version_id: str) -> "list[dict]":
             out.append({"split": split, "source": row.get("source"),
                         **{f"{k}_words": len(row[k].split()) for k in FIELDS}})
     return out
+
+
+class _FastTokenizer:
+    """A local model's tokenizer.json and chat template, without loading transformers (seconds faster);
+    enough to count the tokens of the training text exactly as the trainer renders it."""
+
+    def __init__(self, folder: Path):
+        from tokenizers import Tokenizer
+
+        from core import prompt_format
+
+        self.tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8")) \
+            if (folder / "tokenizer_config.json").exists() else {}
+        template = config.get("chat_template")
+        if (folder / "chat_template.jinja").exists():
+            template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+        if not template and "gemma" in folder.name.lower():
+            template = prompt_format.GEMMA_CHAT_TEMPLATE
+        self.bos_token = config.get("bos_token") or "<bos>"
+        self.chat_template = template
+        self._compiled = None
+
+    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=False):
+        if self._compiled is None:  # compiled once (TemplateTokenizer compiles per call)
+            from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+            from core import prompt_format
+
+            def raise_exception(message):
+                raise prompt_format.FormatError(message)
+
+            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+            env.globals["raise_exception"] = raise_exception
+            self._compiled = env.from_string(self.chat_template)
+        return self._compiled.render(messages=messages, bos_token=self.bos_token,
+                                     add_generation_prompt=add_generation_prompt)
+
+    def count(self, texts: list[str]) -> list[int]:
+        return [len(e.ids) for e in self.tok.encode_batch(texts, add_special_tokens=True)]
+
+
+@functools.lru_cache(maxsize=4)
+def _fast_tokenizer(folder: str) -> _FastTokenizer:
+    return _FastTokenizer(Path(folder))
+
+
+def token_stats(version_id: str, base_model: str | None = None, fmt: str = "chat",
+                max_seq_length: int = 2048, split: str | None = None) -> dict:
+    """Tokens per training text (prompt format applied, EOS counted) with the base model's tokenizer,
+    and how many texts exceed ``max_seq_length`` (the trainer would cut them)."""
+    from core import prompt_format
+
+    model = Path(base_model) if base_model else paths.default_base_model_dir()
+    if not (model / "tokenizer.json").exists():
+        raise DatasetError(f"{model}: no tokenizer.json in that folder (token lengths need a local base model)")
+    tok = _fast_tokenizer(str(model))
+    rows = []
+    for sp in ([split] if split else ["train", "test"]):
+        rows.extend(load_rows(version_id, sp))
+    texts = [prompt_format.render_training_text(r, fmt, tok) for r in rows]
+    lengths = [n + 1 for n in tok.count(texts)]  # + the EOS the trainer appends
+    over = sum(n > max_seq_length for n in lengths)
+    return {"tokenizer": model.name, "format": fmt, "max_seq_length": max_seq_length, "lengths": lengths,
+            "rows": len(lengths), "over": over, "share_over": over / len(lengths) if lengths else 0.0,
+            "max": max(lengths, default=0), "mean": sum(lengths) / len(lengths) if lengths else 0.0}
+
+
+def field_stats(version_id: str) -> list[dict]:
+    """Characters and words of each field (mean, max, empty count), for the per-field table."""
+    rows = load_rows(version_id, "train") + load_rows(version_id, "test")
+    out = []
+    for k in FIELDS:
+        chars = [len(r[k]) for r in rows]
+        words = [len(r[k].split()) for r in rows]
+        out.append({"field": k, "mean_chars": round(sum(chars) / len(chars), 1) if chars else 0,
+                    "max_chars": max(chars, default=0), "mean_words": round(sum(words) / len(words), 1) if words else 0,
+                    "max_words": max(words, default=0), "empty": sum(c == 0 for c in chars)})
+    return out
+
+
+def lineage_chain(version_id: str) -> list[dict]:
+    """The version and its ancestors, newest first."""
+    chain, seen = [], set()
+    current: str | None = version_id
+    while current and current not in seen:
+        seen.add(current)
+        v = get_version(current)
+        chain.append(v)
+        current = v["parent_id"]
+    return chain

@@ -1,6 +1,6 @@
 import streamlit as st
 
-from core import charts, config, datasets, jobs, models
+from core import charts, config, datasets, jobs, models, review
 from pages.common import fail, job_progress, jobs_table, user
 
 st.title("Train")
@@ -36,7 +36,14 @@ else:
             accum = b2.number_input("Gradient accumulation", 1, 128, base_cfg.gradient_accumulation_steps)
             seq = b3.number_input("Max sequence length", 32, 32768, base_cfg.max_seq_length)
             packing = b4.checkbox("Packing", base_cfg.packing)
+        override = st.text_input("Override reason (only to train a version that has not passed its review sample; "
+                                 "recorded with your name)")
         go = st.form_submit_button("Queue training job", type="primary")
+    verdict = review.status(labels[version])
+    if verdict["reviewed"]:
+        st.caption(f"Review: {verdict['reason']}")
+    else:
+        st.warning(f"Review: {verdict['reason']}. Review it on the Datasets page, or give an override reason.")
     if go:
         try:
             cfg = config.preset(preset)
@@ -47,7 +54,7 @@ else:
             cfg.gradient_accumulation_steps, cfg.max_seq_length, cfg.packing = int(accum), int(seq), packing
             if max_steps:
                 cfg.max_steps = int(max_steps)
-            job = jobs.submit_train(labels[version], cfg.validate(), owner=user())
+            job = jobs.submit_train(labels[version], cfg.validate(), owner=user(), override_review=override)
             st.session_state["watch_run"] = job["run_id"]
             st.success(f"Queued job {job['id']} for run {job['run_id']}.")
         except (ValueError, jobs.JobError, datasets.DatasetError) as exc:
