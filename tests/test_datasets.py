@@ -181,3 +181,47 @@ def test_wrong_encoding_named_is_clear(home):
         datasets.import_files([path], "x")
     version, report = datasets.import_files([path], "x", encoding="utf-16-le")
     assert report.rows_kept == 1
+
+
+def test_token_stats_match_the_trainers_tokenizer(home, tokenizer):
+    from core import prompt_format
+
+    rows = tiny_pairs(6)
+    rows[0]["output"] = "Dạ, " + "rất nhiều chữ " * 200
+    version, _ = datasets.import_files([write_jsonl(home / "t.jsonl", rows)], "t", test_fraction=0.2)
+    stats = datasets.token_stats(version["id"], None, "chat", 256)
+    loaded = datasets.load_rows(version["id"], "train") + datasets.load_rows(version["id"], "test")
+    expected = [len(tokenizer(prompt_format.render_training_text(r, "chat", tokenizer)).input_ids) + 1 for r in loaded]
+    assert stats["lengths"] == expected
+    assert (stats["rows"], stats["over"]) == (6, 1) and stats["share_over"] == pytest.approx(1 / 6)
+    assert stats["tokenizer"] == "gemma-3-270m" and stats["max"] > 256
+    alpaca = datasets.token_stats(version["id"], None, "alpaca-vi", 4096)
+    assert alpaca["over"] == 0 and alpaca["lengths"] != stats["lengths"]
+    fields = {f["field"]: f for f in datasets.field_stats(version["id"])}
+    assert fields["input"]["empty"] == 0 and fields["output"]["max_words"] == 601
+    from core import charts
+
+    fig = charts.token_histogram(stats)
+    assert fig.data[0].type == "histogram" and "16.7% over" in fig.layout.annotations[0].text
+    with pytest.raises(datasets.DatasetError, match="no tokenizer.json"):
+        datasets.token_stats(version["id"], str(home), "chat", 256)
+
+
+def test_versions_are_immutable_records_with_hash_parent_who_and_when(home):
+    from core import review
+    from tests.conftest import approve_review
+
+    path = write_jsonl(home / "v.jsonl", tiny_pairs(12))
+    a, _ = datasets.import_files([path], "v", created_by="an")
+    b, _ = datasets.import_files([path], "v", created_by="binh")
+    assert a["id"] != b["id"] and a["content_hash"] == b["content_hash"]  # same content, same hash
+    assert (a["parent_id"], a["created_by"], a["source"]) == (None, "an", "import") and a["created_at"]
+    review.start(a["id"], fraction=0.5)
+    item = review.next_item(a["id"])
+    review.decide(a["id"], item["idx"], "edited", "chi", {"instruction": "Câu hỏi đã sửa"})
+    s = approve_review(a["id"], reviewer="chi")
+    child = datasets.get_version(s["child_version"])
+    assert (child["parent_id"], child["created_by"], child["rows_total"]) == (a["id"], "chi", 12)
+    assert child["content_hash"] != a["content_hash"]
+    assert [v["id"] for v in datasets.lineage_chain(child["id"])] == [child["id"], a["id"]]
+    assert datasets.get_version(a["id"])["content_hash"] == a["content_hash"]
