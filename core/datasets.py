@@ -136,7 +136,7 @@ def _open_text(path: Path, encoding: str | None, report: ImportReport) -> tuple[
         raise DatasetError(
             f"{path.name}: not UTF-8 (line {line}, byte {exc.start}: {exc.reason}); name its encoding "
             "(--encoding cp1258 for Windows-1258, --encoding utf-16) or save it as UTF-8") from None
-    if enc == "utf-16" and text.startswith("\ufeff"):
+    if text.startswith("\ufeff"):
         text = text[1:]
     return text, ("utf-8" if enc == "utf-8-sig" and not data.startswith(b"\xef\xbb\xbf") else enc)
 
@@ -185,7 +185,10 @@ def _jsonl(text: str) -> Iterator[tuple[int, Any]]:
 
 def _csv(text: str) -> Iterator[tuple[int, Any]]:
     csv.field_size_limit(MAX_LINE_CHARS * 4)
-    reader = csv.DictReader(io.StringIO(text, newline=""))
+    header = text.split("\n", 1)[0]
+    # spreadsheets in a Vietnamese locale often save ";"-separated CSV; tab-separated also occurs
+    delimiter = max(",;\t", key=lambda d: (header.count(d), d == ","))
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
     start = 2  # a record's number is the line it starts on in the file (line 1: the header)
     try:
         for row in reader:

@@ -225,3 +225,18 @@ def test_versions_are_immutable_records_with_hash_parent_who_and_when(home):
     assert child["content_hash"] != a["content_hash"]
     assert [v["id"] for v in datasets.lineage_chain(child["id"])] == [child["id"], a["id"]]
     assert datasets.get_version(a["id"])["content_hash"] == a["content_hash"]
+
+
+def test_semicolon_and_tab_csv_and_a_bom_in_a_named_encoding(home):
+    semi = home / "excel.csv"
+    semi.write_text("instruction;input;output\nPhí ship?;;Dạ, 20.000đ, ạ.\n", encoding="utf-8")
+    tab = home / "tab.csv"
+    tab.write_text("question\tanswer\nGiờ mở cửa?\tDạ, 8 giờ, ạ.\n", encoding="utf-8")
+    version, report = datasets.import_files([semi, tab], "csv")
+    assert report.rows_kept == 2 and report.errors == []
+    rows = datasets.load_rows(version["id"], "train") + datasets.load_rows(version["id"], "test")
+    assert sorted(r["output"] for r in rows) == ["Dạ, 20.000đ, ạ.", "Dạ, 8 giờ, ạ."]
+    le = home / "le.jsonl"
+    le.write_bytes(b"\xff\xfe" + '{"instruction": "Hỏi", "output": "Đáp"}\n'.encode("utf-16-le"))
+    _, report = datasets.import_files([le], "le", encoding="utf-16-le")
+    assert report.rows_kept == 1
