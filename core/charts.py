@@ -52,11 +52,16 @@ def example_scores(examples: list[dict]) -> go.Figure:
 
 
 def token_histogram(stats: dict) -> go.Figure:
-    """Tokens per training text with the base model's tokenizer, and the max_seq_length line."""
+    """Tokens per training text with the base model's tokenizer, and the max_seq_length line (drawn when
+    it lies near the data; far beyond it, the line would squash the bars)."""
     limit = stats["max_seq_length"]
     fig = go.Figure(go.Histogram(x=stats["lengths"], nbinsx=50, name="texts", marker_color="#1565c0"))
-    fig.add_vline(x=limit, line_dash="dash", line_color="#c62828",
-                  annotation_text=f"max_seq_length {limit}: {stats['share_over']:.1%} over", annotation_position="top")
+    note = f"max_seq_length {limit}: {stats['share_over']:.1%} over"
+    if limit <= 1.5 * max(stats["max"], 1):
+        fig.add_vline(x=limit, line_dash="dash", line_color="#c62828", annotation_text=note,
+                      annotation_position="top")
+    else:
+        fig.add_annotation(text=note, xref="paper", yref="paper", x=1, y=1.08, showarrow=False, font={"size": 11})
     fig.update_layout(title=f"Tokens per training text ({stats['tokenizer']}, {stats['format']} format)",
                       xaxis_title="tokens", yaxis_title="pairs", height=320, margin={"t": 50, "b": 40})
     return fig

@@ -108,7 +108,8 @@ with tab_stats:
     fmt = s2.selectbox("Prompt format", ["chat", "alpaca-vi"], key="stats_format")
     max_seq = s3.number_input("max_seq_length", 32, 32768, 2048, step=128)
     try:
-        tokens = datasets.token_stats(chosen, base or None, fmt, int(max_seq))
+        with st.spinner("Counting tokens with the base model's tokenizer…"):
+            tokens = datasets.token_stats(chosen, base or None, fmt, int(max_seq))
         t1, t2, t3 = st.columns(3)
         t1.metric("over max_seq_length", f"{tokens['share_over']:.1%}", help=f"{tokens['over']} of {tokens['rows']} texts")
         t2.metric("mean tokens", f"{tokens['mean']:.0f}")
