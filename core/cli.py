@@ -57,8 +57,13 @@ def cmd_dataset(args) -> int:
             versions = datasets.list_versions()
             if args.json:
                 print(json.dumps(versions, ensure_ascii=False, indent=2, default=str))
-            for v in [] if args.json else versions:
-                print(f"{v['id']}  {v['name']:<28} train {v['rows_train']:>6}  test {v['rows_test']:>5}  {v['created_at']:%Y-%m-%d %H:%M}")
+            if not args.json:
+                from core import review
+
+                for v in versions:
+                    state = "reviewed" if review.is_reviewed(v["id"]) else "not reviewed"
+                    print(f"{v['id']}  {v['name']:<28} train {v['rows_train']:>6}  test {v['rows_test']:>5}  "
+                          f"{v['created_at']:%Y-%m-%d %H:%M}  {state}")
             return 0
         if args.action == "import-samples":
             version = datasets.import_samples(created_by=_user())

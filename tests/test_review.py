@@ -130,6 +130,7 @@ def test_refusals_are_clear(home):
 def test_the_whole_review_headless_through_the_cli(home):
     path = write_jsonl(home / "p.jsonl", tiny_pairs(20))
     vid = json.loads(cli("dataset", "import", str(path), "--name", "p", "--json", home=home).stdout)["dataset_version"]
+    assert cli("dataset", "list", home=home).stdout.rstrip().endswith("not reviewed")
     proc = cli("train", "--dataset", vid, "--no-wait", home=home, check=False)
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1
     assert proc.stderr.startswith(f"error: dataset version {vid} has not passed its review sample")
