@@ -556,6 +556,17 @@ def load_rows(version_id: str, split: str = "train") -> list[dict]:
     return pq.read_table(Path(version["path"]) / f"{split}.parquet").to_pylist()
 
 
+def take_rows(version_id: str, split: str, indices: list[int]) -> list[dict]:
+    """Only the rows at ``indices`` (from 0) of one split, without turning the whole split into Python."""
+    import pyarrow.parquet as pq
+
+    if not indices:
+        return []
+    version = get_version(version_id)
+    table = pq.read_table(Path(version["path"]) / f"{split}.parquet", columns=list(FIELDS) + ["source"])
+    return table.take(indices).to_pylist()
+
+
 def import_samples(created_by: str | None = "setup") -> dict:
     """The sample data shipped in data/samples/: general Vietnamese, then the two domains mixed with 5 %.
 

@@ -158,12 +158,17 @@ def start(version_id: str, *, fraction: float = DEFAULT_FRACTION, seed: int = DE
         return now  # the open sample: finish it first
     if now["reviewed"]:
         raise ReviewError(f"{version_id} is already reviewed ({now['reason']})")
-    rows = [("train", i, r) for i, r in enumerate(datasets.load_rows(version_id, "train"))]
-    rows += [("test", i, r) for i, r in enumerate(datasets.load_rows(version_id, "test"))]
-    if not rows:
+    n_train, total = version["rows_train"], version["rows_total"]
+    if not total:
         raise ReviewError(f"{version_id} has no rows to review")
-    size = min(len(rows), max(1, math.ceil(len(rows) * fraction)))
-    picked = sorted(random.Random(seed).sample(range(len(rows)), size))
+    size = min(total, max(1, math.ceil(total * fraction)))
+    picked = sorted(random.Random(seed).sample(range(total), size))
+    # read only the sampled rows (a version may hold millions): position p is train row p, or test row p - n_train
+    train_idx = [p for p in picked if p < n_train]
+    test_idx = [p - n_train for p in picked if p >= n_train]
+    rows = [("train", i, r) for i, r in zip(train_idx, datasets.take_rows(version_id, "train", train_idx))]
+    rows += [("test", i, r) for i, r in zip(test_idx, datasets.take_rows(version_id, "test", test_idx))]
+    picked = list(range(len(rows)))
     review_id = _insert_review(version_id, "sample", fraction=fraction, seed=seed, threshold=threshold,
                                sample_size=size, created_by=created_by)
     with store.connect() as con:

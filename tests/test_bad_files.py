@@ -113,3 +113,16 @@ def test_cp1258_text_is_decoded_to_nfc_vietnamese(home):
     rows = datasets.load_rows(version["id"], "train") + datasets.load_rows(version["id"], "test")
     assert sorted(r["output"] for r in rows) == [
         "Dạ, đơn 1 được miễn phí vận chuyển nội thành ạ.", "Dạ, đơn 2 được miễn phí vận chuyển nội thành ạ."]
+
+
+def test_text_report_names_mapped_columns_and_bad_lines(home):
+    proc = cli("dataset", "import", str(BAD / "mixed_fields.jsonl"), str(BAD / "missing_field.jsonl"), "--name", "m",
+               home=home)
+    out = proc.stdout.splitlines()
+    assert out[:7] == ["rows_read: 8", "rows_kept: 5", "rows_rejected: 2", "duplicates_removed: 1",  # line 1 of both
+                       "duplicates_exact: 1", "duplicates_normalized: 0", "normalized: 0"]
+    assert out[7] == ("columns mapped: question → instruction, answer → output, prompt → instruction, "
+                      "context → input, response → output, Question → instruction, Answer → output")
+    assert out[8:10] == ["  missing_field.jsonl:2: missing field 'output'",
+                         "  missing_field.jsonl:3: missing field 'instruction'"]
+    assert out[10].startswith("dataset version ds-")
