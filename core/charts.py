@@ -107,3 +107,31 @@ def leaderboard_bars(rows: list[dict]) -> go.Figure:
     fig.add_trace(go.Bar(x=names, y=[r["rouge_l"] for r in rows], name="ROUGE-L"))
     fig.update_layout(barmode="group", yaxis_range=[0, 1], height=300, title="Evaluations", margin={"t": 50, "b": 40})
     return fig
+
+
+def token_histogram(stats: dict) -> go.Figure:
+    """Tokens per training text with the base model's tokenizer, and the max_seq_length line (drawn when
+    it lies near the data; far beyond it, the line would squash the bars)."""
+    limit = stats["max_seq_length"]
+    fig = go.Figure(go.Histogram(x=stats["lengths"], nbinsx=50, name="texts", marker_color="#1565c0"))
+    note = f"max_seq_length {limit}: {stats['share_over']:.1%} over"
+    if limit <= 1.5 * max(stats["max"], 1):
+        fig.add_vline(x=limit, line_dash="dash", line_color="#c62828", annotation_text=note,
+                      annotation_position="top")
+    else:
+        fig.add_annotation(text=note, xref="paper", yref="paper", x=1, y=1.08, showarrow=False, font={"size": 11})
+    fig.update_layout(title=f"Tokens per training text ({stats['tokenizer']}, {stats['format']} format)",
+                      xaxis_title="tokens", yaxis_title="pairs", height=320, margin={"t": 50, "b": 40})
+    return fig
+
+
+def review_progress(status: dict) -> go.Figure:
+    """Decisions of a review sample as one stacked bar."""
+    fig = go.Figure()
+    pending = status["sample_size"] - status["done"]
+    for name, value, color in (("approved", status["approved"], "#2e7d32"), ("edited", status["edited"], "#1565c0"),
+                               ("rejected", status["rejected"], "#c62828"), ("pending", pending, "#bdbdbd")):
+        fig.add_trace(go.Bar(y=["sample"], x=[value], name=name, orientation="h", marker_color=color))
+    fig.update_layout(barmode="stack", height=140, margin={"t": 10, "b": 10, "l": 10, "r": 10},
+                      legend={"orientation": "h", "y": -0.4})
+    return fig

@@ -57,8 +57,13 @@ def cmd_dataset(args) -> int:
             versions = datasets.list_versions()
             if args.json:
                 print(json.dumps(versions, ensure_ascii=False, indent=2, default=str))
-            for v in [] if args.json else versions:
-                print(f"{v['id']}  {v['name']:<28} train {v['rows_train']:>6}  test {v['rows_test']:>5}  {v['created_at']:%Y-%m-%d %H:%M}")
+            if not args.json:
+                from core import review
+
+                for v in versions:
+                    state = "reviewed" if review.is_reviewed(v["id"]) else "not reviewed"
+                    print(f"{v['id']}  {v['name']:<28} train {v['rows_train']:>6}  test {v['rows_test']:>5}  "
+                          f"{v['created_at']:%Y-%m-%d %H:%M}  {state}")
             return 0
         if args.action == "import-samples":
             version = datasets.import_samples(created_by=_user())
@@ -67,6 +72,7 @@ def cmd_dataset(args) -> int:
         version, report = datasets.import_files(
             args.paths, args.name, test_fraction=args.test_fraction, seed=args.seed,
             general_version=args.mix_general, general_ratio=args.mix_ratio, created_by=_user(),
+            encoding=args.encoding, mapping=args.map,
         )
     except datasets.DatasetError as exc:
         return _fail(str(exc))
@@ -75,15 +81,19 @@ def cmd_dataset(args) -> int:
     if args.json:
         print(json.dumps(out, ensure_ascii=False, indent=2))
     else:
-        for key in ("rows_read", "rows_kept", "rows_rejected", "duplicates_removed", "normalized"):
+        for key in ("rows_read", "rows_kept", "rows_rejected", "duplicates_removed", "duplicates_exact",
+                    "duplicates_normalized", "normalized"):
             print(f"{key}: {out[key]}")
+        if out["columns_mapped"]:
+            print("columns mapped: " + ", ".join(f"{k} → {v}" for k, v in out["columns_mapped"].items()))
         for err in out["errors"][:50]:
             print(f"  {err['file']}:{err['line']}: {err['reason']}")
+        if len(out["errors"]) > 50 or out["rows_rejected"] > len(out["errors"]):
+            print(f"  … {out['rows_rejected'] - min(50, len(out['errors']))} more rejected rows")
         if version:
             print(f"dataset version {version['id']} ({version['rows_train']} train, {version['rows_test']} test)")
     if not version:
-        print("error: no valid rows were found; nothing was imported", file=sys.stderr)
-        return 1
+        return _fail(report.failure())
     return 0
 
 
@@ -130,9 +140,12 @@ def cmd_train(args) -> int:
         print(fit["message"], file=sys.stderr)
         if not args.dataset:
             return _fail("train needs --dataset VERSION (see `python -m core dataset list`)")
-        job = jobs.submit_train(args.dataset, cfg, owner=_user())
+        job = jobs.submit_train(args.dataset, cfg, owner=_user(), override_review=args.override_review)
     except (ValueError, jobs.JobError) as exc:
         return _fail(str(exc))
+    if job["config"].get("review", {}).get("override"):
+        print(f"review gate overridden for {args.dataset}: {job['config']['review']['override']} "
+              "(recorded in the audit log)", file=sys.stderr)
     print(f"queued job {job['id']} for run {job['run_id']}", file=sys.stderr)
     if args.no_wait:
         _print({"job": job["id"], "run": job["run_id"], "state": job["state"]}, args.json)
@@ -141,6 +154,70 @@ def cmd_train(args) -> int:
     _print({"job": job["id"], "run": job["run_id"], "state": job["state"], "error": job["error"],
             "result": job["result"]}, args.json)
     return 0 if job["state"] == "succeeded" else 1
+
+
+def _show_item(item: dict | None, version_id: str, as_json: bool) -> None:
+    if item is None:
+        print(json.dumps(None) if as_json else f"{version_id}: no pair waits for a decision")
+        return
+    pair = {k: item[k] for k in ("idx", "split", "row_index", "instruction", "input", "output", "decision",
+                                 "reviewer", "edited")}
+    if as_json:
+        print(json.dumps(pair, ensure_ascii=False, indent=2, default=str))
+        return
+    print(f"pair {item['idx']} ({item['split']} row {item['row_index']})"
+          + (f" — {item['decision']} by {item['reviewer']}" if item["decision"] else ""))
+    for k in ("instruction", "input", "output"):
+        print(f"[{k}]\n{item[k]}\n")
+
+
+def cmd_review(args) -> int:
+    from core import datasets, review
+
+    try:
+        if args.action == "start":
+            out = review.start(args.version, fraction=args.fraction, seed=args.seed, threshold=args.threshold,
+                               created_by=_user())
+        elif args.action == "show":
+            if args.item is not None:
+                r = review.current(args.version)
+                got = [i for i in review.items(r["id"]) if i["idx"] == args.item] if r else []
+                if not got:
+                    return _fail(f"{args.version}: no review pair {args.item}")
+                _show_item(got[0], args.version, args.json)
+            elif args.all:
+                r = review.current(args.version)
+                got = review.items(r["id"]) if r else []
+                if args.json:
+                    print(json.dumps(got, ensure_ascii=False, indent=2, default=str))
+                for i in [] if args.json else got:
+                    print(f"{i['idx']:>4}  {i['decision'] or 'pending':<9} {i['reviewer'] or '':<16} "
+                          f"{i['instruction'][:70]!r}")
+            else:
+                _show_item(review.next_item(args.version), args.version, args.json)
+            return 0
+        elif args.action == "decide":
+            if args.item is None or not args.decision:
+                return _fail("review decide needs --item N and one of --approve, --edit, --reject", 2)
+            edited = None
+            if args.decision == "edited":
+                edited = {k: getattr(args, k) for k in ("instruction", "input", "output") if getattr(args, k) is not None}
+                if not edited:
+                    return _fail("--edit needs at least one of --instruction, --input, --output", 2)
+            out = review.decide(args.version, args.item, args.decision, args.reviewer or _user(), edited)
+        else:
+            out = review.status(args.version)
+    except (review.ReviewError, datasets.DatasetError) as exc:
+        return _fail(str(exc))
+    if args.json:
+        print(json.dumps(out, ensure_ascii=False, indent=2, default=str))
+    else:
+        rate = "–" if out["approval_rate"] is None else f"{out['approval_rate']:.0%}"
+        print(f"{out['dataset_version']}: {out['done']}/{out['sample_size']} decided, approval {rate}, "
+              f"threshold {out['threshold']:.0%} — {out['reason']}")
+        if out["child_version"]:
+            print(f"edits were written to the child version {out['child_version']}")
+    return 0 if args.action != "status" or out["reviewed"] else 1
 
 
 def cmd_jobs(args) -> int:
@@ -348,12 +425,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("dataset", help="import and list dataset versions")
     d.add_argument("action", choices=["import", "list", "import-samples"])
-    d.add_argument("paths", nargs="*", help="JSONL, JSON, CSV or Parquet files (import)")
+    d.add_argument("paths", nargs="*", help="JSONL, JSON, CSV or Parquet files, or folders saved by `datasets` (import)")
     d.add_argument("--name", help="name of the new dataset version")
     d.add_argument("--test-fraction", type=float, default=0.1)
     d.add_argument("--seed", type=int, default=42)
     d.add_argument("--mix-general", metavar="VERSION", help="mix in general Vietnamese pairs from this version")
     d.add_argument("--mix-ratio", type=float, default=0.05, help="share of general pairs in train (0.05–0.10)")
+    d.add_argument("--encoding", help="text encoding of the files when not UTF-8 (e.g. cp1258, utf-16)")
+    d.add_argument("--map", action="append", metavar="COLUMN=FIELD",
+                   help="map a file column to instruction, input or output (repeatable), e.g. --map question=instruction")
     d.add_argument("--json", action="store_true")
     d.set_defaults(fn=cmd_dataset)
 
@@ -366,10 +446,34 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--prompt-format", choices=["chat", "alpaca-vi"])
     t.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and queue nothing")
     t.add_argument("--estimate", action="store_true", help="print the GPU memory estimate as JSON and queue nothing")
+    t.add_argument("--override-review", metavar="REASON",
+                   help="train a dataset version that has not passed its review sample, recording why")
     t.add_argument("--no-wait", action="store_true")
     t.add_argument("--timeout", type=float, default=24 * 3600)
     t.add_argument("--json", action="store_true")
     t.set_defaults(fn=cmd_train)
+
+    rv = sub.add_parser("review", help="the review sample of a dataset version: start, show, decide, status",
+                        description="Draw a seeded sample (default 10 %%) of a dataset version, decide each pair "
+                                    "(approve, edit, reject), and see whether the version passed (approval rate "
+                                    "at or above the threshold, default 90 %%). `status` exits 1 until it has.")
+    rv.add_argument("action", choices=["start", "show", "decide", "status"])
+    rv.add_argument("version", help="dataset version id")
+    rv.add_argument("--fraction", type=float, default=0.10, help="share of the pairs to review (start; 0.10–1)")
+    rv.add_argument("--seed", type=int, default=42, help="seed of the sample (start)")
+    rv.add_argument("--threshold", type=float, default=0.90, help="approval rate needed (start)")
+    rv.add_argument("--item", type=int, help="pair number in the sample (show, decide)")
+    rv.add_argument("--all", action="store_true", help="list every pair of the sample (show)")
+    dec = rv.add_mutually_exclusive_group()
+    dec.add_argument("--approve", dest="decision", action="store_const", const="approved")
+    dec.add_argument("--edit", dest="decision", action="store_const", const="edited")
+    dec.add_argument("--reject", dest="decision", action="store_const", const="rejected")
+    rv.add_argument("--instruction", help="edited instruction (decide --edit)")
+    rv.add_argument("--input", help="edited input (decide --edit)")
+    rv.add_argument("--output", help="edited output (decide --edit)")
+    rv.add_argument("--reviewer", help="the reviewer's name (default: your user name)")
+    rv.add_argument("--json", action="store_true")
+    rv.set_defaults(fn=cmd_review)
 
     j = sub.add_parser("jobs", help="list or cancel jobs; run one supervisor tick")
     j.add_argument("action", choices=["list", "cancel", "resume", "tick"],

@@ -6,7 +6,9 @@ import report, who, when) in DuckDB. Runs and evaluations reference a version by
 """
 from __future__ import annotations
 
+import codecs
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -23,9 +25,20 @@ from core import paths, store
 FIELDS = ("instruction", "input", "output")
 REQUIRED = ("instruction", "output")
 MAX_FIELD_CHARS = 32_000
+MAX_LINE_CHARS = 1024**2          # one JSONL line / CSV record; longer ones are rejected unread
 MAX_FILE_BYTES = 2 * 1024**3
-_SPACES = re.compile(r"[ \t\u00a0]+")
+MAX_ERRORS_LISTED = 1000          # rows past this are still counted, not listed
+# Common other names for the three fields, looked for when a row lacks the studio's own name.
+ALIASES: dict[str, tuple[str, ...]] = {
+    "instruction": ("question", "prompt", "query", "instruction_vi", "cau_hoi", "câu_hỏi", "câu hỏi"),
+    "input": ("context", "input_vi", "ngu_canh", "ngữ_cảnh", "ngữ cảnh"),
+    "output": ("answer", "response", "completion", "output_vi", "tra_loi", "trả_lời", "trả lời",
+               "câu_trả_lời", "câu trả lời"),
+}
+_SPACES = re.compile(r"[ \t\u00a0\u2000-\u200a\u202f\u3000]+")
+_INVISIBLE = re.compile(r"[\u200b\u200c\u200d\u2060\ufeff]")
 _BLANK_LINES = re.compile(r"\n{3,}")
+_BOMS = ((b"\xef\xbb\xbf", "utf-8-sig"), (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16"))
 
 
 class DatasetError(ValueError):
@@ -38,8 +51,13 @@ class ImportReport:
     rows_kept: int = 0
     rows_rejected: int = 0
     duplicates_removed: int = 0
+    duplicates_exact: int = 0
+    duplicates_normalized: int = 0
     normalized: int = 0
     errors: list[dict] = field(default_factory=list)
+    duplicates: list[dict] = field(default_factory=list)
+    files: list[dict] = field(default_factory=list)
+    columns_mapped: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return {
@@ -47,118 +65,332 @@ class ImportReport:
             "rows_kept": self.rows_kept,
             "rows_rejected": self.rows_rejected,
             "duplicates_removed": self.duplicates_removed,
+            "duplicates_exact": self.duplicates_exact,
+            "duplicates_normalized": self.duplicates_normalized,
             "normalized": self.normalized,
+            "columns_mapped": dict(self.columns_mapped),
+            "files": list(self.files),
             "errors": self.errors,
+            "duplicates": self.duplicates,
         }
+
+    def failure(self) -> str | None:
+        """Why nothing was kept, in one line (None when something was)."""
+        if self.rows_kept:
+            return None
+        if not self.rows_read:
+            names = ", ".join(f["file"] for f in self.files) or "the input"
+            return f"{names}: no rows found (the file is empty); nothing was imported"
+        return (f"no valid rows were found ({self.rows_rejected} of {self.rows_read} rejected, "
+                f"first: line {self.errors[0]['line']}: {self.errors[0]['reason']}); nothing was imported"
+                if self.errors else "no valid rows were found; nothing was imported")
+
+
+def parse_mapping(items: Iterable[str] | dict | None) -> dict[str, str]:
+    """``["question=instruction", "answer=output"]`` → {"question": "instruction", ...} (file column → field)."""
+    if not items:
+        return {}
+    pairs = items.items() if isinstance(items, dict) else [_split_map(i) for i in items]
+    out: dict[str, str] = {}
+    for src, dst in pairs:
+        src, dst = str(src).strip(), str(dst).strip()
+        if not src:
+            continue
+        if dst not in FIELDS:
+            raise DatasetError(f"column mapping '{src}={dst}': the target must be one of {', '.join(FIELDS)}")
+        if dst in out.values():
+            raise DatasetError(f"column mapping: two columns are mapped to '{dst}'")
+        out[src] = dst
+    return out
+
+
+def _split_map(item: str) -> tuple[str, str]:
+    if "=" not in item:
+        raise DatasetError(f"column mapping '{item}': write it as FILE_COLUMN=FIELD, e.g. question=instruction")
+    src, dst = item.split("=", 1)
+    return src, dst
 
 
 # ── reading ──────────────────────────────────────────────────────────────────
 
 
-def _records(path: Path) -> Iterator[tuple[int, Any]]:
-    """(line or row number counted from 1, raw record or an Exception) for every row in the file."""
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".ndjson"):
-        with path.open("r", encoding="utf-8-sig", newline="") as fh:
-            for number, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    yield number, json.loads(line)
-                except json.JSONDecodeError as exc:
-                    yield number, ValueError(f"invalid JSON ({exc.msg})")
-    elif suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
-        if not isinstance(data, list):
-            raise DatasetError(f"{path.name}: a .json file must hold an array of objects")
-        for number, obj in enumerate(data, start=1):
-            yield number, obj
-    elif suffix == ".csv":
-        with path.open("r", encoding="utf-8-sig", newline="") as fh:
-            reader = csv.DictReader(fh)
-            # a record's number is the line it starts on in the file
-            start = reader.line_num + 1
-            for row in reader:
-                yield start, row
+def _open_text(path: Path, encoding: str | None, report: ImportReport) -> tuple[str, str]:
+    """The whole file as text, and the encoding used. Without ``encoding``: UTF-8 (with or without a
+    BOM), or UTF-16 when it starts with a UTF-16 BOM; anything else is a clear error naming the fix."""
+    data = path.read_bytes()
+    if encoding:
+        try:
+            codecs.lookup(encoding)
+        except LookupError:
+            raise DatasetError(f"unknown encoding '{encoding}' (e.g. utf-8, utf-16, cp1258)") from None
+        enc = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
+    else:
+        enc = next((name for bom, name in _BOMS if data.startswith(bom)), "utf-8")
+    try:
+        text = data.decode(enc)
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        if encoding:
+            raise DatasetError(f"{path.name}: line {line} cannot be read as {encoding} ({exc.reason}); "
+                               "check the encoding") from None
+        raise DatasetError(
+            f"{path.name}: not UTF-8 (line {line}, byte {exc.start}: {exc.reason}); name its encoding "
+            "(--encoding cp1258 for Windows-1258, --encoding utf-16) or save it as UTF-8") from None
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    return text, ("utf-8" if enc == "utf-8-sig" and not data.startswith(b"\xef\xbb\xbf") else enc)
+
+
+def _json_array(text: str, name: str) -> Iterator[tuple[int, Any]]:
+    """Elements of a JSON array with the line each starts on."""
+    decoder = json.JSONDecoder()
+    i = text.index("[") + 1
+    n = len(text)
+    line, pos = 1, 0
+
+    def line_at(idx: int) -> int:
+        nonlocal line, pos
+        line += text.count("\n", pos, idx)
+        pos = idx
+        return line
+
+    while True:
+        while i < n and text[i] in " \t\r\n,":
+            i += 1
+        if i >= n:
+            raise DatasetError(f"{name}: the JSON array is not closed (line {line_at(n)})")
+        if text[i] == "]":
+            return
+        try:
+            obj, end = decoder.raw_decode(text, i)
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"{name}: invalid JSON at line {exc.lineno} ({exc.msg}); a JSON array cannot be "
+                               "read past a syntax error: fix it, or save the rows as JSONL") from None
+        yield line_at(i), obj
+        i = end
+
+
+def _jsonl(text: str) -> Iterator[tuple[int, Any]]:
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        if len(line) > MAX_LINE_CHARS:
+            yield number, ValueError(f"line too long ({len(line)} characters, limit {MAX_LINE_CHARS})")
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield number, ValueError(f"invalid JSON ({exc.msg})")
+
+
+def _csv(text: str) -> Iterator[tuple[int, Any]]:
+    csv.field_size_limit(MAX_LINE_CHARS * 4)
+    header = text.split("\n", 1)[0]
+    # spreadsheets in a Vietnamese locale often save ";"-separated CSV; tab-separated also occurs
+    delimiter = max(",;\t", key=lambda d: (header.count(d), d == ","))
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    start = 2  # a record's number is the line it starts on in the file (line 1: the header)
+    try:
+        for row in reader:
+            if None in row:
+                row = ValueError(f"{len(reader.fieldnames or [])} columns in the header, more in this row")
+            elif all(v is None or not v.strip() for v in row.values()):
                 start = reader.line_num + 1
-    elif suffix == ".parquet":
+                continue
+            yield start, row
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        yield start, ValueError(f"unreadable CSV ({exc})")
+
+
+def _arrow_rows(tables) -> Iterator[tuple[int, Any]]:
+    number = 0
+    for table in tables:
+        for batch in table.to_batches(10_000):
+            for obj in batch.to_pylist():
+                number += 1
+                yield number, obj
+
+
+def _hf_folder(path: Path) -> Iterator[tuple[int, Any]]:
+    """A folder written by ``datasets``' ``save_to_disk`` (a Dataset, or a DatasetDict of splits),
+    read with pyarrow alone (its Arrow files are IPC streams), in split order train, validation, test."""
+    import pyarrow as pa
+
+    def split_files(folder: Path) -> list[Path]:
+        state = folder / "state.json"
+        if state.exists():
+            names = [f["filename"] for f in json.loads(state.read_text(encoding="utf-8")).get("_data_files", [])]
+            return [folder / n for n in names]
+        return sorted(folder.glob("*.arrow"))
+
+    if (path / "dataset_dict.json").exists():
+        splits = json.loads((path / "dataset_dict.json").read_text(encoding="utf-8")).get("splits", [])
+        order = sorted(splits, key=lambda s: ({"train": 0, "validation": 1, "test": 2}.get(s, 3), s))
+        files = [f for s in order for f in split_files(path / s)]
+    else:
+        files = split_files(path)
+    if not files:
+        raise DatasetError(f"{path.name}: a folder must be one saved by `datasets` (save_to_disk): no .arrow files")
+
+    def tables():
+        for f in files:
+            with pa.memory_map(str(f)) as source:
+                try:
+                    yield pa.ipc.open_stream(source).read_all()
+                except pa.ArrowInvalid:
+                    yield pa.ipc.open_file(source).read_all()
+
+    return _arrow_rows(tables())
+
+
+def _records(path: Path, encoding: str | None, report: ImportReport) -> Iterator[tuple[int, Any]]:
+    """(line or row number counted from 1, raw record or an Exception) for every row in the file."""
+    info = {"file": path.name}
+    report.files.append(info)
+    if path.is_dir():
+        info["format"] = "datasets folder"
+        yield from _hf_folder(path)
+        return
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        table = pq.read_table(path)
-        for number, obj in enumerate(table.to_pylist(), start=1):
-            yield number, obj
+        info["format"] = "parquet"
+        number = 0
+        for batch in pq.ParquetFile(path).iter_batches(10_000):
+            for obj in batch.to_pylist():
+                number += 1
+                yield number, obj
+        return
+    if suffix not in (".jsonl", ".ndjson", ".json", ".csv"):
+        raise DatasetError(f"{path.name}: unsupported file type '{suffix}' "
+                           "(JSONL, JSON, CSV, Parquet, or a folder saved by `datasets`)")
+    text, enc = _open_text(path, encoding, report)
+    info["encoding"] = enc
+    if suffix == ".csv":
+        info["format"] = "csv"
+        yield from _csv(text)
+    elif text.lstrip().startswith("["):
+        info["format"] = "json array"
+        yield from _json_array(text, path.name)
     else:
-        raise DatasetError(f"{path.name}: unsupported file type '{suffix}' (JSONL, JSON, CSV or Parquet)")
+        info["format"] = "jsonl"
+        yield from _jsonl(text)
 
 
 def clean_text(text: str) -> str:
-    """NFC, unified line breaks, collapsed runs of spaces, trimmed lines."""
+    """NFC, unified line breaks, no zero-width characters, collapsed runs of spaces, trimmed lines."""
     text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n")
+    text = _INVISIBLE.sub("", text)
     lines = [_SPACES.sub(" ", line).strip() for line in text.split("\n")]
     return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
 
 
-def _validate(raw: Any) -> tuple[dict | None, str | None]:
+def _column_for(raw: dict, name: str, mapping: dict[str, str]) -> str | None:
+    """The row's column holding field ``name``: mapped explicitly, the field's own name, or an alias."""
+    for src, dst in mapping.items():
+        if dst == name and src in raw:
+            return src
+    if name in raw and name not in mapping:
+        return name
+    lowered = {str(k).strip().lower(): k for k in raw if k not in mapping}
+    for alias in ALIASES[name]:
+        if alias in lowered:
+            return lowered[alias]
+    return None
+
+
+def _validate(raw: Any, mapping: dict[str, str] | None = None,
+              report: ImportReport | None = None) -> tuple[dict | None, str | None]:
     if isinstance(raw, Exception):
         return None, str(raw)
     if not isinstance(raw, dict):
         return None, "not an object with instruction, input and output"
-    row = {}
+    mapping = mapping or {}
+    row, used = {}, {}
     for name in FIELDS:
-        value = raw.get(name)
+        column = _column_for(raw, name, mapping)
+        value = raw.get(column) if column is not None else None
         if value is None:
             if name in REQUIRED:
                 return None, f"missing field '{name}'"
             value = ""
         if not isinstance(value, str):
-            return None, f"field '{name}' is not text ({type(value).__name__})"
+            return None, f"field '{column}' is not text ({type(value).__name__})"
         if len(value) > MAX_FIELD_CHARS:
-            return None, f"field '{name}' is too long ({len(value)} characters, limit {MAX_FIELD_CHARS})"
+            return None, f"field '{column}' is too long ({len(value)} characters, limit {MAX_FIELD_CHARS})"
         row[name] = value
+        if column is not None and column != name:
+            used[str(column)] = name
     for name in REQUIRED:
         if not clean_text(row[name]):
-            return None, f"field '{name}' is empty"
+            return None, f"field '{_column_for(raw, name, mapping)}' is empty"
+    if report is not None:
+        report.columns_mapped.update(used)
     return row, None
 
 
-def read_pairs(path: Path, report: ImportReport, source: str) -> list[dict]:
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 1024**3), ("MB", 1024**2), ("KB", 1024)):
+        if n >= scale:
+            return f"{n / scale:,.1f} {unit}"
+    return f"{n} bytes"
+
+
+def read_pairs(path: Path, report: ImportReport, source: str, *, encoding: str | None = None,
+               mapping: dict[str, str] | None = None) -> list[dict]:
+    """Every row of one file: good rows cleaned (NFC, whitespace) and kept, bad rows in ``report.errors``."""
     path = Path(path)
     if not path.exists():
-        raise DatasetError(f"{path}: no such file")
-    if path.stat().st_size > MAX_FILE_BYTES:
-        raise DatasetError(f"{path.name}: larger than the {MAX_FILE_BYTES // 1024**3} GB limit")
+        raise DatasetError(f"{path}: no such file or folder")
+    size = (sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir()
+            else path.stat().st_size)
+    if size > MAX_FILE_BYTES:
+        raise DatasetError(f"{path.name}: {_size(size)} is over the import limit of {_size(MAX_FILE_BYTES)}; "
+                           "split it into smaller files")
     kept = []
-    try:
-        for number, raw in _records(path):
-            report.rows_read += 1
-            row, reason = _validate(raw)
-            if reason:
-                report.rows_rejected += 1
+    for number, raw in _records(path, encoding, report):
+        report.rows_read += 1
+        row, reason = _validate(raw, mapping, report)
+        if reason:
+            report.rows_rejected += 1
+            if len(report.errors) < MAX_ERRORS_LISTED:
                 report.errors.append({"file": path.name, "line": number, "reason": reason})
-                continue
-            cleaned = {k: clean_text(v) for k, v in row.items()}
-            if cleaned != row:
-                report.normalized += 1
-            cleaned["source"] = source
-            kept.append(cleaned)
-    except UnicodeDecodeError as exc:
-        raise DatasetError(
-            f"{path.name}: not UTF-8 (byte {exc.start}: {exc.reason}); save it as UTF-8 first"
-        ) from None
-    except json.JSONDecodeError as exc:
-        raise DatasetError(f"{path.name}: invalid JSON at line {exc.lineno} ({exc.msg})") from None
+            continue
+        cleaned = {k: clean_text(v) for k, v in row.items()}
+        if cleaned != row:
+            report.normalized += 1
+        cleaned["source"] = source
+        cleaned["_raw"] = tuple(row[k] for k in FIELDS)
+        cleaned["_at"] = (path.name, number)
+        kept.append(cleaned)
     return kept
 
 
 def dedup(rows: list[dict], report: ImportReport) -> list[dict]:
-    seen: set[tuple] = set()
+    """Drop exact copies (the same text as read) and normalised copies (the same after NFC, whitespace
+    clean-up and case folding: an NFD copy of an NFC row is one); the first occurrence is kept."""
+    exact: dict[tuple, tuple] = {}
+    normal: dict[tuple, tuple] = {}
     out = []
     for row in rows:
+        raw = row.pop("_raw", None) or tuple(row[k] for k in FIELDS)
+        at = row.pop("_at", None)
         key = tuple(row[k].casefold() for k in FIELDS)
-        if key in seen:
+        first = exact.get(raw) or normal.get(key)
+        if first is not None:
+            kind = "exact" if raw in exact else "normalized"
+            if kind == "exact":
+                report.duplicates_exact += 1
+            else:
+                report.duplicates_normalized += 1
             report.duplicates_removed += 1
+            if at and len(report.duplicates) < MAX_ERRORS_LISTED:
+                report.duplicates.append({"file": at[0], "line": at[1], "kind": kind,
+                                          "of": {"file": first[0], "line": first[1]} if first[0] else None})
             continue
-        seen.add(key)
+        exact[raw] = normal[key] = at or (None, None)
         out.append(row)
     return out
 
@@ -250,21 +482,30 @@ def import_files(
     general_version: str | None = None,
     general_ratio: float = 0.05,
     created_by: str | None = None,
+    encoding: str | None = None,
+    mapping: dict[str, str] | Iterable[str] | None = None,
 ) -> tuple[dict | None, ImportReport]:
-    """Import one or more files as a new dataset version. Returns (version or None, report)."""
+    """Import one or more files (or ``datasets`` folders) as a new dataset version.
+
+    ``encoding`` names the files' text encoding when it is not UTF-8 (e.g. ``cp1258``, ``utf-16``);
+    ``mapping`` maps file columns to fields (``{"question": "instruction"}`` or ``["question=instruction"]``);
+    without it, common aliases (question/answer, prompt/response, …) are recognised and reported.
+    Returns (version or None when no row was kept, report)."""
     files = [Path(f) for f in files]
     if not name or not name.strip():
         raise DatasetError("a dataset version needs a name")
+    mapping = parse_mapping(mapping)
     report = ImportReport()
     rows: list[dict] = []
     for f in files:
-        rows.extend(read_pairs(f, report, source=f.stem))
+        rows.extend(read_pairs(f, report, source=f.stem, encoding=encoding, mapping=mapping))
     rows = dedup(rows, report)
     report.rows_kept = len(rows)
     if not rows:
         return None, report
     train, test = split_rows(rows, test_fraction, seed) if len(rows) > 1 else (rows, [])
-    lineage: dict[str, Any] = {"files": [str(f) for f in files], "test_fraction": test_fraction, "seed": seed}
+    lineage: dict[str, Any] = {"files": [str(f) for f in files], "test_fraction": test_fraction, "seed": seed,
+                               "encoding": encoding, "mapping": mapping or None}
     if general_version:
         general = load_rows(general_version, "train") + load_rows(general_version, "test")
         before = len(train)
@@ -281,6 +522,14 @@ def import_files(
         created_by=created_by,
     )
     return version, report
+
+
+def derive_version(parent: dict, train: list[dict], test: list[dict], *, source: str, lineage: dict,
+                   created_by: str | None) -> dict:
+    """A new version made from ``parent`` (an edit): same name, ``parent_id`` set, lineage kept."""
+    report = {"rows_kept": len(train) + len(test), "derived_from": parent["id"]}
+    return _write_version(parent["name"], train, test, source=source, parent_id=parent["id"],
+                          lineage=lineage, report=report, created_by=created_by)
 
 
 def list_versions() -> list[dict]:
@@ -307,12 +556,29 @@ def load_rows(version_id: str, split: str = "train") -> list[dict]:
     return pq.read_table(Path(version["path"]) / f"{split}.parquet").to_pylist()
 
 
+def take_rows(version_id: str, split: str, indices: list[int]) -> list[dict]:
+    """Only the rows at ``indices`` (from 0) of one split, without turning the whole split into Python."""
+    import pyarrow.parquet as pq
+
+    if not indices:
+        return []
+    version = get_version(version_id)
+    table = pq.read_table(Path(version["path"]) / f"{split}.parquet", columns=list(FIELDS) + ["source"])
+    return table.take(indices).to_pylist()
+
+
 def import_samples(created_by: str | None = "setup") -> dict:
-    """The sample data shipped in data/samples/: general Vietnamese, then the two domains mixed with 5 %."""
+    """The sample data shipped in data/samples/: general Vietnamese, then the two domains mixed with 5 %.
+
+    The samples are written by the ViTune team itself, so both versions are recorded as reviewed by
+    construction (core.review.mark_bundled) and train without a review sample."""
+    from core import review
+
     samples = paths.samples_dir()
     general = find_by_name("general-vi")
     if general is None:
         general, _ = import_files([samples / "general_vi.jsonl"], "general-vi", created_by=created_by)
+    review.mark_bundled(general["id"])
     domain = find_by_name("sample-cskh-hopdong")
     if domain is None:
         domain, _ = import_files(
@@ -322,6 +588,7 @@ def import_samples(created_by: str | None = "setup") -> dict:
             general_ratio=0.05,
             created_by=created_by,
         )
+    review.mark_bundled(domain["id"])
     return domain
 
 
@@ -343,3 +610,94 @@ def length_stats(version_id: str) -> "list[dict]":
             out.append({"split": split, "source": row.get("source"),
                         **{f"{k}_words": len(row[k].split()) for k in FIELDS}})
     return out
+
+
+class _FastTokenizer:
+    """A local model's tokenizer.json and chat template, without loading transformers (seconds faster);
+    enough to count the tokens of the training text exactly as the trainer renders it."""
+
+    def __init__(self, folder: Path):
+        from tokenizers import Tokenizer
+
+        from core import prompt_format
+
+        self.tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8")) \
+            if (folder / "tokenizer_config.json").exists() else {}
+        template = config.get("chat_template")
+        if (folder / "chat_template.jinja").exists():
+            template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+        if not template and "gemma" in folder.name.lower():
+            template = prompt_format.GEMMA_CHAT_TEMPLATE
+        self.bos_token = config.get("bos_token") or "<bos>"
+        self.chat_template = template
+        self._compiled = None
+
+    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=False):
+        if self._compiled is None:  # compiled once (TemplateTokenizer compiles per call)
+            from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+            from core import prompt_format
+
+            def raise_exception(message):
+                raise prompt_format.FormatError(message)
+
+            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+            env.globals["raise_exception"] = raise_exception
+            self._compiled = env.from_string(self.chat_template)
+        return self._compiled.render(messages=messages, bos_token=self.bos_token,
+                                     add_generation_prompt=add_generation_prompt)
+
+    def count(self, texts: list[str]) -> list[int]:
+        return [len(e.ids) for e in self.tok.encode_batch(texts, add_special_tokens=True)]
+
+
+@functools.lru_cache(maxsize=4)
+def _fast_tokenizer(folder: str) -> _FastTokenizer:
+    return _FastTokenizer(Path(folder))
+
+
+def token_stats(version_id: str, base_model: str | None = None, fmt: str = "chat",
+                max_seq_length: int = 2048, split: str | None = None) -> dict:
+    """Tokens per training text (prompt format applied, EOS counted) with the base model's tokenizer,
+    and how many texts exceed ``max_seq_length`` (the trainer would cut them)."""
+    from core import prompt_format
+
+    model = Path(base_model) if base_model else paths.default_base_model_dir()
+    if not (model / "tokenizer.json").exists():
+        raise DatasetError(f"{model}: no tokenizer.json in that folder (token lengths need a local base model)")
+    tok = _fast_tokenizer(str(model))
+    rows = []
+    for sp in ([split] if split else ["train", "test"]):
+        rows.extend(load_rows(version_id, sp))
+    texts = [prompt_format.render_training_text(r, fmt, tok) for r in rows]
+    lengths = [n + 1 for n in tok.count(texts)]  # + the EOS the trainer appends
+    over = sum(n > max_seq_length for n in lengths)
+    return {"tokenizer": model.name, "format": fmt, "max_seq_length": max_seq_length, "lengths": lengths,
+            "rows": len(lengths), "over": over, "share_over": over / len(lengths) if lengths else 0.0,
+            "max": max(lengths, default=0), "mean": sum(lengths) / len(lengths) if lengths else 0.0}
+
+
+def field_stats(version_id: str) -> list[dict]:
+    """Characters and words of each field (mean, max, empty count), for the per-field table."""
+    rows = load_rows(version_id, "train") + load_rows(version_id, "test")
+    out = []
+    for k in FIELDS:
+        chars = [len(r[k]) for r in rows]
+        words = [len(r[k].split()) for r in rows]
+        out.append({"field": k, "mean_chars": round(sum(chars) / len(chars), 1) if chars else 0,
+                    "max_chars": max(chars, default=0), "mean_words": round(sum(words) / len(words), 1) if words else 0,
+                    "max_words": max(words, default=0), "empty": sum(c == 0 for c in chars)})
+    return out
+
+
+def lineage_chain(version_id: str) -> list[dict]:
+    """The version and its ancestors, newest first."""
+    chain, seen = [], set()
+    current: str | None = version_id
+    while current and current not in seen:
+        seen.add(current)
+        v = get_version(current)
+        chain.append(v)
+        current = v["parent_id"]
+    return chain

@@ -83,11 +83,18 @@ def _insert_job(kind: str, job_dir: Path, payload: dict, owner: str | None, run_
     return job_id
 
 
-def submit_train(dataset_version_id: str, cfg, owner: str | None = None) -> dict:
-    from core import datasets
+def submit_train(dataset_version_id: str, cfg, owner: str | None = None,
+                 override_review: str | None = None) -> dict:
+    """Queue a training run. The dataset version must have passed its review sample (core.review),
+    unless ``override_review`` gives a reason, which the audit log records with the owner."""
+    from core import datasets, review
 
     cfg.validate()
     version = datasets.get_version(dataset_version_id)
+    try:
+        verdict = review.require_reviewed(dataset_version_id, override_review, actor=owner)
+    except review.ReviewError as exc:
+        raise JobError(str(exc)) from None
     run_id = _new_id("run")
     run_dir = paths.runs_dir() / run_id
     payload = {
@@ -96,6 +103,8 @@ def submit_train(dataset_version_id: str, cfg, owner: str | None = None) -> dict
         "train_file": str(Path(version["path"]) / "train.parquet"),
         "test_file": str(Path(version["path"]) / "test.parquet"),
         "dataset_version_id": dataset_version_id,
+        "review": {"reviewed": verdict["reviewed"], "status": verdict["reason"],
+                   "override": None if verdict["reviewed"] else override_review.strip()},
     }
     job_id = _insert_job("train", run_dir, payload, owner, run_id, dataset_version_id)
     store.execute(

@@ -148,6 +148,43 @@ def _m001_initial(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+def _m002_reviews(con: duckdb.DuckDBPyConnection) -> None:
+    """Review samples of dataset versions (the guide's 10–15 % manual check) and their decisions."""
+    con.execute(
+        """
+        CREATE TABLE reviews (
+            id            VARCHAR PRIMARY KEY,
+            dataset_version_id VARCHAR NOT NULL,
+            kind          VARCHAR NOT NULL,          -- sample | bundled | inherited
+            fraction      DOUBLE NOT NULL,
+            seed          INTEGER NOT NULL,
+            threshold     DOUBLE NOT NULL,
+            sample_size   INTEGER NOT NULL,
+            inherited_from VARCHAR,                  -- kind inherited: the parent version's review
+            child_version_id VARCHAR,                -- the version made from this review's edits
+            note          VARCHAR,
+            created_by    VARCHAR,
+            created_at    TIMESTAMPTZ NOT NULL,
+            completed_at  TIMESTAMPTZ
+        );
+        CREATE TABLE review_items (
+            review_id     VARCHAR NOT NULL,
+            idx           INTEGER NOT NULL,          -- position in the sample, from 1
+            split         VARCHAR NOT NULL,          -- train | test
+            row_index     INTEGER NOT NULL,          -- row in that split's Parquet file, from 0
+            instruction   VARCHAR NOT NULL,
+            input         VARCHAR NOT NULL,
+            output        VARCHAR NOT NULL,
+            decision      VARCHAR,                   -- approved | edited | rejected; NULL while pending
+            edited        JSON,                      -- the pair as edited
+            reviewer      VARCHAR,
+            decided_at    TIMESTAMPTZ,
+            PRIMARY KEY (review_id, idx)
+        );
+        """
+    )
+
+
 def _m004_evaluation_details(con: duckdb.DuckDBPyConnection) -> None:
     """Evaluations keep what a client asks about later: how they were produced, how fast, by whom,
     and the verdict's reason; examples keep a key that matches the same pair across evaluations."""
@@ -169,7 +206,7 @@ def _m006_training_metrics(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE metrics ADD COLUMN IF NOT EXISTS gpu_mem_gib DOUBLE")
 
 
-MIGRATIONS = [_m001_initial, _m004_evaluation_details, _m006_training_metrics]
+MIGRATIONS = [_m001_initial, _m002_reviews, _m004_evaluation_details, _m006_training_metrics]
 
 # ── connections ──────────────────────────────────────────────────────────────
 

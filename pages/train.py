@@ -1,6 +1,6 @@
 import streamlit as st
 
-from core import charts, config, datasets, jobs, models, vram
+from core import charts, config, datasets, jobs, models, review, vram
 from pages.common import fail, job_progress, jobs_table, user
 
 st.title("Train")
@@ -42,7 +42,14 @@ else:
             eval_steps = e2.number_input("Eval loss every N steps (0: off)", 0, 100000, base_cfg.eval_steps,
                                          help="Loss on the test split; the best checkpoint is kept. "
                                               "Checkpoint steps must be a multiple of it.")
+        override = st.text_input("Override reason (only to train a version that has not passed its review sample; "
+                                 "recorded with your name)")
         go = st.form_submit_button("Queue training job", type="primary")
+    verdict = review.status(labels[version])
+    if verdict["reviewed"]:
+        st.caption(f"Review: {verdict['reason']}")
+    else:
+        st.warning(f"Review: {verdict['reason']}. Review it on the Datasets page, or give an override reason.")
     if go:
         try:
             cfg = config.preset(preset)
@@ -54,7 +61,7 @@ else:
             cfg.save_steps, cfg.eval_steps = int(save_steps), int(eval_steps)
             if max_steps:
                 cfg.max_steps = int(max_steps)
-            job = jobs.submit_train(labels[version], cfg.validate(), owner=user())
+            job = jobs.submit_train(labels[version], cfg.validate(), owner=user(), override_review=override)
             st.session_state["watch_run"] = job["run_id"]
             st.success(f"Queued job {job['id']} for run {job['run_id']}.")
             fit = vram.check(cfg, backend="unsloth" if cfg.backend == "auto" else cfg.backend)

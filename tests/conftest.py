@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -85,10 +86,33 @@ def write_jsonl(path: Path, rows: list) -> Path:
     return path
 
 
+_TONES = "\u0300\u0301\u0303\u0309\u0323"
+
+
+def to_cp1258(text: str) -> bytes:
+    """Text as Windows-1258 writes Vietnamese: precomposed vowels (ơ, ư, â, …), combining tone marks."""
+    out = []
+    for ch in unicodedata.normalize("NFC", text):
+        parts = unicodedata.normalize("NFD", ch)
+        tones = "".join(p for p in parts if p in _TONES)
+        out.append(unicodedata.normalize("NFC", "".join(p for p in parts if p not in _TONES)) + tones)
+    return "".join(out).encode("cp1258")
+
+
 def tiny_pairs(n: int = 24) -> list[dict]:
     return [{"instruction": f"Trả lời khách hàng về đơn hàng số {i}.",
              "input": f"Tôi bị trừ tiền hai lần cho đơn {i}.",
              "output": f"Dạ, Sao Việt sẽ hoàn tiền đơn {i} trong 7 ngày làm việc."} for i in range(n)]
+
+
+def approve_review(version_id: str, reviewer: str = "tester") -> dict:
+    """Draw the version's review sample and approve every pair (so that it may train)."""
+    from core import review
+
+    review.start(version_id)
+    while (item := review.next_item(version_id)) is not None:
+        review.decide(version_id, item["idx"], "approved", reviewer)
+    return review.status(version_id)
 
 
 @pytest.fixture(scope="session")

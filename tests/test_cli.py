@@ -6,7 +6,7 @@ import pytest
 
 from tests.conftest import REPO
 
-COMMANDS = ["models", "dataset", "train", "jobs", "evaluate", "gate", "score", "export", "modelfile", "deploy"]
+COMMANDS = ["models", "dataset", "review", "train", "jobs", "evaluate", "gate", "score", "export", "modelfile", "deploy"]
 
 
 def test_help_starts_fast():
@@ -25,7 +25,7 @@ def test_every_command_has_help(command):
 
 
 def test_heavy_libraries_are_not_imported_for_score_and_dataset():
-    code = ("import sys, core.cli, core.scoring, core.datasets; "
+    code = ("import sys, core.cli, core.scoring, core.datasets, core.review; "
             "print(sorted(m for m in ('torch', 'transformers', 'streamlit') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert proc.stdout.strip() == "[]"

@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from core import datasets, store
-from tests.conftest import cli, tiny_pairs, write_jsonl
+from tests.conftest import cli, tiny_pairs, to_cp1258, write_jsonl
 
 
 def test_jsonl_import_keeps_good_rows_and_names_bad_lines(home):
@@ -57,11 +57,19 @@ def test_split_is_seeded_and_general_mix_is_recorded(home):
     assert json.loads(a["lineage"])["general"] == {"version": general["id"], "ratio": 0.1, "rows": 4}
 
 
-def test_not_utf8_is_a_clear_error(home):
+def test_not_utf8_is_a_clear_error_or_decoded_when_named(home):
     path = home / "cp1258.jsonl"
-    path.write_bytes('{"instruction": "Hợp đồng", "output": "ổn"}\n'.encode("utf-16"))
-    with pytest.raises(datasets.DatasetError, match="cp1258.jsonl: not UTF-8"):
+    path.write_bytes(to_cp1258('{"instruction": "Hợp đồng là gì?", "output": "Là thỏa thuận."}\n'))
+    with pytest.raises(datasets.DatasetError, match=r"cp1258.jsonl: not UTF-8 \(line 1, .*--encoding cp1258"):
         datasets.import_files([path], "x")
+    version, report = datasets.import_files([path], "x", encoding="cp1258")
+    assert report.files == [{"file": "cp1258.jsonl", "encoding": "cp1258", "format": "jsonl"}]
+    row = datasets.load_rows(version["id"], "train")[0]
+    assert row["instruction"] == "Hợp đồng là gì?" and unicodedata.is_normalized("NFC", row["output"])
+    utf16 = home / "utf16.jsonl"  # a UTF-16 BOM is recognised without being named
+    utf16.write_bytes('{"instruction": "Hợp đồng", "output": "ổn"}\n'.encode("utf-16"))
+    version, report = datasets.import_files([utf16], "y")
+    assert report.rows_kept == 1 and report.files[0]["encoding"] == "utf-16"
 
 
 def test_dataset_import_cli(home):
@@ -72,7 +80,7 @@ def test_dataset_import_cli(home):
     empty = home / "empty.jsonl"
     empty.write_text("")
     proc = cli("dataset", "import", str(empty), "--name", "e", home=home, check=False)
-    assert proc.returncode == 1 and "no valid rows" in proc.stderr
+    assert proc.returncode == 1 and proc.stderr == "error: empty.jsonl: no rows found (the file is empty); nothing was imported\n"
 
 
 def test_samples_are_nfc_and_large_enough():
@@ -87,3 +95,148 @@ def test_samples_are_nfc_and_large_enough():
         counts[name] = len(rows)
     assert counts["customer_care"] + counts["contracts"] >= 300 and counts["general_vi"] >= 50
     assert len(list((paths.samples_dir() / "raw").iterdir())) >= 3
+
+
+def test_column_mapping_by_cli_flags(home):
+    path = write_jsonl(home / "qa.jsonl", [{"cau": f"Câu {i}?", "ctx": "", "dap": f"Đáp {i}."} for i in range(4)])
+    proc = cli("dataset", "import", str(path), "--name", "qa", "--map", "cau=instruction", "--map", "dap=output",
+               "--map", "ctx=input", "--json", home=home)
+    report = json.loads(proc.stdout)
+    assert report["rows_kept"] == 4 and report["columns_mapped"] == {"cau": "instruction", "ctx": "input", "dap": "output"}
+    rows = datasets.load_rows(report["dataset_version"], "train")
+    assert {r["instruction"] for r in rows} <= {f"Câu {i}?" for i in range(4)}
+    assert json.loads(datasets.get_version(report["dataset_version"])["lineage"])["mapping"] == {
+        "cau": "instruction", "dap": "output", "ctx": "input"}
+    proc = cli("dataset", "import", str(path), "--name", "qa", home=home, check=False)
+    assert proc.returncode == 1 and proc.stderr == (
+        "error: no valid rows were found (4 of 4 rejected, first: line 1: missing field 'instruction'); "
+        "nothing was imported\n")
+    proc = cli("dataset", "import", str(path), "--name", "qa", "--map", "cau", home=home, check=False)
+    assert proc.returncode == 1 and "write it as FILE_COLUMN=FIELD" in proc.stderr
+    with pytest.raises(datasets.DatasetError, match="the target must be one of instruction, input, output"):
+        datasets.import_files([path], "qa", mapping=["cau=question"])
+
+
+def test_explicit_mapping_wins_over_aliases(home):
+    path = write_jsonl(home / "m.jsonl", [{"question": "Q ngắn", "title": "Câu hỏi thật?", "answer": "Trả lời."}])
+    version, report = datasets.import_files([path], "m", mapping={"title": "instruction"})
+    assert datasets.load_rows(version["id"])[0]["instruction"] == "Câu hỏi thật?"
+    assert report.columns_mapped == {"title": "instruction", "answer": "output"}
+
+
+def test_datasets_folder_and_parquet_with_numbers(home):
+    import datasets as hf
+
+    pairs = tiny_pairs(6)
+    dd = hf.DatasetDict({
+        "train": hf.Dataset.from_list([{"prompt": p["instruction"], "response": p["output"]} for p in pairs[:4]]),
+        "test": hf.Dataset.from_list([{"prompt": p["instruction"], "response": p["output"]} for p in pairs[4:]]
+                                     + [{"prompt": "Hỏi", "response": ""}]),
+    })
+    dd.save_to_disk(str(home / "hf_dd"))
+    version, report = datasets.import_files([home / "hf_dd"], "hf")
+    r = report.as_dict()
+    assert (r["rows_read"], r["rows_kept"]) == (7, 6)
+    assert r["errors"] == [{"file": "hf_dd", "line": 7, "reason": "field 'response' is empty"}]
+    assert r["columns_mapped"] == {"prompt": "instruction", "response": "output"}
+    assert r["files"] == [{"file": "hf_dd", "format": "datasets folder"}]
+    hf.Dataset.from_list(pairs[:3]).save_to_disk(str(home / "hf_one"))
+    _, report = datasets.import_files([home / "hf_one"], "hf1")
+    assert report.rows_kept == 3
+    pq.write_table(pa.table({"instruction": ["Hỏi 1", "Hỏi 2"], "output": ["Đáp", None], "input": [1, None]}),
+                   home / "n.parquet")
+    version, report = datasets.import_files([home / "n.parquet"], "n")
+    assert version is None and report.errors == [
+        {"file": "n.parquet", "line": 1, "reason": "field 'input' is not text (int)"},
+        {"file": "n.parquet", "line": 2, "reason": "missing field 'output'"}]
+    empty = home / "empty_dir"
+    empty.mkdir()
+    with pytest.raises(datasets.DatasetError, match="empty_dir: a folder must be one saved by `datasets`"):
+        datasets.import_files([empty], "e")
+
+
+def test_size_limits_are_clear(home, monkeypatch):
+    path = write_jsonl(home / "big.jsonl", tiny_pairs(50))
+    monkeypatch.setattr(datasets, "MAX_FILE_BYTES", 1024)
+    with pytest.raises(datasets.DatasetError, match=r"big.jsonl: 10.4 KB is over the import limit of 1.0 KB; split it"):
+        datasets.import_files([path], "big")
+    monkeypatch.setattr(datasets, "MAX_FILE_BYTES", 10**9)
+    monkeypatch.setattr(datasets, "MAX_LINE_CHARS", 150)
+    _, report = datasets.import_files([write_jsonl(home / "l.jsonl", [
+        {"instruction": "Hỏi", "output": "Đáp"}, {"instruction": "Hỏi " * 40, "output": "Đáp"}])], "l")
+    assert report.errors == [{"file": "l.jsonl", "line": 2, "reason": "line too long (196 characters, limit 150)"}]
+    with pytest.raises(datasets.DatasetError, match="unknown encoding 'latin-9x'"):
+        datasets.import_files([path], "x", encoding="latin-9x")
+    with pytest.raises(datasets.DatasetError, match="no such file or folder"):
+        datasets.import_files([home / "nope.jsonl"], "x")
+    with pytest.raises(datasets.DatasetError, match="unsupported file type '.xlsx'"):
+        (home / "a.xlsx").write_bytes(b"x")
+        datasets.import_files([home / "a.xlsx"], "x")
+
+
+def test_wrong_encoding_named_is_clear(home):
+    path = home / "u16.jsonl"
+    path.write_bytes('{"instruction": "Hỏi", "output": "Đáp"}\n'.encode("utf-16-le"))  # no BOM
+    with pytest.raises(datasets.DatasetError, match="u16.jsonl: not UTF-8"):
+        datasets.import_files([path], "x")
+    version, report = datasets.import_files([path], "x", encoding="utf-16-le")
+    assert report.rows_kept == 1
+
+
+def test_token_stats_match_the_trainers_tokenizer(home, tokenizer):
+    from core import prompt_format
+
+    rows = tiny_pairs(6)
+    rows[0]["output"] = "Dạ, " + "rất nhiều chữ " * 200
+    version, _ = datasets.import_files([write_jsonl(home / "t.jsonl", rows)], "t", test_fraction=0.2)
+    stats = datasets.token_stats(version["id"], None, "chat", 256)
+    loaded = datasets.load_rows(version["id"], "train") + datasets.load_rows(version["id"], "test")
+    expected = [len(tokenizer(prompt_format.render_training_text(r, "chat", tokenizer)).input_ids) + 1 for r in loaded]
+    assert stats["lengths"] == expected
+    assert (stats["rows"], stats["over"]) == (6, 1) and stats["share_over"] == pytest.approx(1 / 6)
+    assert stats["tokenizer"] == "gemma-3-270m" and stats["max"] > 256
+    alpaca = datasets.token_stats(version["id"], None, "alpaca-vi", 4096)
+    assert alpaca["over"] == 0 and alpaca["lengths"] != stats["lengths"]
+    fields = {f["field"]: f for f in datasets.field_stats(version["id"])}
+    assert fields["input"]["empty"] == 0 and fields["output"]["max_words"] == 601
+    from core import charts
+
+    fig = charts.token_histogram(stats)
+    assert fig.data[0].type == "histogram" and "16.7% over" in fig.layout.annotations[0].text
+    with pytest.raises(datasets.DatasetError, match="no tokenizer.json"):
+        datasets.token_stats(version["id"], str(home), "chat", 256)
+
+
+def test_versions_are_immutable_records_with_hash_parent_who_and_when(home):
+    from core import review
+    from tests.conftest import approve_review
+
+    path = write_jsonl(home / "v.jsonl", tiny_pairs(12))
+    a, _ = datasets.import_files([path], "v", created_by="an")
+    b, _ = datasets.import_files([path], "v", created_by="binh")
+    assert a["id"] != b["id"] and a["content_hash"] == b["content_hash"]  # same content, same hash
+    assert (a["parent_id"], a["created_by"], a["source"]) == (None, "an", "import") and a["created_at"]
+    review.start(a["id"], fraction=0.5)
+    item = review.next_item(a["id"])
+    review.decide(a["id"], item["idx"], "edited", "chi", {"instruction": "Câu hỏi đã sửa"})
+    s = approve_review(a["id"], reviewer="chi")
+    child = datasets.get_version(s["child_version"])
+    assert (child["parent_id"], child["created_by"], child["rows_total"]) == (a["id"], "chi", 12)
+    assert child["content_hash"] != a["content_hash"]
+    assert [v["id"] for v in datasets.lineage_chain(child["id"])] == [child["id"], a["id"]]
+    assert datasets.get_version(a["id"])["content_hash"] == a["content_hash"]
+
+
+def test_semicolon_and_tab_csv_and_a_bom_in_a_named_encoding(home):
+    semi = home / "excel.csv"
+    semi.write_text("instruction;input;output\nPhí ship?;;Dạ, 20.000đ, ạ.\n", encoding="utf-8")
+    tab = home / "tab.csv"
+    tab.write_text("question\tanswer\nGiờ mở cửa?\tDạ, 8 giờ, ạ.\n", encoding="utf-8")
+    version, report = datasets.import_files([semi, tab], "csv")
+    assert report.rows_kept == 2 and report.errors == []
+    rows = datasets.load_rows(version["id"], "train") + datasets.load_rows(version["id"], "test")
+    assert sorted(r["output"] for r in rows) == ["Dạ, 20.000đ, ạ.", "Dạ, 8 giờ, ạ."]
+    le = home / "le.jsonl"
+    le.write_bytes(b"\xff\xfe" + '{"instruction": "Hỏi", "output": "Đáp"}\n'.encode("utf-16-le"))
+    _, report = datasets.import_files([le], "le", encoding="utf-16-le")
+    assert report.rows_kept == 1

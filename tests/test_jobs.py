@@ -7,7 +7,7 @@ import time
 import pytest
 
 from core import config, datasets, jobs, store
-from tests.conftest import cli, tiny_pairs, write_jsonl
+from tests.conftest import approve_review, cli, tiny_pairs, write_jsonl
 
 
 def _quick(steps: int = 2) -> config.TrainConfig:
@@ -17,6 +17,7 @@ def _quick(steps: int = 2) -> config.TrainConfig:
 @pytest.fixture
 def version(home, default_model):
     v, _ = datasets.import_files([write_jsonl(home / "d.jsonl", tiny_pairs(16))], "tiny")
+    assert approve_review(v["id"])["reviewed"]
     return v["id"]
 
 

@@ -135,3 +135,66 @@ def test_evaluate_form_queues_a_base_model_evaluation_with_its_decoding(pipeline
         assert any(s.value.startswith(f"Queued evaluation job {job['id']}") for s in at.success)
     finally:
         jobs.cancel(job["id"], actor="tester")  # leave the shared pipeline's queue as it was
+def test_datasets_page_imports_with_encoding_and_mapping(home):
+    from tests.conftest import to_cp1258
+
+    path = home / "qa.jsonl"
+    path.write_bytes(to_cp1258("".join(
+        f'{{"hoi": "Câu hỏi {i}?", "dap": "Trả lời {i}."}}\n' for i in range(5)) + "không phải JSON\n"))
+    at = _run("datasets")
+    at.text_input[0].input(str(path))
+    at.text_input[1].input("qa")
+    at.selectbox[1].select("Windows-1258 (cp1258)")
+    at.text_input[2].input("hoi")
+    at.text_input[4].input("dap")
+    at.button[0].click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [m.value for m in at.metric][:3] == ["6", "5", "1"]
+    assert "Columns mapped: hoi → instruction, dap → output" in [i.value for i in at.info]
+    assert any(s.value.startswith("Created dataset version") for s in at.success)
+    at.text_input[0].input(str(home / "missing.jsonl"))
+    at.button[0].click().run()
+    assert [e.value for e in at.error] == [f"{home / 'missing.jsonl'}: no such file or folder"]
+
+
+def test_datasets_page_review_one_pair_at_a_time(home):
+    from core import datasets, review
+    from tests.conftest import tiny_pairs, write_jsonl
+
+    v, _ = datasets.import_files([write_jsonl(home / "d.jsonl", tiny_pairs(20))], "cskh")
+    at = _run("datasets")
+    _clean(at)
+    assert "no review sample has been drawn" in at.info[0].value
+    next(b for b in at.button if b.label == "Draw the review sample").click().run()
+    _clean(at)
+    assert review.status(v["id"])["sample_size"] == 2
+    assert at.markdown[0].value.startswith("**Pair 1 of 2**")
+    at.text_input(key="reviewer").input("Chi")
+    at.text_area[2].input("Dạ, đã sửa câu trả lời.")
+    next(b for b in at.button if b.label == "Save edit").click().run()
+    _clean(at)
+    assert at.markdown[0].value.startswith("**Pair 2 of 2**")
+    next(b for b in at.button if b.label == "Approve").click().run()
+    _clean(at)
+    s = review.status(v["id"])
+    assert s["reviewed"] and s["edited"] == 1 and s["approved"] == 1
+    assert {i["reviewer"] for i in review.items(s["review"])} == {"Chi"}
+    assert any("reviewed: 2/2 pairs approved" in x.value for x in at.success)
+    assert datasets.get_version(s["child_version"])["parent_id"] == v["id"]
+
+
+def test_train_page_refuses_an_unreviewed_version_unless_overridden(home):
+    from core import datasets, jobs, store
+    from tests.conftest import tiny_pairs, write_jsonl
+
+    v, _ = datasets.import_files([write_jsonl(home / "d.jsonl", tiny_pairs(10))], "cskh")
+    at = _run("train")
+    assert any("has not passed" in w.value or "no review sample" in w.value for w in at.warning)
+    next(b for b in at.button if b.label == "Queue training job").click().run()
+    assert len(at.error) == 1 and at.error[0].value.startswith(f"dataset version {v['id']} has not passed")
+    assert jobs.list_jobs() == []
+    at.text_input[1].input("demo cho khách, đã xem tay")
+    next(b for b in at.button if b.label == "Queue training job").click().run()
+    assert not at.error and any(s.value.startswith("Queued job") for s in at.success)
+    audit = store.rows("SELECT actor FROM audit_log WHERE action = 'review.override'")
+    assert audit == [{"actor": "tester"}]

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.conftest import free_port, start_studio, tiny_pairs, write_jsonl
+from tests.conftest import approve_review, free_port, start_studio, tiny_pairs, write_jsonl
 from tests.test_browser import CHROMIUM
 
 pytestmark = pytest.mark.slow
@@ -26,7 +26,8 @@ def test_two_sessions_one_slot_and_an_app_restart_mid_job(home, default_model):
 
     from core import datasets, jobs, store
 
-    datasets.import_files([write_jsonl(home / "d.jsonl", tiny_pairs(16))], "tiny")
+    version, _ = datasets.import_files([write_jsonl(home / "d.jsonl", tiny_pairs(16))], "tiny")
+    assert approve_review(version["id"])["reviewed"]
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     app = start_studio(home, port)
