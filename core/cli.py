@@ -137,12 +137,12 @@ def cmd_train(args) -> int:
         if args.estimate:
             _print(fit, True)
             return 0
-        print(fit["message"], file=sys.stderr)
         if not args.dataset:
             return _fail("train needs --dataset VERSION (see `python -m core dataset list`)")
         job = jobs.submit_train(args.dataset, cfg, owner=_user(), override_review=args.override_review)
     except (ValueError, jobs.JobError) as exc:
         return _fail(str(exc))
+    print(fit["message"], file=sys.stderr)
     if job["config"].get("review", {}).get("override"):
         print(f"review gate overridden for {args.dataset}: {job['config']['review']['override']} "
               "(recorded in the audit log)", file=sys.stderr)

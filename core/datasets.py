@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from core import paths, store
+from core import paths, prompt_format, store
 
 FIELDS = ("instruction", "input", "output")
 REQUIRED = ("instruction", "output")
@@ -612,14 +612,12 @@ def length_stats(version_id: str) -> "list[dict]":
     return out
 
 
-class _FastTokenizer:
+class _FastTokenizer(prompt_format.TemplateTokenizer):
     """A local model's tokenizer.json and chat template, without loading transformers (seconds faster);
     enough to count the tokens of the training text exactly as the trainer renders it."""
 
     def __init__(self, folder: Path):
         from tokenizers import Tokenizer
-
-        from core import prompt_format
 
         self.tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
         config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8")) \
@@ -629,24 +627,7 @@ class _FastTokenizer:
             template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
         if not template and "gemma" in folder.name.lower():
             template = prompt_format.GEMMA_CHAT_TEMPLATE
-        self.bos_token = config.get("bos_token") or "<bos>"
-        self.chat_template = template
-        self._compiled = None
-
-    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=False):
-        if self._compiled is None:  # compiled once (TemplateTokenizer compiles per call)
-            from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-            from core import prompt_format
-
-            def raise_exception(message):
-                raise prompt_format.FormatError(message)
-
-            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-            env.globals["raise_exception"] = raise_exception
-            self._compiled = env.from_string(self.chat_template)
-        return self._compiled.render(messages=messages, bos_token=self.bos_token,
-                                     add_generation_prompt=add_generation_prompt)
+        super().__init__(template, config.get("bos_token") or "<bos>")
 
     def count(self, texts: list[str]) -> list[int]:
         return [len(e.ids) for e in self.tok.encode_batch(texts, add_special_tokens=True)]

@@ -211,16 +211,19 @@ class TemplateTokenizer:
     def __init__(self, chat_template: str, bos_token: str = "<bos>"):
         self.chat_template = chat_template
         self.bos_token = bos_token
+        self._compiled = None
 
     def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=False, **variables):
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
+        if self._compiled is None:  # compiled once per tokenizer
+            from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-        def raise_exception(message):
-            raise FormatError(message)
+            def raise_exception(message):
+                raise FormatError(message)
 
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        env.globals["raise_exception"] = raise_exception
-        return env.from_string(self.chat_template).render(
+            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+            env.globals["raise_exception"] = raise_exception
+            self._compiled = env.from_string(self.chat_template)
+        return self._compiled.render(
             messages=messages, bos_token=self.bos_token, add_generation_prompt=add_generation_prompt, **variables
         )
 
