@@ -250,6 +250,8 @@ def import_files(
     general_version: str | None = None,
     general_ratio: float = 0.05,
     created_by: str | None = None,
+    source: str = "import",
+    extra_lineage: dict | None = None,
 ) -> tuple[dict | None, ImportReport]:
     """Import one or more files as a new dataset version. Returns (version or None, report)."""
     files = [Path(f) for f in files]
@@ -270,11 +272,12 @@ def import_files(
         before = len(train)
         train = mix_general(train, general, general_ratio, seed)
         lineage["general"] = {"version": general_version, "ratio": general_ratio, "rows": len(train) - before}
+    lineage.update(extra_lineage or {})
     version = _write_version(
         name.strip(),
         train,
         test,
-        source="import",
+        source=source,
         parent_id=None,
         lineage=lineage,
         report=report.as_dict(),
