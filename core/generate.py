@@ -193,6 +193,7 @@ _WS = re.compile(r"[ \t\u00a0]+")
 
 def paragraphs(text: str) -> list[str]:
     out = []
+    text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n")
     for para in _PARA.split(text):
         para = "\n".join(_WS.sub(" ", line).strip() for line in para.split("\n")).strip()
         if para:
@@ -233,17 +234,18 @@ def _tail(text: str, size: int) -> str:
 
 def chunk_text(text: str, max_chars: int = 1500, overlap: int = 200) -> list[str]:
     """Paragraphs packed into chunks of at most ``max_chars``; each chunk after the first starts with
-    up to ``overlap`` characters from the end of the one before (whole paragraphs when they fit)."""
+    up to ``overlap`` characters from the end of the one before (whole paragraphs when they fit, else
+    the previous chunk's tail from a word on; none when the next paragraph leaves no room)."""
     if max_chars < 100:
         raise GenerateError("the chunk size must be at least 100 characters")
     if not 0 <= overlap < max_chars // 2:
         raise GenerateError("the overlap must be at least 0 and less than half the chunk size")
     units: list[str] = []
     for para in paragraphs(text):
-        units.extend([para] if len(para) <= max_chars else _split_long(para, max_chars))
+        # the pieces of a long paragraph leave room for the overlap in front of them
+        units.extend([para] if len(para) <= max_chars else _split_long(para, max_chars - overlap - 2))
     chunks: list[str] = []
     current: list[str] = []
-    fresh = False  # whether `current` holds anything beyond the overlap carried over
 
     def size(parts: list[str]) -> int:
         return sum(len(p) for p in parts) + 2 * max(len(parts) - 1, 0)
@@ -262,8 +264,7 @@ def chunk_text(text: str, max_chars: int = 1500, overlap: int = 200) -> list[str
                 carried.pop(0)
             current = [c for c in carried if c]
         current.append(unit)
-        fresh = True
-    if current and fresh:
+    if current:
         chunks.append("\n\n".join(current))
     return chunks
 
