@@ -814,6 +814,13 @@ def rejects(job: dict) -> list[dict]:
     return out
 
 
+def prompt_of(job: dict) -> str:
+    try:
+        return Path(job["job_dir"], PROMPT_FILE).read_text(encoding="utf-8")
+    except OSError:
+        return ""
+
+
 def generated_pairs(job: dict, limit: int = 200) -> list[dict]:
     path = Path(job["job_dir"]) / PAIRS_FILE
     if not path.exists():

@@ -295,7 +295,8 @@ def test_openai_compatible_endpoint_with_a_key_that_is_never_written(home, tmp_p
 def test_stop_keeps_what_was_made(home, tmp_path):
     """A STOP file ends the loop after the current request; the job succeeds with what it has."""
     job = generate.submit([RAW / "quy_trinh_cskh.md"], "gen-stop", local=True, n_pairs=1, max_retries=0,
-                          backend=generate.Backend(max_tokens=96), chunk_chars=600, overlap=100)
+                          prompt="Tạo {n_pairs} cặp hỏi đáp (mảng JSON) từ: {chunk}",
+                          backend=generate.Backend(max_tokens=64), chunk_chars=300, overlap=0)
     deadline = __import__("time").monotonic() + 300
     while True:
         jobs.tick()
