@@ -83,9 +83,10 @@ class AnswerError(ValueError):
 
 
 class BackendError(RuntimeError):
-    def __init__(self, message: str, fatal: bool = False):
+    def __init__(self, message: str, fatal: bool = False, status: int | None = None):
         super().__init__(message)
-        self.fatal = fatal
+        self.fatal = fatal    # the endpoint refuses every request (bad key, wrong URL or model): stop
+        self.status = status
 
 
 # ── documents ────────────────────────────────────────────────────────────────
@@ -446,8 +447,9 @@ def chat(backend: Backend, messages: list[dict], api_key: str | None = None) -> 
             data = json.loads(resp.read().decode("utf-8"))
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode("utf-8", errors="replace")[:300].replace("\n", " ")
-        fatal = exc.code in (400, 401, 403, 404)
-        raise BackendError(scrub(f"{url} answered HTTP {exc.code}: {detail}", api_key), fatal=fatal) from None
+        fatal = exc.code in (401, 403, 404)
+        raise BackendError(scrub(f"{url} answered HTTP {exc.code}: {detail}", api_key), fatal=fatal,
+                           status=exc.code) from None
     except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as exc:
         reason = getattr(exc, "reason", exc)
         raise BackendError(scrub(f"cannot reach {url}: {reason}", api_key)) from None
@@ -696,6 +698,7 @@ def _loop(job, job_dir, status, log, backend, api_key, template, chunks, total_c
             if (job_dir / STOP_FILE).exists():
                 stopped = "stopped by the user"
                 break
+            report(in_flight={"doc": doc, "chunk": index})
             prompt = render_prompt(template, chunk, job["n_pairs"])
             previous = reason = None
             got: list[dict] = []
@@ -711,6 +714,8 @@ def _loop(job, job_dir, status, log, backend, api_key, template, chunks, total_c
                     attempts.append({"attempt": attempt + 1, "reason": str(exc)})
                     if exc.fatal:
                         stopped = str(exc)
+                        break
+                    if exc.status == 400:  # this request is refused (e.g. too long); asking again won't help
                         break
                     time.sleep(min(2 ** attempt, 10))
                     continue

@@ -294,23 +294,22 @@ def test_openai_compatible_endpoint_with_a_key_that_is_never_written(home, tmp_p
 @pytest.mark.slow
 def test_stop_keeps_what_was_made(home, tmp_path):
     """A STOP file ends the loop after the current request; the job succeeds with what it has."""
+    import time
+
     job = generate.submit([RAW / "quy_trinh_cskh.md"], "gen-stop", local=True, n_pairs=1, max_retries=0,
                           prompt="Tạo {n_pairs} cặp hỏi đáp (mảng JSON) từ: {chunk}",
                           backend=generate.Backend(max_tokens=64), chunk_chars=300, overlap=0)
-    deadline = __import__("time").monotonic() + 300
-    while True:
+    deadline = time.monotonic() + 300
+    while not generate.live(job := jobs.get_job(job["id"])).get("in_flight"):  # the first request is out
         jobs.tick()
-        job = jobs.get_job(job["id"])
-        if generate.live(job).get("chunks_done", 0) >= 1 or job["state"] not in ("queued", "running"):
-            break
-        assert __import__("time").monotonic() < deadline, "no chunk finished in 300 s"
-        __import__("time").sleep(0.5)
+        assert job["state"] in ("queued", "running") and time.monotonic() < deadline, job["error"]
+        time.sleep(0.2)
     generate.request_stop(job)
     job = jobs.wait(job["id"], timeout=300, poll=0.5)
     out = job["result"]
     assert job["state"] == "succeeded", job["error"]
     assert out["stopped"] == "stopped by the user"
-    assert 1 <= out["chunks_done"] < out["chunks_total"]
+    assert out["chunks_done"] == 1 and out["chunks_total"] > 10
     lines = Path(out["pairs_file"]).read_text(encoding="utf-8").splitlines()
-    assert len(lines) == out["pairs"]
+    assert len(lines) == out["pairs"] and out["failed_chunks"] == len(generate.rejects(job)) == 1 - min(out["pairs"], 1)
     assert (out["dataset_version"] is not None) == (out["pairs"] > 0)
