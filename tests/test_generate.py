@@ -195,6 +195,8 @@ def test_submit_refuses_bad_requests_before_queueing(home, tmp_path):
     assert jobs.list_jobs() == []
     proc = cli("generate", "--docs", str(tmp_path / "x.xlsx"), "--name", "g", "--local", home=home, check=False)
     assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1].startswith("error: x.xlsx: unsupported")
+    proc = cli("generate-stop", "7", home=home, check=False)
+    assert proc.returncode == 1 and proc.stderr.strip() == "error: no job 7"
 
 
 # ── end to end against a real llama.cpp server ──────────────────────────────
