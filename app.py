@@ -24,6 +24,7 @@ if demo:
 else:
     pages = [
         st.Page("pages/datasets.py", title="Datasets", icon=":material/table_chart:", default=True),
+        st.Page("pages/generate.py", title="Generate pairs", icon=":material/auto_awesome:"),
         st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
         st.Page("pages/evaluate.py", title="Evaluate", icon=":material/analytics:"),
         st.Page("pages/playground.py", title="Playground", icon=":material/chat:"),

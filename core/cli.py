@@ -328,6 +328,72 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_generate(args) -> int:
+    from core import generate, jobs
+
+    try:
+        prompt = Path(args.prompt_file).read_text(encoding="utf-8") if args.prompt_file else None
+    except (OSError, UnicodeDecodeError) as exc:
+        return _fail(f"{args.prompt_file}: cannot read the prompt template ({exc})")
+    try:
+        backend = None
+        if not args.local:
+            saved = generate.saved_backend()
+            backend = generate.Backend.from_dict({
+                **saved.to_dict(),
+                **{k: v for k, v in (("base_url", args.base_url), ("model", args.model),
+                                     ("api_key_env", args.api_key_env), ("max_tokens", args.max_tokens),
+                                     ("temperature", args.temperature)) if v is not None},
+                **({"structured": True} if args.structured else {}),
+            })
+        elif args.max_tokens or args.temperature is not None:
+            backend = generate.Backend(max_tokens=args.max_tokens or 768,
+                                       temperature=0.7 if args.temperature is None else args.temperature)
+        job = generate.submit(args.docs, args.name, backend=backend, local=args.local, prompt=prompt,
+                              n_pairs=args.pairs_per_chunk, max_chunks=args.max_chunks,
+                              chunk_chars=args.chunk_chars, overlap=args.overlap, max_retries=args.retries,
+                              owner=_user())
+    except (generate.GenerateError, jobs.JobError) as exc:
+        return _fail(str(exc))
+    print(f"queued generation job {job['id']} ({job['job_dir']}); stop it and keep what was made with "
+          f"`python -m core generate-stop {job['id']}`", file=sys.stderr)
+    job = jobs.wait(job["id"], timeout=args.timeout, on_update=_progress_printer("generate"))
+    result = dict(job["result"] or {})
+    out = {"job": job["id"], "state": job["state"], "error": job["error"],
+           "dataset_version": result.get("dataset_version"), **{k: result.get(k) for k in (
+               "pairs", "duplicates", "chunks_done", "chunks_total", "malformed_answers", "failed_chunks",
+               "retries", "tokens_in", "tokens_out", "cost", "elapsed_s", "stopped", "note", "pairs_file",
+               "rejects_file")}}
+    out["rejects"] = generate.rejects(job)
+    if args.json:
+        print(json.dumps(out, ensure_ascii=False, indent=2, default=str))
+    else:
+        for k, v in out.items():
+            if k != "rejects":
+                print(f"{k}: {v}")
+        for r in out["rejects"]:
+            print(f"  {r['doc']} chunk {r['chunk']}: {r['attempts'][-1]['reason'] if r['attempts'] else 'stopped'}")
+    if job["state"] != "succeeded":
+        return _fail(f"generation job {job['id']} {job['state']}: {job['error']}")
+    if not out["dataset_version"]:
+        return _fail("no valid pair was generated; nothing was imported (see the rejects above)")
+    return 0
+
+
+def cmd_generate_stop(args) -> int:
+    from core import generate, jobs
+
+    try:
+        job = jobs.get_job(args.id)
+    except jobs.JobError as exc:
+        return _fail(str(exc))
+    if job["kind"] != "generate" or job["state"] not in ("queued", "running"):
+        return _fail(f"job {args.id} is not a queued or running generation")
+    generate.request_stop(job)
+    print(f"job {args.id} will stop after its current request and keep what it made")
+    return 0
+
+
 def cmd_gate(args) -> int:
     from core import evaluate, jobs
 
@@ -511,6 +577,30 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--timeout", type=float, default=6 * 3600)
     e.add_argument("--json", action="store_true")
     e.set_defaults(fn=cmd_evaluate)
+
+    gen = sub.add_parser("generate", help="generate instruction pairs from raw documents with an LLM")
+    gen.add_argument("--docs", nargs="+", required=True, help="txt, md, docx or pdf documents")
+    gen.add_argument("--name", required=True, help="name of the dataset version to create")
+    gen.add_argument("--base-url", help="OpenAI-compatible endpoint, e.g. https://api.openai.com/v1")
+    gen.add_argument("--model")
+    gen.add_argument("--api-key-env", metavar="VAR", help="the environment variable holding the API key")
+    gen.add_argument("--local", action="store_true", help="the default model through llama.cpp's server on loopback")
+    gen.add_argument("--structured", action="store_true", help="send the answer's JSON schema (llama.cpp: a grammar)")
+    gen.add_argument("--prompt-file", help="the generation prompt template ({chunk}, {n_pairs})")
+    gen.add_argument("--max-chunks", type=int)
+    gen.add_argument("--pairs-per-chunk", type=int, default=3)
+    gen.add_argument("--chunk-chars", type=int, default=1500)
+    gen.add_argument("--overlap", type=int, default=200)
+    gen.add_argument("--retries", type=int, default=2, help="extra attempts for a malformed answer")
+    gen.add_argument("--max-tokens", type=int)
+    gen.add_argument("--temperature", type=float)
+    gen.add_argument("--timeout", type=float, default=24 * 3600)
+    gen.add_argument("--json", action="store_true")
+    gen.set_defaults(fn=cmd_generate)
+
+    gs = sub.add_parser("generate-stop", help="stop a generation job and keep the pairs it made")
+    gs.add_argument("id", type=int)
+    gs.set_defaults(fn=cmd_generate_stop)
 
     g = sub.add_parser("gate", help="exit 0 only when the run is releasable; show or set the thresholds")
     g.add_argument("--run")

@@ -484,6 +484,8 @@ def import_files(
     created_by: str | None = None,
     encoding: str | None = None,
     mapping: dict[str, str] | Iterable[str] | None = None,
+    source: str = "import",
+    extra_lineage: dict | None = None,
 ) -> tuple[dict | None, ImportReport]:
     """Import one or more files (or ``datasets`` folders) as a new dataset version.
 
@@ -511,11 +513,12 @@ def import_files(
         before = len(train)
         train = mix_general(train, general, general_ratio, seed)
         lineage["general"] = {"version": general_version, "ratio": general_ratio, "rows": len(train) - before}
+    lineage.update(extra_lineage or {})
     version = _write_version(
         name.strip(),
         train,
         test,
-        source="import",
+        source=source,
         parent_id=None,
         lineage=lineage,
         report=report.as_dict(),

@@ -366,6 +366,10 @@ def _ingest_result(con, job: dict, result: dict) -> None:
         from core import evaluate
 
         evaluate.ingest(con, job, result)
+    elif job["kind"] == "generate":
+        from core import generate
+
+        generate.ingest(con, job, result)
 
 
 def _start(con, job: dict, slot: str) -> None:

@@ -4,7 +4,7 @@ from streamlit.testing.v1 import AppTest
 
 from tests.conftest import REPO
 
-PAGES = ["datasets", "train", "evaluate", "playground", "deploy"]
+PAGES = ["datasets", "generate", "train", "evaluate", "playground", "deploy"]
 
 
 def _run(page: str, **state) -> AppTest:
@@ -198,3 +198,22 @@ def test_train_page_refuses_an_unreviewed_version_unless_overridden(home):
     assert not at.error and any(s.value.startswith("Queued job") for s in at.success)
     audit = store.rows("SELECT actor FROM audit_log WHERE action = 'review.override'")
     assert audit == [{"actor": "tester"}]
+
+
+def test_generate_page_lists_generations_and_shows_a_failure_in_one_line(home, monkeypatch):
+    from core import generate, jobs
+
+    monkeypatch.delenv("VITUNE_NO_SUCH_KEY", raising=False)
+    backend = generate.Backend(base_url="http://127.0.0.1:9/v1", model="m", api_key_env="VITUNE_NO_SUCH_KEY")
+    job = generate.submit([REPO / "data" / "samples" / "raw" / "quy_trinh_cskh.md"], "gen-page", backend=backend)
+    assert jobs.wait(job["id"], timeout=120)["state"] == "failed"
+    at = _run("generate")
+    assert not at.exception, [e.value for e in at.exception]
+    assert [e.value for e in at.error] == [f"Job {job['id']} failed: GenerateError: the environment variable "
+                                           "VITUNE_NO_SUCH_KEY (the API key) is not set for the worker; set it "
+                                           "where the studio runs, or in Streamlit secrets"]
+    assert "{chunk}" in at.text_area[0].value
+    # an invalid template is refused with a message, nothing queued (the form needs files: none given)
+    at.text_input[0].input("x").run()
+    at.button[0].click().run()
+    assert any("Choose at least one document" in w.value for w in at.warning)
