@@ -148,7 +148,21 @@ def _m001_initial(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
-MIGRATIONS = [_m001_initial]
+def _m005_release_lifecycle(con: duckdb.DuckDBPyConnection) -> None:
+    """Releases keep their preflight report and quantization, and live on after delete or rollback."""
+    con.execute(
+        """
+        ALTER TABLE releases ADD COLUMN quantization VARCHAR;
+        ALTER TABLE releases ADD COLUMN preflight JSON;
+        ALTER TABLE releases ADD COLUMN state VARCHAR DEFAULT 'active';   -- active | replaced | deleted
+        ALTER TABLE releases ADD COLUMN rollback_of VARCHAR;
+        ALTER TABLE releases ADD COLUMN deleted_by VARCHAR;
+        ALTER TABLE releases ADD COLUMN deleted_at TIMESTAMPTZ;
+        """
+    )
+
+
+MIGRATIONS = [_m001_initial, _m005_release_lifecycle]
 
 # ── connections ──────────────────────────────────────────────────────────────
 

@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
             from core import evaluate as task
         elif job["kind"] == "export":
             from core import export as task
+        elif job["kind"] == "preflight":
+            from core import preflight as task
         else:
             raise ValueError(f"unknown job kind '{job['kind']}'")
         result = task.run(job, job_dir, status, log)
