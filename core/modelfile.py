@@ -34,7 +34,7 @@ def check_name(name: str) -> str:
 
 
 def check_system(text: str) -> str:
-    """Ollama's Modelfile has no escaping: ``"""`` inside SYSTEM ends the block, and a text ending
+    """Ollama's Modelfile has no escaping: three double quotes inside SYSTEM end the block, and a text ending
     with ``"`` runs into the closing quotes. Both are refused rather than silently altered."""
     if '"""' in text:
         raise ModelfileError('the system text contains """, which would end the Modelfile block early; remove it')

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from pathlib import Path
 from typing import Callable
 
@@ -77,7 +78,7 @@ def submit(run_id: str, gguf: str | Path, merged_dir: str | Path, modelfile_text
         "max_tokens": max_tokens,
     }
     where = out_dir or paths.exports_dir() / "preflight"
-    job_dir = where / f"preflight-{time.strftime('%H%M%S')}-{abs(hash(str(gguf))) % 10000:04d}"
+    job_dir = where / f"preflight-{time.strftime('%H%M%S')}-{uuid.uuid4().hex[:6]}"
     return jobs.submit("preflight", payload, job_dir, owner, run_id, run["dataset_version_id"])
 
 
@@ -145,7 +146,7 @@ def run(job: dict, job_dir: Path, status, log: Callable[[str], None]) -> dict:
     ref_hit = []
     eos = prompt_format.stop_token_ids(fmt, tok)
     for i, prompt in enumerate(training):
-        ids = tok(prompt, return_tensors="pt")
+        ids = {k: v.to(merged.model.device) for k, v in tok(prompt, return_tensors="pt").items()}
         with torch.inference_mode():
             out = merged.model.generate(**ids, max_new_tokens=max_tokens, do_sample=False, eos_token_id=eos,
                                         pad_token_id=tok.pad_token_id)
@@ -158,7 +159,7 @@ def run(job: dict, job_dir: Path, status, log: Callable[[str], None]) -> dict:
 
     log(f"llama.cpp: {job['gguf']}")
     with quiet_stderr():
-        llm = llama_cpp.Llama(model_path=job["gguf"], n_ctx=2048, n_threads=2, verbose=False, seed=0)
+        llm = llama_cpp.Llama(model_path=job["gguf"], n_ctx=4096, n_threads=2, verbose=False, seed=0)
     stop_ids = {llm.token_eos()}
     for s in ("<end_of_turn>", "<eos>"):
         got = llm.tokenize(s.encode(), add_bos=False, special=True)
