@@ -6,7 +6,7 @@ import pytest
 
 from tests.conftest import REPO
 
-COMMANDS = ["models", "dataset", "train", "jobs", "evaluate", "gate", "score", "export", "modelfile", "deploy"]
+COMMANDS = ["models", "dataset", "train", "jobs", "evaluate", "gate", "score", "export", "modelfile", "deploy", "releases"]
 
 
 def test_help_starts_fast():
