@@ -152,7 +152,8 @@ def run(job: dict, job_dir: Path, status, log: Callable[[str], None]) -> dict:
                                         pad_token_id=tok.pad_token_id)
         new = out[0, ids["input_ids"].shape[1]:].tolist()
         stopped = any(t in eos for t in new)
-        answer, hit_stop = _cut(inference.clean(tok, new, fmt, eos), stops)
+        hit_stop = _cut(tok.decode(new, skip_special_tokens=False), stops)[1]
+        answer = _cut(inference.clean(tok, new, fmt, eos), stops)[0]
         references.append(answer)
         ref_hit.append(not stopped and not hit_stop and len(new) >= max_tokens)
         status.update(progress={"done": i + 1, "total": total, "label": "merged model (transformers)"})
