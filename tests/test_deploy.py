@@ -196,13 +196,13 @@ def test_preflight_passes_on_the_export_and_blocks_a_drifted_template(pipeline, 
     from core.models import load_tokenizer
 
     text = modelfile.build(gguf, "chat", load_tokenizer(result["merged_dir"]), system="Bạn là trợ lý CSKH.")
-    job = jobs.wait(preflight.submit(run_id, gguf, result["merged_dir"], text, n=4, max_tokens=32)["id"])
+    job = jobs.wait(preflight.submit(run_id, gguf, result["merged_dir"], text, n=3, max_tokens=24)["id"])
     assert job["state"] == "succeeded", job["error"]
     report = job["result"]
     assert report["passed"], report["reason"]
-    assert report["n"] == 4 and 0 <= report["exact_match_rate"] <= 1 and 0 <= report["rouge_l"] <= 1
+    assert report["n"] == 3 and 0 <= report["exact_match_rate"] <= 1 and 0 <= report["rouge_l"] <= 1
     assert all(e["prompt_matches_training"] for e in report["examples"])
-    assert sum(bool(e["gguf_answer"]) for e in report["examples"]) >= 3
+    assert sum(bool(e["gguf_answer"]) for e in report["examples"]) >= 2
     assert report["rouge_l"] > 0.2  # q4_k_m answers resemble the merged model's
     assert json.loads((Path(job["job_dir"]) / preflight.REPORT).read_text())["passed"]
     # the alpaca-vi TEMPLATE on a chat-trained run renders a different prompt: blocked, with the reason
@@ -218,15 +218,15 @@ def test_releases_list_delete_and_rollback_through_the_cli(pipeline, monkeypatch
     rolled back to; each step recorded."""
     monkeypatch.setenv("VITUNE_HOME", str(pipeline["home"]))
     home = pipeline["home"]
-    args = ["deploy", "--run", pipeline["run"], "--name", "vi-rollback:v1", "--quant", "q8_0", "--golden", "3",
+    args = ["deploy", "--run", pipeline["run"], "--name", "vi-rollback:v1", "--quant", "q8_0", "--golden", "2",
             "--json"]
     if not pipeline["evaluation"]["passed"]:
         args += ["--override-reason", "rollback test"]
     first = json.loads(cli(*args, home=home).stdout)
-    assert first["preflight"]["passed"] and first["preflight"]["n"] == 3
+    assert first["preflight"]["passed"] and first["preflight"]["n"] == 2
     row = store.one("SELECT * FROM releases WHERE id = ?", [first["id"]])
     report = json.loads(row["preflight"])
-    assert report["n"] == 3 and "exact_match_rate" in report and row["quantization"] == "q8_0"
+    assert report["n"] == 2 and "exact_match_rate" in report and row["quantization"] == "q8_0"
     assert row["gguf_sha256"] == export.sha256(Path(row["gguf_path"])) and row["state"] == "active"
     listed = cli("releases", "list", home=home).stdout
     assert first["id"] in listed and "vi-rollback:v1" in listed
