@@ -85,7 +85,7 @@ def test_deploy_refuses_without_gate_then_records_an_override(pipeline, monkeypa
     bad = cli("deploy", "--run", pipeline["run"], "--name", "Bad Name", "--override-reason", "demo", home=home,
               check=False)
     assert bad.returncode == 1 and "not a valid Ollama model name" in bad.stderr
-    done = cli("deploy", "--run", pipeline["run"], "--name", "vi-cskh:v1", "--quant", "q8_0",
+    done = cli("deploy", "--run", pipeline["run"], "--name", "vi-cskh:v1", "--quant", "q8_0", "--golden", "3",
                "--override-reason", "client demo only, not production", "--json", home=home)
     release = json.loads(done.stdout)
     modelfile_text = Path(release["modelfile_path"]).read_text()
@@ -95,7 +95,7 @@ def test_deploy_refuses_without_gate_then_records_an_override(pipeline, monkeypa
     assert row["gguf_sha256"] == export.sha256(Path(release["gguf_path"]))
     preflight = json.loads(row["preflight"])
     assert preflight["passed"] and release["preflight"]["exact_match_rate"] == preflight["exact_match_rate"]
-    assert len(preflight["examples"]) == 8 and all(e["prompt_matches_training"] for e in preflight["examples"])
+    assert len(preflight["examples"]) == 3 and all(e["prompt_matches_training"] for e in preflight["examples"])
     audit = store.rows("SELECT action FROM audit_log WHERE subject = ?", [pipeline["run"]])
     assert {"action": "gate.override"} in audit
     if deploy.ollama_binary() is None:
