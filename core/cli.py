@@ -464,16 +464,51 @@ def cmd_modelfile(args) -> int:
 
 
 def cmd_deploy(args) -> int:
-    from core import deploy, export, jobs, modelfile
+    from core import deploy, export, jobs, modelfile, preflight, prompt_format
 
     try:
         release = deploy.deploy(args.run, args.name, system=args.system, quantization=args.quant,
                                 override_reason=args.override_reason, actor=_user(),
-                                on_progress=lambda m: print(m, file=sys.stderr))
-    except (deploy.DeployRefused, modelfile.ModelfileError, export.ExportError, jobs.JobError) as exc:
+                                ollama_quantize=args.ollama_quantize, golden=args.golden,
+                                on_progress=lambda m: print(m, file=sys.stderr, flush=True))
+    except (deploy.DeployRefused, modelfile.ModelfileError, export.ExportError, jobs.JobError,
+            preflight.PreflightError, prompt_format.FormatError) as exc:
+        return _fail(str(exc).replace("\n", " | "))
+    pf = release["preflight"] if isinstance(release["preflight"], dict) else json.loads(release["preflight"])
+    out = {k: release[k] for k in ("id", "name", "tag", "run_id", "quantization", "gguf_path", "gguf_sha256",
+                                   "modelfile_path", "ollama_status")}
+    out["preflight"] = {k: pf[k] for k in ("passed", "reason", "n", "exact_match_rate", "rouge_l")}
+    _print(out, args.json)
+    return 0
+
+
+def cmd_releases(args) -> int:
+    from core import deploy
+
+    try:
+        if args.action == "list":
+            rows = deploy.list_releases()
+            if args.json:
+                print(json.dumps(rows, ensure_ascii=False, indent=2, default=str))
+                return 0
+            for r in rows:
+                pf = r.get("preflight") or {}
+                print(f"{r['id']}  {r['name'] + ':' + r['tag']:<28} {r['state'] or 'active':<8} {r['run_id']}  "
+                      f"{r['quantization'] or '':<6} preflight "
+                      f"{'-' if not pf else ('pass' if pf.get('passed') else 'BLOCK')}  "
+                      f"{r['created_by'] or ''}  {r['created_at']:%Y-%m-%d %H:%M}"
+                      + (f"  rollback of {r['rollback_of']}" if r.get("rollback_of") else "")
+                      + (f"  override: {r['override_reason']}" if r.get("override_reason") else ""))
+            return 0
+        if not args.id:
+            return _fail(f"releases {args.action} needs a release id (see `python -m core releases list`)", 2)
+        if args.action == "delete":
+            rel = deploy.delete_release(args.id, actor=_user())
+        else:
+            rel = deploy.rollback(args.id, actor=_user(), on_progress=lambda m: print(m, file=sys.stderr))
+    except deploy.DeployRefused as exc:
         return _fail(str(exc))
-    _print({k: release[k] for k in ("id", "name", "tag", "run_id", "gguf_path", "gguf_sha256",
-                                    "modelfile_path", "ollama_status")}, args.json)
+    _print({k: rel[k] for k in ("id", "name", "tag", "state", "rollback_of", "ollama_status")}, args.json)
     return 0
 
 
@@ -635,8 +670,17 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--system")
     dp.add_argument("--quant", default="q4_k_m", choices=["f16", "q8_0", "q4_k_m"])
     dp.add_argument("--override-reason", help="deploy a run that has not passed the gate, recording why")
+    dp.add_argument("--ollama-quantize", choices=["q4_K_M", "q4_K_S", "q8_0"],
+                    help="let `ollama create --quantize` quantize (only with --quant f16)")
+    dp.add_argument("--golden", type=int, default=8, help="held-out prompts in the preflight")
     dp.add_argument("--json", action="store_true")
     dp.set_defaults(fn=cmd_deploy)
+
+    rl = sub.add_parser("releases", help="list releases, delete one (ollama rm) or roll back to one")
+    rl.add_argument("action", choices=["list", "delete", "rollback"])
+    rl.add_argument("id", nargs="?", help="release id (delete, rollback)")
+    rl.add_argument("--json", action="store_true")
+    rl.set_defaults(fn=cmd_releases)
     return p
 
 

@@ -43,18 +43,56 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+# Architectures whose checkpoint is a multimodal wrapper around the language model. llama.cpp's
+# converter registers both Gemma 4 classes for its text model (conversion/gemma.py: Gemma4Model), so
+# the merged checkpoint must keep the wrapper's layout (``model.language_model.*``): it is loaded and
+# saved through AutoModelForImageTextToText, not AutoModelForCausalLM (which would drop the vision
+# and audio towers' config and rename the weights). The GGUF is the text model; Ollama cannot take a
+# Gemma 4 safetensors LoRA adapter directly, so the studio always hands it a merged GGUF.
+MULTIMODAL_ARCHITECTURES = {"Gemma4ForConditionalGeneration", "Gemma3ForConditionalGeneration"}
+TEXT_ARCHITECTURES = {"Gemma3ForCausalLM", "Gemma4ForCausalLM", "Gemma2ForCausalLM", "GemmaForCausalLM",
+                      "LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "MistralForCausalLM"}
+
+
+def architecture(model_dir: str | Path) -> str:
+    """The first entry of ``architectures`` in the model's config.json."""
+    cfg = Path(model_dir) / "config.json"
+    try:
+        archs = json.loads(cfg.read_text(encoding="utf-8")).get("architectures") or []
+    except FileNotFoundError:
+        raise ExportError(f"{cfg}: no such file; is {model_dir} a transformers model folder?")
+    except json.JSONDecodeError as exc:
+        raise ExportError(f"{cfg}: not valid JSON ({exc.msg}, line {exc.lineno})")
+    if not archs:
+        raise ExportError(f"{cfg}: no 'architectures' field; llama.cpp's converter needs it")
+    return archs[0]
+
+
+def loader_for(arch: str) -> str:
+    """Which transformers auto class merges this architecture (the converter's layout follows it)."""
+    if arch in MULTIMODAL_ARCHITECTURES:
+        return "AutoModelForImageTextToText"
+    if arch in TEXT_ARCHITECTURES or arch.endswith("ForCausalLM"):
+        return "AutoModelForCausalLM"
+    raise ExportError(f"architecture {arch} is not one the studio exports (a *ForCausalLM model, "
+                      f"or one of {', '.join(sorted(MULTIMODAL_ARCHITECTURES))})")
+
+
 def merge(base_model: str, adapter_dir: str | None, out_dir: Path, log: Callable[[str], None]) -> Path:
     """The base model with the adapter merged in, saved in 16/32-bit safetensors with its tokenizer."""
     import torch
-    from transformers import AutoModelForCausalLM
+    import transformers
 
     from core.models import load_tokenizer
 
     cuda = torch.cuda.is_available()
-    # a 4-bit-trained run is merged into a base reloaded in 16-bit; the CPU keeps float32
+    # a 4-bit-trained run is merged into a base reloaded in 16-bit (never into the 4-bit weights);
+    # the CPU keeps float32
     dtype = torch.bfloat16 if cuda else torch.float32
-    log(f"loading {base_model} in {str(dtype).replace('torch.', '')} to merge")
-    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype)
+    arch = architecture(base_model)
+    loader = loader_for(arch)
+    log(f"loading {base_model} ({arch}, via {loader}) in {str(dtype).replace('torch.', '')} to merge")
+    model = getattr(transformers, loader).from_pretrained(base_model, dtype=dtype)
     if adapter_dir:
         from peft import PeftModel
 
@@ -63,7 +101,25 @@ def merge(base_model: str, adapter_dir: str | None, out_dir: Path, log: Callable
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out_dir), safe_serialization=True)
     tokenizer.save_pretrained(str(out_dir))
+    if loader == "AutoModelForImageTextToText":
+        try:  # the processor (image/audio preprocessing) travels with a multimodal checkpoint
+            transformers.AutoProcessor.from_pretrained(base_model).save_pretrained(str(out_dir))
+        except Exception as exc:  # a text-only export does not need it
+            log(f"no processor saved ({type(exc).__name__}: {exc}); the GGUF is the text model")
     return out_dir
+
+
+def latest(run_id: str, quantization: str) -> dict | None:
+    """The newest succeeded export of a run that has this quantization and whose files are intact."""
+    for job in jobs.list_jobs(200, "export"):
+        if job["run_id"] != run_id or job["state"] != "succeeded" or not job.get("result"):
+            continue
+        result = job["result"]
+        path = result.get("gguf", {}).get(quantization)
+        if path and Path(path).exists() and Path(result.get("merged_dir", "")).exists():
+            if sha256(Path(path)) == result["sha256"][quantization]:
+                return job
+    return None
 
 
 def convert(merged_dir: Path, out_path: Path, log: Callable[[str], None]) -> Path:
@@ -172,4 +228,5 @@ def run(job: dict, job_dir: Path, status, log: Callable[[str], None]) -> dict:
         "sha256": {q: sha256(Path(p)) for q, p in files.items()},
         "prompt_format": job["prompt_format"],
         "smoke_answer": smoke,
+        "architecture": architecture(merged),
     }

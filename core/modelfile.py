@@ -34,9 +34,29 @@ def check_name(name: str) -> str:
 
 
 def check_system(text: str) -> str:
+    """Ollama's Modelfile has no escaping: three double quotes inside SYSTEM end the block, and a text ending
+    with ``"`` runs into the closing quotes. Both are refused rather than silently altered."""
     if '"""' in text:
         raise ModelfileError('the system text contains """, which would end the Modelfile block early; remove it')
-    return text.strip()
+    text = text.strip()
+    if text.endswith('"'):
+        raise ModelfileError('the system text ends with a double quote ("), which would run into the Modelfile\'s '
+                             'closing """; end it with another character')
+    return text
+
+
+def check_text(text: str, gguf: str | Path) -> str:
+    """An edited Modelfile: it must still start FROM the exported GGUF and carry a TEMPLATE."""
+    lines = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    if not lines or not lines[0].startswith("FROM "):
+        raise ModelfileError("the Modelfile must start with FROM and the exported GGUF")
+    if lines[0][5:].strip() != str(Path(gguf).resolve()):
+        raise ModelfileError(f"line 1: FROM must stay {Path(gguf).resolve()} (the GGUF that was exported and checked)")
+    if text.count('TEMPLATE """') != 1:
+        raise ModelfileError('the Modelfile needs exactly one TEMPLATE """…""" block')
+    if text.count('"""') % 2:
+        raise ModelfileError('the Modelfile has an unclosed """ block')
+    return text
 
 
 def build(gguf: str | Path, fmt: str, tokenizer=None, system: str | None = None,

@@ -188,6 +188,18 @@ def ollama_template(fmt: str, tokenizer) -> str:
     return f"{{{{ if .System }}}}{go(with_system)}{{{{ else }}}}{go(without)}{{{{ end }}}}"
 
 
+def ollama_prompt(pair: Mapping[str, Any], fmt: str) -> str:
+    """The text a client sends to Ollama as the prompt, so that the Modelfile's TEMPLATE renders
+    exactly ``render_prompt(pair, fmt, …)``. For ``chat`` it is the user turn; for ``alpaca-vi`` an
+    input, when present, travels with its own ``### Đầu vào:`` heading."""
+    check_format(fmt)
+    if fmt == "alpaca-vi":
+        instruction = (pair.get("instruction") or "").strip()
+        extra = (pair.get("input") or "").strip()
+        return f"{instruction}\n\n{ALPACA_INPUT}{extra}" if extra else instruction
+    return user_message(pair)
+
+
 def render_ollama_template(template: str, prompt: str, system: str | None = None) -> str:
     """Render the subset of Go template syntax that ``ollama_template`` emits (for tests and preflight)."""
     if template.startswith("{{ if .System }}") and "{{ else }}" in template and template.endswith("{{ end }}"):

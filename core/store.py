@@ -200,13 +200,28 @@ def _m004_evaluation_details(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+def _m005_release_lifecycle(con: duckdb.DuckDBPyConnection) -> None:
+    """Releases keep their preflight report and quantization, and live on after delete or rollback."""
+    con.execute(
+        """
+        ALTER TABLE releases ADD COLUMN quantization VARCHAR;
+        ALTER TABLE releases ADD COLUMN preflight JSON;
+        ALTER TABLE releases ADD COLUMN state VARCHAR DEFAULT 'active';   -- active | replaced | deleted
+        ALTER TABLE releases ADD COLUMN rollback_of VARCHAR;
+        ALTER TABLE releases ADD COLUMN deleted_by VARCHAR;
+        ALTER TABLE releases ADD COLUMN deleted_at TIMESTAMPTZ;
+        """
+    )
+
+
 def _m006_training_metrics(con: duckdb.DuckDBPyConnection) -> None:
     """Eval loss (on the test split) and peak GPU memory beside each training step."""
     con.execute("ALTER TABLE metrics ADD COLUMN IF NOT EXISTS eval_loss DOUBLE")
     con.execute("ALTER TABLE metrics ADD COLUMN IF NOT EXISTS gpu_mem_gib DOUBLE")
 
 
-MIGRATIONS = [_m001_initial, _m002_reviews, _m004_evaluation_details, _m006_training_metrics]
+MIGRATIONS = [_m001_initial, _m002_reviews, _m004_evaluation_details, _m005_release_lifecycle,
+              _m006_training_metrics]
 
 # ── connections ──────────────────────────────────────────────────────────────
 

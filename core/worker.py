@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
             from core import export as task
         elif job["kind"] == "generate":
             from core import generate as task
+        elif job["kind"] == "preflight":
+            from core import preflight as task
         else:
             raise ValueError(f"unknown job kind '{job['kind']}'")
         result = task.run(job, job_dir, status, log)

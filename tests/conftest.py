@@ -118,7 +118,7 @@ def approve_review(version_id: str, reviewer: str = "tester") -> dict:
 @pytest.fixture(scope="session")
 def pipeline(tmp_path_factory, default_model) -> dict:
     """The whole default pipeline once, through the CLI: samples → train (20 steps) → evaluate (20
-    held-out pairs) → gate → export (f16 + q4_k_m). Later tests (pages, browser, deploy) reuse it."""
+    held-out pairs) → gate → export (f16, q8_0, q4_k_m). Later tests (pages, browser, deploy) reuse it."""
     home = tmp_path_factory.mktemp("pipeline-home")
     out = {"home": home}
     proc = cli("dataset", "import-samples", home=home)
@@ -129,6 +129,6 @@ def pipeline(tmp_path_factory, default_model) -> dict:
     out["train"] = train
     proc = cli("evaluate", "--run", out["run"], "--limit", "20", "--max-new-tokens", "48", "--json", home=home)
     out["evaluation"] = json.loads(proc.stdout)
-    proc = cli("export", "--run", out["run"], "--quant", "f16", "q4_k_m", "--json", home=home)
+    proc = cli("export", "--run", out["run"], "--quant", "f16", "q8_0", "q4_k_m", "--json", home=home)
     out["export"] = json.loads(proc.stdout)
     return out

@@ -57,7 +57,7 @@ def empty_studio(tmp_path):
 
 def test_the_whole_pipeline_by_clicking_through_the_browser(empty_studio):
     """Import the samples → train 20 steps → watch the loss → evaluate 20 pairs → see the gate →
-    export GGUF and the Modelfile, all by clicking, as a person would."""
+    export GGUF, see the Modelfile, preflight and record the release, all by clicking, as a person would."""
     from playwright.sync_api import sync_playwright
 
     url, home = empty_studio
@@ -97,9 +97,10 @@ def test_the_whole_pipeline_by_clicking_through_the_browser(empty_studio):
         page.get_by_role("heading", name="Deploy").first.wait_for()
         if page.get_by_text("Not releasable").count():
             page.get_by_label("Override reason (required: the gate has not passed)").fill("browser test")
-        page.get_by_role("button", name="Export and deploy").click()
-        page.get_by_text(re.compile(r"^Release \S+ recorded$")).first.wait_for(timeout=300_000)
-        page.get_by_role("button", name="Download Modelfile").wait_for()
+        page.get_by_role("button", name="1 · Export and write the Modelfile").click()
+        page.get_by_role("button", name="Download Modelfile").wait_for(timeout=300_000)
+        page.get_by_role("button", name="2 · Preflight, create in Ollama and record the release").click()
+        page.get_by_role("heading", name=re.compile(r"^Release rel-")).first.wait_for(timeout=600_000)
         assert page.locator('[data-testid="stException"]').count() == 0
         browser.close()
     from core import deploy as deploy_mod

@@ -6,7 +6,8 @@ import pytest
 
 from tests.conftest import REPO
 
-COMMANDS = ["models", "dataset", "review", "train", "jobs", "evaluate", "gate", "score", "export", "modelfile", "deploy"]
+COMMANDS = ["models", "dataset", "review", "train", "jobs", "evaluate", "generate", "gate", "score", "export",
+            "modelfile", "deploy", "releases"]
 
 
 def test_help_starts_fast():

@@ -217,3 +217,31 @@ def test_generate_page_lists_generations_and_shows_a_failure_in_one_line(home, m
     at.text_input[0].input("x").run()
     at.button[0].click().run()
     assert any("Choose at least one document" in w.value for w in at.warning)
+
+
+@pytest.mark.slow
+def test_deploy_page_exports_shows_the_modelfile_preflights_and_manages_releases(pipeline, monkeypatch):
+    monkeypatch.setenv("VITUNE_HOME", str(pipeline["home"]))
+    monkeypatch.setenv("VITUNE_SLOTS", "cpu")
+    at = _run("deploy")
+    at.text_input[0].set_value("vi-page:v1")
+    at.selectbox[1].set_value("q8_0")
+    if not pipeline["evaluation"]["passed"]:
+        at.text_input[1].set_value("page test")
+    next(b for b in at.button if b.label.startswith("1 ·")).click().run()
+    _clean(at)
+    modelfile = next(t for t in at.text_area if t.label == "Modelfile (editable)")
+    assert modelfile.value.startswith("FROM ") and 'TEMPLATE """' in modelfile.value
+    modelfile.set_value(modelfile.value.replace("PARAMETER temperature 0.7", "PARAMETER temperature 0.2"))
+    next(n for n in at.number_input if n.label.startswith("Golden")).set_value(2)
+    next(b for b in at.button if b.label.startswith("2 ·")).click().run()
+    _clean(at)
+    from core import deploy
+
+    rel = deploy.get_release(at.session_state["last_release"])
+    assert "PARAMETER temperature 0.2" in rel["modelfile"] and rel["preflight"]["n"] == 2
+    assert any(m.label == "Preflight" and m.value == "passed" for m in at.metric)
+    at.selectbox[-1].set_value(rel["id"])
+    next(b for b in at.button if b.label.startswith("Delete")).click().run()
+    _clean(at)
+    assert deploy.get_release(rel["id"])["state"] == "deleted"

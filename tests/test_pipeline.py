@@ -1,5 +1,6 @@
 """The whole default pipeline on the embedded model, through the CLI (see the ``pipeline`` fixture)."""
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -42,7 +43,12 @@ def test_evaluation_is_stored_with_every_example(pipeline, monkeypatch):
     assert json.loads(gate.stdout)["releasable"] == ev["passed"]
 
 
-def test_f16_gguf_matches_the_merged_model_token_for_token(pipeline):
+VIETNAMESE = re.compile(r"[àáảãạăắằẳẵặâấầẩẫậđèéẻẽẹêếềểễệìíỉĩịòóỏõọôốồổỗộơớờởỡợùúủũụưứừửữựỳýỷỹỵ]", re.I)
+
+
+def test_f16_q8_0_and_q4_k_m_ggufs_answer_in_llama_cpp(pipeline):
+    """f16 equals the merged model token for token; q8_0 and q4_k_m start the same way and answer in
+    Vietnamese."""
     from core import inference
 
     files = pipeline["export"]["gguf"]
@@ -57,9 +63,16 @@ def test_f16_gguf_matches_the_merged_model_token_for_token(pipeline):
         new = out[ids["input_ids"].shape[1]:].tolist()
         expected.append(new[: next((i for i, t in enumerate(new) if t in eos), len(new))])
     assert export.llama_generate(Path(files["f16"]), prompts, max_tokens=24) == expected
+    q8 = export.llama_generate(Path(files["q8_0"]), prompts, max_tokens=24)
     q4 = export.llama_generate(Path(files["q4_k_m"]), prompts, max_tokens=24)
-    assert all(len(a) > 0 for a in q4)  # q4_k_m runs; it agrees only on the first tokens, as expected
-    assert Path(files["q4_k_m"]).stat().st_size < Path(files["f16"]).stat().st_size / 2
+    assert [a[:1] for a in q8] == [e[:1] for e in expected]  # 8-bit: the first token always agrees
+    assert sum(a[:1] == e[:1] for a, e in zip(q4, expected)) >= 2
+    for answers in (q8, q4):
+        texts = [tok.decode(a, skip_special_tokens=True) for a in answers]
+        assert all(t.strip() for t in texts), texts
+        assert sum(bool(VIETNAMESE.search(t)) for t in texts) >= 2, texts
+    sizes = {q: Path(files[q]).stat().st_size for q in ("f16", "q8_0", "q4_k_m")}
+    assert sizes["q4_k_m"] < sizes["q8_0"] < sizes["f16"] and sizes["q8_0"] < sizes["f16"] * 0.6
 
 
 def test_deploy_refuses_without_gate_then_records_an_override(pipeline, monkeypatch):
@@ -72,7 +85,7 @@ def test_deploy_refuses_without_gate_then_records_an_override(pipeline, monkeypa
     bad = cli("deploy", "--run", pipeline["run"], "--name", "Bad Name", "--override-reason", "demo", home=home,
               check=False)
     assert bad.returncode == 1 and "not a valid Ollama model name" in bad.stderr
-    done = cli("deploy", "--run", pipeline["run"], "--name", "vi-cskh:v1", "--quant", "q8_0",
+    done = cli("deploy", "--run", pipeline["run"], "--name", "vi-cskh:v1", "--quant", "q8_0", "--golden", "3",
                "--override-reason", "client demo only, not production", "--json", home=home)
     release = json.loads(done.stdout)
     modelfile_text = Path(release["modelfile_path"]).read_text()
@@ -80,6 +93,9 @@ def test_deploy_refuses_without_gate_then_records_an_override(pipeline, monkeypa
     row = store.one("SELECT * FROM releases WHERE id = ?", [release["id"]])
     assert row["override_reason"] == "client demo only, not production" and row["tag"] == "v1"
     assert row["gguf_sha256"] == export.sha256(Path(release["gguf_path"]))
+    preflight = json.loads(row["preflight"])
+    assert preflight["passed"] and release["preflight"]["exact_match_rate"] == preflight["exact_match_rate"]
+    assert len(preflight["examples"]) == 3 and all(e["prompt_matches_training"] for e in preflight["examples"])
     audit = store.rows("SELECT action FROM audit_log WHERE subject = ?", [pipeline["run"]])
     assert {"action": "gate.override"} in audit
     if deploy.ollama_binary() is None:
