@@ -152,9 +152,10 @@ def llama_generate(gguf: Path, prompts: list[str], max_tokens: int = 32, n_ctx: 
 
     llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=2, verbose=False, seed=0)
     eos = {llm.token_eos()}
-    end_turn = llm.tokenize(b"<end_of_turn>", add_bos=False, special=True)
-    if len(end_turn) == 1:
-        eos.add(end_turn[0])
+    for marker in prompt_format.TURN_ENDS:  # Gemma 3's <end_of_turn>, Gemma 4's <turn|>
+        end_turn = llm.tokenize(marker.encode(), add_bos=False, special=True)
+        if len(end_turn) == 1:
+            eos.add(end_turn[0])
     outputs = []
     for prompt in prompts:
         llm.reset()

@@ -162,7 +162,7 @@ def run(job: dict, job_dir: Path, status, log: Callable[[str], None]) -> dict:
     with quiet_stderr():
         llm = llama_cpp.Llama(model_path=job["gguf"], n_ctx=4096, n_threads=2, verbose=False, seed=0)
     stop_ids = {llm.token_eos()}
-    for s in ("<end_of_turn>", "<eos>"):
+    for s in (*prompt_format.TURN_ENDS, "<eos>"):
         got = llm.tokenize(s.encode(), add_bos=False, special=True)
         if len(got) == 1:
             stop_ids.add(got[0])
