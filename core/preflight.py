@@ -98,7 +98,8 @@ def judge(examples: list[dict], max_tokens: int) -> tuple[bool, str]:
     runaway = sum(1 for e in examples if e["gguf_hit_max"] and not e["reference_hit_max"])
     if runaway * 2 > n:
         return False, (f"the GGUF ran to the {max_tokens}-token limit without a stop on {runaway}/{n} golden prompts "
-                       "where the merged model stopped: the template or stop words are broken")
+                       "where the merged model stopped. The prompts match training, so the quantization is the likely "
+                       "cause (a small model loses its stop at q4_k_m): export q8_0 or f16, or train longer")
     return True, f"{n - empty}/{n} answers non-empty; no runaway answers beyond the merged model's"
 
 
