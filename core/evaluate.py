@@ -215,7 +215,7 @@ def latest_passing(run_id: str) -> dict | None:
 
 def verdict(run_id: str) -> dict:
     """Whether a run may be released: a passing evaluation on the held-out (test) split of the dataset
-    version it was trained on. Returns ``releasable``, ``reason`` and the ``evaluation`` it rests on
+    version it was trained on, a version that has passed its review sample. Returns ``releasable``, ``reason`` and the ``evaluation`` it rests on
     (with the thresholds that evaluation was gated with)."""
     run = jobs.get_run(run_id)
     evals = list_evaluations(run_id)
@@ -223,6 +223,13 @@ def verdict(run_id: str) -> dict:
     passing = [e for e in held_out if e["passed"]]
     if passing:
         e = passing[0]
+        from core import review
+
+        reviewed = review.status(run["dataset_version_id"])
+        if not reviewed["reviewed"]:
+            return {"releasable": False, "evaluation": e, "thresholds": e["thresholds"],
+                    "reason": f"evaluation {e['id']} passed the gate, but the run's dataset version is not reviewed "
+                              f"({reviewed['reason']})"}
         return {"releasable": True, "evaluation": e, "thresholds": e["thresholds"],
                 "reason": f"evaluation {e['id']} on the held-out test split of {e['dataset_version_id']} "
                           f"passed the gate ({e.get('gate_reason') or gate_reason(True, e['bleu'], e['rouge_l'], e['thresholds'])})"}

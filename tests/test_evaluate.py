@@ -167,6 +167,20 @@ def test_gate_needs_a_passing_held_out_evaluation_of_the_runs_dataset_version(ho
     assert cli("gate", "--run", "run-nope", home=home, check=False).returncode == 2
 
 
+def test_a_passing_run_on_an_unreviewed_version_is_not_releasable(home):
+    from tests.conftest import approve_review, tiny_pairs, write_jsonl
+
+    version, _ = datasets.import_files([write_jsonl(home / "d.jsonl", tiny_pairs(20))], "tiny")
+    job = jobs.submit_train(version["id"], preset("quick test (CPU, 20 steps)"), owner="t",
+                            override_review="a demo tomorrow")
+    store_evaluation(home, "eval-pass", list(REFS), run_id=job["run_id"], dataset=version["id"])
+    v = evaluate.verdict(job["run_id"])
+    assert not v["releasable"] and "not reviewed" in v["reason"] and v["evaluation"]["id"] == "eval-pass"
+    assert cli("gate", "--run", job["run_id"], home=home, check=False).returncode == 1
+    assert approve_review(version["id"])["reviewed"]
+    assert evaluate.verdict(job["run_id"])["releasable"]
+
+
 def test_thresholds_are_settings_and_changes_are_audited(home):
     assert json.loads(cli("gate", home=home).stdout) == {"thresholds": {"bleu": 0.35, "rouge_l": 0.45}}
     cli("gate", "--set-thresholds", "0.4", "0.5", home=home)
