@@ -80,6 +80,6 @@ def build(gguf: str | Path, fmt: str, tokenizer=None, system: str | None = None,
         f"PARAMETER top_p {params.top_p}",
         f"PARAMETER num_ctx {params.num_ctx}",
     ]
-    for stop in params.stop or prompt_format.stop_strings(fmt):
+    for stop in params.stop or prompt_format.stop_strings(fmt, tokenizer):
         lines.append(f'PARAMETER stop "{stop}"')
     return "\n".join(lines) + "\n"

@@ -192,7 +192,7 @@ def test_preflight_passes_on_the_export_and_blocks_a_drifted_template(pipeline, 
     monkeypatch.setenv("VITUNE_HOME", str(pipeline["home"]))
     monkeypatch.setenv("VITUNE_SLOTS", "cpu")
     run_id, result = pipeline["run"], pipeline["export"]
-    gguf = Path(result["gguf"]["q4_k_m"])
+    gguf = Path(result["gguf"]["q8_0"])  # q4_k_m of a 270M model trained 20 steps may lose its stop
     from core.models import load_tokenizer
 
     text = modelfile.build(gguf, "chat", load_tokenizer(result["merged_dir"]), system="Bạn là trợ lý CSKH.")
@@ -203,7 +203,7 @@ def test_preflight_passes_on_the_export_and_blocks_a_drifted_template(pipeline, 
     assert report["n"] == 3 and 0 <= report["exact_match_rate"] <= 1 and 0 <= report["rouge_l"] <= 1
     assert all(e["prompt_matches_training"] for e in report["examples"])
     assert sum(bool(e["gguf_answer"]) for e in report["examples"]) >= 2
-    assert report["rouge_l"] > 0.2  # q4_k_m answers resemble the merged model's
+    assert report["rouge_l"] > 0.2  # q8_0 answers resemble the merged model's
     assert json.loads((Path(job["job_dir"]) / preflight.REPORT).read_text())["passed"]
     # the alpaca-vi TEMPLATE on a chat-trained run renders a different prompt: blocked, with the reason
     drifted = modelfile.build(gguf, "alpaca-vi")

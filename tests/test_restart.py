@@ -12,7 +12,7 @@ from tests.test_browser import CHROMIUM
 
 pytestmark = pytest.mark.slow
 
-STEPS = 6
+STEPS = 20  # long enough that the app is killed while the first job is mid-way
 
 
 def _queue_from(page, url: str) -> None:
