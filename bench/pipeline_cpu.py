@@ -9,18 +9,35 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 
 
+def watch_rss(home: Path, peak: list[float], stop: threading.Event) -> None:
+    """The largest RSS of any process of this pipeline (the CLI commands and the workers they start,
+    which run in their own session and so escape getrusage), sampled every 0.2 s."""
+    import psutil
+
+    while not stop.is_set():
+        for p in psutil.process_iter(["environ", "memory_info"]):
+            try:
+                if (p.info["environ"] or {}).get("VITUNE_HOME") == str(home) and p.info["memory_info"]:
+                    peak[0] = max(peak[0], p.info["memory_info"].rss / 1024**2)
+            except (psutil.Error, AttributeError):
+                continue
+        stop.wait(0.2)
+
+
 def main() -> int:
     home = Path(tempfile.mkdtemp(prefix="vitune-bench-"))
+    peak, stop = [0.0], threading.Event()
+    threading.Thread(target=watch_rss, args=(home, peak, stop), daemon=True).start()
     env = dict(os.environ, VITUNE_HOME=str(home))
     stages: list[tuple[str, float]] = []
 
@@ -40,9 +57,9 @@ def main() -> int:
     exp = json.loads(run("export (f16 + q4_k_m)", "export", "--run", train["run"], "--quant", "f16", "q4_k_m", "--json"))
     run("modelfile", "modelfile", "--gguf", exp["gguf"]["q4_k_m"], "--system", "Bạn là trợ lý CSKH.")
     total = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    stop.set()
     print(f"{'total':<28} {total:7.1f} s")
-    print(f"peak RSS of any process    {peak:7.0f} MiB")
+    print(f"peak RSS of any process    {peak[0]:7.0f} MiB")
     print(f"BLEU {ev['bleu']:.4f}  ROUGE-L {ev['rouge_l']:.4f}  gate {'PASS' if ev['passed'] else 'FAIL'}  (home: {home})")
     return 0
 
