@@ -3,16 +3,19 @@
 Rough on purpose (±30 %), and built from the parts that matter for QLoRA:
 
 - base weights: 4-bit (NF4, ~0.54 bytes a parameter with its scales) for the linear layers, 16-bit
-  for the embeddings; or everything in 16-bit when the run does not load in 4 bit;
+  for the embeddings (32-bit under transformers + bitsandbytes: PEFT's ``prepare_model_for_kbit_training``
+  upcasts every non-quantised weight); or everything in 16-bit when the run does not load in 4 bit;
 - LoRA: rank r on the chosen projections, each trainable parameter with its fp32 copy, gradient and
   optimizer state (8-bit Adam: 2 bytes; Adam: 8);
 - activations with gradient checkpointing: every layer's input kept, one layer recomputed at a time,
-  and the logits over the vocabulary;
+  and what the loss keeps of the logits over the vocabulary: nothing under Unsloth (its fused
+  cross-entropy never materialises them), a slice under trl's chunked loss;
 - the CUDA context, which PyTorch's own counters do not show.
 
-Calibrated on the H200 run in the README (a 1.7B Gemma, batch 2, 2048 tokens, r=16): measured
-1.35–1.38 GiB for Unsloth and 2.37 GiB for transformers + bitsandbytes (PyTorch's peak, no CUDA
-context); estimated 1.4 and 2.2.
+Calibrated on the H200 runs in the README (a 1.7B Gemma, batch 2, 2048 tokens, r=16; PyTorch's peak,
+no CUDA context): with an 8,000-row vocabulary 1.38 GiB (Unsloth) and 2.37 (transformers +
+bitsandbytes), estimated 1.31 and 2.29; with Gemma's own 262,144 rows 2.36 and 4.35, estimated 2.28
+and 4.46.
 """
 from __future__ import annotations
 
@@ -86,7 +89,7 @@ def estimate(cfg, backend: str = "unsloth") -> dict | None:
     linear = layers * sum(i * o for i, o in dims.values())
     embed = vocab * hidden
     if cfg.load_in_4bit:
-        weights = linear * 0.54 + embed * 2
+        weights = linear * 0.54 + embed * (2 if backend == "unsloth" else 4)
     else:
         weights = (linear + embed) * 2
     lora = layers * sum(cfg.lora_r * (i + o) for m, (i, o) in dims.items() if m in cfg.target_modules)
@@ -94,10 +97,10 @@ def estimate(cfg, backend: str = "unsloth") -> dict | None:
     tokens = cfg.per_device_train_batch_size * cfg.max_seq_length
     kept = tokens * hidden * 2 * layers                      # checkpointed layer inputs (16-bit)
     one_layer = tokens * (3 * inter + 8 * hidden) * 2       # one layer recomputed in the backward pass
-    logits = tokens * vocab * 2                              # 16-bit logits (Unsloth's loss never upcasts them all)
-    if backend != "unsloth":                                 # no fused kernels: more live tensors, fp32 logits
-        one_layer *= 3
-        logits *= 4
+    logits = 0                                               # Unsloth's fused loss: never materialised
+    if backend != "unsloth":                                 # no fused kernels: more live tensors
+        one_layer *= 4
+        logits = tokens * vocab * 4 / 16                     # fp32 slices alive in trl's chunked loss (calibrated)
     parts = {
         "weights": weights / GIB,
         "lora_and_optimizer": lora_bytes / GIB,
