@@ -233,6 +233,20 @@ def cmd_jobs(args) -> int:
     if args.action == "tick":
         print(json.dumps(jobs.tick()))
         return 0
+    if args.action == "supervise":
+        def event(done: dict) -> None:
+            for job_id in done["settled"]:
+                j = jobs.get_job(job_id)
+                print(f"job {job_id} ({j['kind']}): {j['state']}" + (f" — {j['error']}" if j["error"] else ""),
+                      flush=True)
+            for job_id in done["started"]:
+                print(f"job {job_id} ({jobs.get_job(job_id)['kind']}): started", flush=True)
+
+        try:
+            jobs.supervise(args.interval, until_idle=args.until_idle, on_event=event)
+        except KeyboardInterrupt:
+            pass
+        return 0
     if args.action == "resume":
         try:
             job = jobs.resume(args.id, actor=_user())
@@ -576,11 +590,14 @@ def build_parser() -> argparse.ArgumentParser:
     rv.add_argument("--json", action="store_true")
     rv.set_defaults(fn=cmd_review)
 
-    j = sub.add_parser("jobs", help="list or cancel jobs; run one supervisor tick")
-    j.add_argument("action", choices=["list", "cancel", "resume", "tick"],
-                   help="resume: queue a failed or cancelled training job again from its last checkpoint")
+    j = sub.add_parser("jobs", help="list, cancel or resume jobs; run the supervisor (one tick, or on and on)")
+    j.add_argument("action", choices=["list", "cancel", "resume", "tick", "supervise"],
+                   help="resume: queue a failed or cancelled training job again from its last checkpoint; "
+                        "supervise: start queued jobs and ingest finished ones until stopped (Ctrl-C)")
     j.add_argument("id", nargs="?", type=int)
     j.add_argument("--limit", type=int, default=30)
+    j.add_argument("--interval", type=float, default=2.0, help="seconds between supervisor ticks (supervise)")
+    j.add_argument("--until-idle", action="store_true", help="supervise: stop once nothing is queued or running")
     j.set_defaults(fn=cmd_jobs)
 
     e = sub.add_parser(

@@ -495,5 +495,24 @@ def start_background(interval: float = 2.0):
     return thread
 
 
+def supervise(interval: float = 2.0, until_idle: bool = False,
+              on_event: Callable[[dict], None] | None = None) -> int:
+    """The supervisor in the foreground (``python -m core jobs supervise``): tick every ``interval``
+    seconds, for a GPU box where jobs must run on after a restart although nobody opens the app.
+    Safe beside the app's own supervisor thread (ticks take a file lock). With ``until_idle`` it
+    returns once nothing is queued or running. Returns the number of ticks made."""
+    ticks = 0
+    while True:
+        done = tick()
+        ticks += 1
+        if on_event and (done["settled"] or done["started"]):
+            on_event(done)
+        if until_idle:
+            busy = store.one("SELECT count(*) AS n FROM jobs WHERE state IN ('queued', 'running')")
+            if not busy["n"]:
+                return ticks
+        time.sleep(interval)
+
+
 def supervisor_error() -> str | None:
     return _background.get("error")
