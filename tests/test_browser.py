@@ -10,7 +10,7 @@ from tests.conftest import free_port, start_studio
 
 pytestmark = pytest.mark.slow
 
-PAGES = {"": "Datasets", "train": "Train", "evaluate": "Evaluate", "playground": "Playground", "deploy": "Deploy"}
+PAGES = {"": "Datasets", "generate": "Generate pairs", "train": "Train", "evaluate": "Evaluate", "playground": "Playground", "deploy": "Deploy"}
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 

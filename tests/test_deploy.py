@@ -102,8 +102,8 @@ def test_export_branches_by_architecture(tmp_path, arch, loader):
 
 
 def test_the_vendored_converter_knows_both_gemma4_classes():
-    """Gemma 4 weights cannot be tested here; what can be checked is that llama.cpp's converter shipped
-    with the project registers both classes for the text model the studio exports."""
+    """llama.cpp's converter shipped with the project registers both classes for the text model the
+    studio exports (tests/test_gemma4_export.py exports tiny random-weight models of both for real)."""
     text = (export.converter_script().parent / "conversion" / "gemma.py").read_text()
     assert '@ModelBase.register("Gemma4ForConditionalGeneration", "Gemma4ForCausalLM")' in text
 
