@@ -1,0 +1,525 @@
+"""Bulk import: very large JSONL files validated, cleaned, deduplicated, split and written in DuckDB SQL.
+
+``core.datasets.import_files`` comes here for JSONL files over ``BULK_THRESHOLD_BYTES`` (or with
+``bulk=True``, ``python -m core dataset import --bulk``). The report has the same fields, line numbers and
+reasons as the Python path; what differs is where the work happens:
+
+1. The file is read in ``CHUNK_BYTES`` blocks. Each block is cut at its last newline, the line
+   boundaries are found with numpy and handed to DuckDB as an Arrow batch of (line number, text)
+   without copying or looping over rows in Python. Line numbers are physical lines counted from 1
+   (a blank line counts, but is no row); a UTF-8 BOM is skipped; the bytes are checked to be UTF-8
+   (Arrow's validation) and the first bad byte gets the Python path's message with its line.
+2. One ``INSERT … SELECT`` validates (``json_valid``, ``json_transform``, ``json_keys`` for aliases and
+   column mapping), cleans (the SQL macro ``vt_clean``: the same steps as ``datasets.clean_text``) and
+   hashes every line into the table ``parsed``; a rejected line keeps only its reason.
+3. Duplicates: a GROUP BY on the hash of the case-folded, cleaned fields keeps the first row of each
+   group; a later row is an exact copy when its raw fields hash like the first's, else a normalised one.
+4. The seeded split orders the kept rows by ``md5(seed:row hash)`` and takes the first ``test_count``;
+   general data is sampled the same way; ``COPY … TO … (FORMAT parquet)`` writes the two splits.
+5. The content hash is ``datasets.content_hash``'s definition (sha256 over
+   ``json.dumps([split, instruction, input, output], ensure_ascii=False)`` of every row, train then
+   test, in file order), built in SQL (macro ``vt_json``) and fed to hashlib one Arrow batch at a time.
+
+Everything happens in a scratch in-memory DuckDB (``store.scratch``) whose ``memory_limit`` makes
+large sorts and aggregates spill to disk; the studio database is opened only for the version record.
+"""
+from __future__ import annotations
+
+import codecs
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from core import datasets, store
+from core.datasets import (ALIASES, FIELDS, MAX_ERRORS_LISTED, MAX_FIELD_CHARS, MAX_FILE_BYTES, MAX_LINE_CHARS,
+                           REQUIRED, DatasetError, ImportReport)
+
+BULK_THRESHOLD_BYTES = 64 * 1024**2   # JSONL files larger than this go through DuckDB automatically
+CHUNK_BYTES = 32 * 1024**2            # bytes read per Arrow batch
+MEMORY_LIMIT = "1GB"                  # DuckDB's buffer manager limit; beyond it, sorts and joins spill
+THREADS: int | None = None            # None: every core
+_SUFFIXES = (".jsonl", ".ndjson", ".json")
+
+# Python's str.strip() / str.isspace() set, without "\n" (the line separator) and "\r" (made "\n" first).
+_WS = "\t\x0b\x0c\x1c\x1d\x1e\x1f \x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + \
+      "\u2028\u2029\u202f\u205f\u3000"
+_INVISIBLE = "\u200b\u200c\u200d\u2060\ufeff"
+_RE_WS = (r"\t\x{0b}\x{0c}\x{1c}-\x{1f} \x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}"
+          r"\x{205f}\x{3000}")
+_RE_SPACES = r"[ \t\x{a0}\x{2000}-\x{200a}\x{202f}\x{3000}]+"   # datasets._SPACES
+_RE_INVISIBLE = r"\x{200b}\x{200c}\x{200d}\x{2060}\x{feff}"
+# Anything clean_text would change in an NFC string; rows without it skip the regex chain.
+_RE_NEEDS = (rf"[\r{_RE_INVISIBLE}\t\x{{a0}}\x{{2000}}-\x{{200a}}\x{{202f}}\x{{3000}}]|  |^[{_RE_WS}\n]|"
+             rf"[{_RE_WS}\n]$|[{_RE_WS}]\n|\n[{_RE_WS}]|\n\n\n")
+
+
+_RE_LINE_TRIM = rf"(?m)^[{_RE_WS}]+|[{_RE_WS}]+$"
+_RE_JSON_ESCAPE = r'[\x{00}-\x{1f}"\\]'   # what json.dumps escapes
+_RE_JSON_STRING = r'"(?:[^"\\]|\\.)*"'   # a JSON string literal
+_RE_STRIP = rf"^[{_RE_WS}\n]+|[{_RE_WS}\n]+$"
+
+
+def _lit(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _escape_chain(x: str) -> str:
+    """SQL replacing what json.dumps escapes: backslash first, then the quote and control characters."""
+    expr = f"replace({x}, '\\', '\\\\')"
+    expr = f"replace({expr}, '\"', '\\\"')"
+    for i in range(32):
+        expr = f"replace({expr}, chr({i}), {_lit(json.dumps(chr(i))[1:-1])})"
+    return expr
+
+
+_MACROS = f"""
+CREATE OR REPLACE MACRO vt_clean_full(x) AS
+  regexp_replace(
+    regexp_replace(
+      regexp_replace(
+        regexp_replace(
+          translate(replace(replace(x, chr(13) || chr(10), chr(10)), chr(13), chr(10)), {_lit(_INVISIBLE)}, ''),
+          {_lit(_RE_SPACES)}, ' ', 'g'),
+        {_lit(_RE_LINE_TRIM)}, '', 'g'),
+      '\\n{{3,}}', chr(10) || chr(10), 'g'),
+    {_lit(_RE_STRIP)}, '', 'g');
+-- datasets.clean_text: NFC, CRLF/CR -> LF, zero-width characters removed, runs of spaces collapsed,
+-- lines trimmed, 3+ line breaks -> 2, stripped.
+CREATE OR REPLACE MACRO vt_clean(x) AS
+  CASE WHEN regexp_matches(nfc_normalize(x), {_lit(_RE_NEEDS)})
+       THEN vt_clean_full(nfc_normalize(x)) ELSE nfc_normalize(x) END;
+-- a string as json.dumps(ensure_ascii=False) writes it, quotes included
+CREATE OR REPLACE MACRO vt_jstr(x) AS
+  '"' || (CASE WHEN regexp_matches(x, {_lit(_RE_JSON_ESCAPE)}) THEN {_escape_chain("x")} ELSE x END) || '"';
+CREATE OR REPLACE MACRO vt_json(split, a, b, c) AS
+  '["' || split || '", ' || vt_jstr(a) || ', ' || vt_jstr(b) || ', ' || vt_jstr(c) || ']';
+-- JSON that DuckDB's reader takes but Python's json.loads refuses: trailing commas, and nan/inf
+-- spelt other than NaN, Infinity, -Infinity (looked at with the strings' contents blanked out)
+CREATE OR REPLACE MACRO vt_lax_strict(s) AS
+  regexp_matches(s, ',[ \t\r\n]*[\]}}]')
+  OR regexp_matches(regexp_replace(s, '-?Infinity|NaN', '', 'g'), '(?i)nan|inf');
+CREATE OR REPLACE MACRO vt_lax_json(x) AS
+  CASE WHEN regexp_matches(x, '(?i),[ \t\r\n]*[\]}}]|nan|inf')
+       THEN vt_lax_strict(regexp_replace(x, {_lit(_RE_JSON_STRING)}, '""', 'g')) ELSE false END;
+-- an unambiguous key of three strings (byte length before each)
+CREATE OR REPLACE MACRO vt_key(a, b, c) AS
+  md5_number(strlen(a) || ':' || a || strlen(b) || ':' || b || strlen(c) || ':' || c);
+"""
+
+
+def _utf8(encoding: str | None) -> bool:
+    if not encoding:
+        return True
+    try:
+        return codecs.lookup(encoding).name == "utf-8"
+    except LookupError:
+        return False
+
+
+def _starts_with_array_or_utf16(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        head = fh.read(64 * 1024)
+    return head.startswith((b"\xff\xfe", b"\xfe\xff")) or head.removeprefix(b"\xef\xbb\xbf").lstrip().startswith(b"[")
+
+
+def _sql_readable(path: Path, encoding: str | None) -> bool:
+    """A JSONL file that the SQL reader takes (UTF-8, not a JSON array); other files (UTF-16 by its BOM) are read by
+    the Python path and only their kept rows join the SQL tables."""
+    return (path.is_file() and path.suffix.lower() in _SUFFIXES and _utf8(encoding)
+            and not _starts_with_array_or_utf16(path))
+
+
+def wants_bulk(path: str | Path, encoding: str | None = None) -> bool:
+    """Whether ``import_files`` picks the bulk path for this file by itself (a JSONL over the threshold)."""
+    path = Path(path)
+    return (path.is_file() and path.suffix.lower() in _SUFFIXES and _utf8(encoding)
+            and path.stat().st_size > BULK_THRESHOLD_BYTES)
+
+
+# ── reading lines into Arrow ─────────────────────────────────────────────────
+
+
+class _Lines:
+    """Arrow batches (line, text) of a UTF-8 file, cut at newlines; ``error`` is set (and the stream
+    ends) at the first byte that is not UTF-8. A line's text keeps its "\\n" (JSON ignores it)."""
+
+    def __init__(self, path: Path, encoding: str | None):
+        self.path, self.encoding = path, encoding
+        self.error: str | None = None
+        self.bom = False
+        self.lines = 0
+
+    def schema(self):
+        import pyarrow as pa
+
+        return pa.schema([("line", pa.int64()), ("text", pa.large_string())])
+
+    def _batch(self, chunk: bytes, file_offset: int):
+        import numpy as np
+        import pyarrow as pa
+
+        buf = np.frombuffer(chunk, dtype=np.uint8)
+        ends = np.flatnonzero(buf == 10) + 1
+        if not len(ends) or ends[-1] != len(chunk):
+            ends = np.append(ends, len(chunk))
+        offsets = np.zeros(len(ends) + 1, dtype=np.int64)
+        offsets[1:] = ends
+        n = len(ends)
+        text = pa.Array.from_buffers(pa.large_string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(chunk)])
+        try:
+            text.validate(full=True)
+        except pa.ArrowInvalid:
+            try:
+                chunk.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                line = self.lines + chunk.count(b"\n", 0, exc.start) + 1
+                name = self.path.name
+                if self.encoding:
+                    self.error = f"{name}: line {line} cannot be read as {self.encoding} ({exc.reason}); check the encoding"
+                else:
+                    self.error = (f"{name}: not UTF-8 (line {line}, byte {file_offset + exc.start}: {exc.reason}); "
+                                  "name its encoding (--encoding cp1258 for Windows-1258, --encoding utf-16) "
+                                  "or save it as UTF-8")
+                return None
+            raise
+        lines = pa.array(np.arange(self.lines + 1, self.lines + n + 1, dtype=np.int64))
+        self.lines += n
+        return pa.RecordBatch.from_arrays([lines, text], schema=self.schema())
+
+    def batches(self) -> Iterator:
+        with open(self.path, "rb") as fh:
+            self.bom = fh.read(3) == b"\xef\xbb\xbf"
+            if not self.bom:
+                fh.seek(0)
+            offset = fh.tell()
+            carry = b""
+            while True:
+                block = fh.read(CHUNK_BYTES)
+                if not block:
+                    chunk, carry = carry, b""
+                else:
+                    data = carry + block if carry else block
+                    cut = data.rfind(b"\n") + 1
+                    if not cut:
+                        carry = data
+                        continue
+                    chunk, carry = data[:cut], data[cut:]
+                if chunk:
+                    batch = self._batch(chunk, offset)
+                    if batch is None:
+                        return
+                    yield batch
+                    offset += len(chunk)
+                if not block:
+                    return
+
+    def reader(self):
+        import pyarrow as pa
+
+        return pa.RecordBatchReader.from_batches(self.schema(), self.batches())
+
+
+# ── SQL: validate, clean and hash every line ─────────────────────────────────
+
+
+def _column_sql(name: str, mapping: dict[str, str]) -> str:
+    """SQL for datasets._column_for: the row's key holding field ``name``, or NULL."""
+    keys = "json_keys(text)"
+    whens = [f"WHEN list_contains({keys}, {_lit(src)}) THEN {_lit(src)}" for src, dst in mapping.items() if dst == name]
+    if name not in mapping:
+        whens.append(f"WHEN list_contains({keys}, {_lit(name)}) THEN {_lit(name)}")
+    map_keys = "[" + ", ".join(_lit(k) for k in mapping) + "]::VARCHAR[]"
+    # Python lowers with str.lower() after str.strip(); DuckDB's lower()/trim() agree on the aliases' letters.
+    picks = [f"list_filter({keys}, lambda k: lower(trim(k)) = {_lit(alias)} AND NOT list_contains({map_keys}, k))[-1]"
+             for alias in ALIASES[name]]
+    generic = f"CASE {' '.join(whens)} ELSE coalesce({', '.join(picks)}) END"
+    fast = "" if mapping else f"WHEN s.{name} IS NOT NULL THEN {_lit(name)} "
+    return f"CASE WHEN early IS NOT NULL THEN NULL {fast}ELSE {generic} END"
+
+
+def _parse_sql(file_idx: int, source: str, mapping: dict[str, str]) -> str:
+    blanks = _lit(_WS + "\n\r")
+    struct = _lit(json.dumps({k: "JSON" for k in FIELDS}))
+    cols = ", ".join(f"{_column_sql(k, mapping)} AS col_{k}" for k in FIELDS)
+    jvs = ", ".join(
+        f"CASE WHEN col_{k} IS NULL THEN NULL WHEN col_{k} = {_lit(k)} AND s.{k} IS NOT NULL THEN s.{k} "
+        f"ELSE json_extract(text, '/' || replace(replace(col_{k}, '~', '~0'), '/', '~1')) END::VARCHAR AS jv_{k}"
+        for k in FIELDS)
+    kinds = ", ".join(
+        f"""CASE WHEN jv_{k} IS NULL OR jv_{k} = 'null' THEN 'none' WHEN jv_{k}[1] = '"' THEN 'str'
+             WHEN jv_{k}[1] = '[' THEN 'list' WHEN jv_{k}[1] = '{{' THEN 'dict'
+             WHEN jv_{k} IN ('true', 'false') THEN 'bool'
+             WHEN regexp_matches(jv_{k}, '[.eEnN]') THEN 'float' ELSE 'int' END AS t_{k}""" for k in FIELDS)
+    values = ", ".join(
+        f"CASE WHEN t_{k} = 'str' THEN json_extract_string(jv_{k}, '$') WHEN t_{k} = 'none' THEN '' END AS v_{k}"
+        for k in FIELDS)
+    field_reasons = []
+    for k in FIELDS:
+        missing = _lit(f"missing field '{k}'") if k in REQUIRED else "NULL"
+        field_reasons.append(
+            f"CASE WHEN t_{k} = 'none' THEN {missing} "
+            f"WHEN t_{k} <> 'str' THEN 'field ''' || col_{k} || ''' is not text (' || t_{k} || ')' "
+            f"WHEN strlen(v_{k}) > {MAX_FIELD_CHARS} AND length(v_{k}) > {MAX_FIELD_CHARS} THEN "
+            f"'field ''' || col_{k} || ''' is too long (' || length(v_{k}) || ' characters, limit {MAX_FIELD_CHARS})' END")
+    empty = [f"CASE WHEN c_{k} = '' THEN 'field ''' || col_{k} || ''' is empty' END" for k in REQUIRED]
+    mapped = ", ".join(f"CASE WHEN col_{k} <> {_lit(k)} THEN col_{k} END AS m_{k}" for k in FIELDS)
+    return f"""
+    INSERT INTO parsed
+    WITH l AS (
+      SELECT line, text, length(text) - CASE WHEN suffix(text, chr(10)) THEN 1 ELSE 0 END AS n
+      FROM src WHERE trim(text, {blanks}) <> ''
+    ), a AS (
+      SELECT line, text,
+        CASE WHEN n > {MAX_LINE_CHARS} THEN 'line too long (' || n || ' characters, limit {MAX_LINE_CHARS})'
+             WHEN NOT json_valid(text) OR vt_lax_json(text) THEN 'invalid JSON'
+             WHEN ltrim(text, {blanks})[1] <> '{{' THEN 'not an object with instruction, input and output'
+        END AS early
+      FROM l
+    ), b AS (
+      SELECT *, CASE WHEN early IS NULL THEN json_transform(text, {struct}) END AS s FROM a
+    ), c AS (SELECT *, {cols} FROM b
+    ), d AS (SELECT *, {jvs} FROM c
+    ), e AS (SELECT *, {kinds} FROM d
+    ), f AS (SELECT *, {values}, coalesce(early, {', '.join(field_reasons)}) AS r0 FROM e
+    ), g AS (
+      SELECT *, {', '.join(f"CASE WHEN r0 IS NULL THEN vt_clean(v_{k}) END AS c_{k}" for k in FIELDS)} FROM f
+    ), h AS (SELECT *, coalesce(r0, {', '.join(empty)}) AS reason FROM g)
+    SELECT ({file_idx}::BIGINT << 40) + line AS ord, {file_idx} AS file_idx, line, {_lit(source)} AS source, reason,
+      CASE WHEN reason = 'invalid JSON' THEN text END AS bad_text,
+      {', '.join(f"CASE WHEN reason IS NULL THEN c_{k} END AS {k}" for k in FIELDS)},
+      CASE WHEN reason IS NULL THEN vt_key(v_instruction, v_input, v_output) END AS raw_h,
+      CASE WHEN reason IS NULL THEN vt_key(lower(c_instruction), lower(c_input), lower(c_output)) END AS norm_h,
+      reason IS NULL AND (c_instruction <> v_instruction OR c_input <> v_input OR c_output <> v_output) AS changed,
+      {mapped}
+    FROM h
+    """
+
+
+_PARSED = """
+CREATE TABLE parsed (ord BIGINT, file_idx INTEGER, line BIGINT, source VARCHAR, reason VARCHAR, bad_text VARCHAR,
+  instruction VARCHAR, input VARCHAR, output VARCHAR, raw_h UHUGEINT, norm_h UHUGEINT, changed BOOLEAN,
+  m_instruction VARCHAR, m_input VARCHAR, m_output VARCHAR)
+"""
+
+
+def _json_message(text: str | None) -> str:
+    """Python's own message for a line DuckDB found invalid (only for the listed ones)."""
+    try:
+        json.loads(text or "")
+    except json.JSONDecodeError as exc:
+        return f"invalid JSON ({exc.msg})"
+    except (ValueError, RecursionError) as exc:
+        return f"invalid JSON ({exc})"
+    return "invalid JSON"
+
+
+def _load_sql(con, path: Path, idx: int, report: ImportReport, encoding: str | None,
+              mapping: dict[str, str], source: str) -> None:
+    info: dict[str, Any] = {"file": path.name}
+    report.files.append(info)
+    lines = _Lines(path, encoding)
+    con.register("src", lines.reader())
+    try:
+        con.execute(_parse_sql(idx, source, mapping))
+    finally:
+        con.unregister("src")
+    if lines.error:
+        raise DatasetError(lines.error)
+    info.update(encoding="utf-8-sig" if lines.bom else "utf-8", format="jsonl", engine="duckdb")
+    read, rejected, changed = con.execute(
+        "SELECT count(*), count(reason), count(*) FILTER (changed) FROM parsed WHERE file_idx = ?", [idx]).fetchone()
+    report.rows_read += read
+    report.rows_rejected += rejected
+    report.normalized += changed
+    room = MAX_ERRORS_LISTED - len(report.errors)
+    if room > 0 and rejected:
+        for line, reason, text in con.execute(
+                "SELECT line, reason, bad_text FROM parsed WHERE file_idx = ? AND reason IS NOT NULL "
+                "ORDER BY ord LIMIT ?", [idx, room]).fetchall():
+            if reason == "invalid JSON":
+                reason = _json_message(text)
+            report.errors.append({"file": path.name, "line": line, "reason": reason})
+    for column, name in con.execute(
+            "SELECT col, name FROM (" + " UNION ALL ".join(
+                f"SELECT m_{k} AS col, '{k}' AS name, min(ord) AS first FROM parsed "
+                f"WHERE file_idx = {idx} AND m_{k} IS NOT NULL GROUP BY m_{k}" for k in FIELDS)
+            + ") ORDER BY first").fetchall():
+        report.columns_mapped[column] = name
+    con.execute("UPDATE parsed SET bad_text = NULL WHERE file_idx = ? AND bad_text IS NOT NULL", [idx])
+
+
+def _load_python(con, path: Path, idx: int, report: ImportReport, encoding: str | None,
+                 mapping: dict[str, str], source: str) -> None:
+    """A file the SQL reader does not take (CSV, Parquet, JSON array, another encoding): read by the
+    Python path (its errors and counts go to the report there), its kept rows added to ``parsed``."""
+    import pyarrow as pa
+
+    rows = datasets.read_pairs(path, report, source=source, encoding=encoding, mapping=mapping)
+    table = pa.table({
+        "line": [r["_at"][1] for r in rows],
+        "source": [r["source"] for r in rows],
+        **{f"c_{k}": [r[k] for r in rows] for k in FIELDS},
+        **{f"v_{k}": [r["_raw"][i] for r in rows] for i, k in enumerate(FIELDS)},
+    })
+    con.register("py_rows", table)
+    try:
+        con.execute(f"""
+            INSERT INTO parsed (ord, file_idx, line, source, instruction, input, output, raw_h, norm_h, changed)
+            SELECT ({idx}::BIGINT << 40) + line, {idx}, line, source, c_instruction, c_input, c_output,
+                   vt_key(v_instruction, v_input, v_output),
+                   vt_key(lower(c_instruction), lower(c_input), lower(c_output)), false
+            FROM py_rows""")
+    finally:
+        con.unregister("py_rows")
+
+
+# ── dedup, split, mix, write ─────────────────────────────────────────────────
+
+
+def _dedup(con, report: ImportReport, names: list[str]) -> int:
+    # lower() stands in for str.casefold(): they differ only where casefold expands a letter
+    # (German ß -> ss, some ligatures), none of which occur in Vietnamese.
+    con.execute("""
+        CREATE TABLE firsts AS
+        SELECT norm_h, min(ord) AS first_ord, arg_min(raw_h, ord) AS first_raw
+        FROM parsed WHERE reason IS NULL GROUP BY norm_h""")
+    exact, normal = con.execute("""
+        SELECT count(*) FILTER (p.raw_h = f.first_raw), count(*) FILTER (p.raw_h <> f.first_raw)
+        FROM parsed p JOIN firsts f USING (norm_h) WHERE p.reason IS NULL AND p.ord <> f.first_ord""").fetchone()
+    report.duplicates_exact += exact
+    report.duplicates_normalized += normal
+    report.duplicates_removed += exact + normal
+    if exact + normal:
+        listed = con.execute("""
+            WITH d AS (
+              SELECT p.ord, p.file_idx, p.line, p.raw_h = f.first_raw AS is_exact, f.first_ord
+              FROM parsed p JOIN firsts f USING (norm_h) WHERE p.reason IS NULL AND p.ord <> f.first_ord
+              ORDER BY p.ord LIMIT ?)
+            SELECT d.file_idx, d.line, d.is_exact, q.file_idx, q.line
+            FROM d JOIN parsed q ON q.ord = d.first_ord ORDER BY d.ord""", [MAX_ERRORS_LISTED]).fetchall()
+        for file_idx, line, is_exact, of_idx, of_line in listed:
+            report.duplicates.append({"file": names[file_idx], "line": line, "kind": "exact" if is_exact else "normalized",
+                                      "of": {"file": names[of_idx], "line": of_line}})
+    return con.execute("SELECT count(*) FROM firsts").fetchone()[0]
+
+
+def _content_hash(con, folder: Path) -> str:
+    """datasets.content_hash of the written splits, fed to sha256 one Arrow batch at a time."""
+    import numpy as np
+    import pyarrow as pa
+
+    h = hashlib.sha256()
+    for split in ("train", "test"):
+        rel = con.sql(f"SELECT vt_json('{split}', instruction, input, output) AS j "
+                      f"FROM read_parquet({_lit(str(folder / (split + '.parquet')))})")
+        for batch in rel.to_arrow_reader(50_000):
+            arr = batch.column(0)
+            if arr.type not in (pa.string(), pa.large_string()):
+                arr = arr.cast(pa.large_string())
+            if not len(arr):
+                continue
+            width = np.int64 if arr.type == pa.large_string() else np.int32
+            offsets = np.frombuffer(arr.buffers()[1], dtype=width)[arr.offset: arr.offset + len(arr) + 1]
+            h.update(memoryview(arr.buffers()[2])[offsets[0]:offsets[-1]])
+    return h.hexdigest()
+
+
+def import_bulk(
+    files: Iterable[Path],
+    name: str,
+    *,
+    test_fraction: float = 0.1,
+    seed: int = 42,
+    general_version: str | None = None,
+    general_ratio: float = 0.05,
+    created_by: str | None = None,
+    encoding: str | None = None,
+    mapping: dict[str, str] | None = None,
+    source: str = "import",
+    extra_lineage: dict | None = None,
+    memory_limit: str | None = None,
+) -> tuple[dict | None, ImportReport]:
+    """``datasets.import_files`` done in DuckDB SQL (see the module's docstring); same arguments, same report."""
+    files = [Path(f) for f in files]
+    mapping = mapping or {}
+    report = ImportReport()
+    t0 = last = time.perf_counter()
+
+    def stage(label: str) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        report.timings[label] = round(now - last, 3)
+        last = now
+
+    datasets.test_count(2, test_fraction)  # a bad fraction fails before any work
+    if general_version and not 0 < general_ratio < 0.5:
+        raise DatasetError("the general-data share must be between 0 and 0.5 (the guide: 5–10 %)")
+    for f in files:
+        if not f.exists():
+            raise DatasetError(f"{f}: no such file or folder")
+        if f.is_file() and f.stat().st_size > MAX_FILE_BYTES:
+            raise DatasetError(f"{f.name}: {datasets._size(f.stat().st_size)} is over the import limit of "
+                               f"{datasets._size(MAX_FILE_BYTES)}; split it into smaller files")
+    with store.scratch(memory_limit or MEMORY_LIMIT, THREADS) as con:
+        con.execute(_MACROS)
+        con.execute(_PARSED)
+        for idx, f in enumerate(files):
+            if _sql_readable(f, encoding):
+                _load_sql(con, f, idx, report, encoding, mapping, f.stem)
+            else:
+                _load_python(con, f, idx, report, encoding, mapping, f.stem)
+        stage("read, validate, clean")
+        kept = _dedup(con, report, [f.name for f in files])
+        report.rows_kept = kept
+        stage("dedup")
+        if not kept:
+            report.timings["total"] = round(time.perf_counter() - t0, 3)
+            return None, report
+        n_test = datasets.test_count(kept, test_fraction)
+        con.execute(f"""
+            CREATE TABLE split AS
+            SELECT first_ord AS ord, row_number() OVER (ORDER BY md5_number({int(seed)} || ':' || norm_h)) <= {n_test}
+                   AS is_test
+            FROM firsts""")
+        lineage: dict[str, Any] = {"files": [str(f) for f in files], "test_fraction": test_fraction, "seed": seed,
+                                   "encoding": encoding, "mapping": mapping or None, "engine": "duckdb"}
+        general_sql = "SELECT NULL::BIGINT AS k, NULL AS instruction, NULL AS input, NULL AS output, NULL AS source LIMIT 0"
+        n_train = kept - n_test
+        if general_version:
+            gv = datasets.get_version(general_version)
+            want = round(n_train * general_ratio / (1 - general_ratio))
+            if want > gv["rows_total"]:
+                raise DatasetError(f"{want} general pairs needed for {general_ratio:.0%}, "
+                                   f"the general version has {gv['rows_total']}")
+            parts = ", ".join(_lit(str(Path(gv["path"]) / f"{s}.parquet")) for s in ("train", "test"))
+            general_sql = f"""
+                SELECT (1::BIGINT << 62) + row_number() OVER (ORDER BY r) AS k, instruction, input, output,
+                       coalesce(nullif(source, ''), 'general') AS source
+                FROM (SELECT *, md5_number({int(seed)} || ':' || filename || ':' || file_row_number) AS r
+                      FROM read_parquet([{parts}], filename = true, file_row_number = true)
+                      ORDER BY r LIMIT {want})"""
+            lineage["general"] = {"version": general_version, "ratio": general_ratio, "rows": want}
+            n_train += want
+        lineage.update(extra_lineage or {})
+        stage("split")
+        version_id, folder = datasets._new_version_folder()
+        for split, cond in (("train", "NOT s.is_test"), ("test", "s.is_test")):
+            extra = f"UNION ALL {general_sql}" if split == "train" else ""
+            target = _lit(str(folder / f"{split}.parquet"))
+            con.execute(f"""
+                COPY (SELECT instruction, input, output, source FROM (
+                        SELECT p.ord AS k, p.instruction, p.input, p.output, p.source
+                        FROM parsed p JOIN split s USING (ord) WHERE {cond}
+                        {extra})
+                      ORDER BY k)
+                TO {target} (FORMAT parquet)""")
+        stage("write parquet")
+        digest = _content_hash(con, folder)
+        stage("content hash")
+    report.timings["total"] = round(time.perf_counter() - t0, 3)
+    version = datasets._record_version(
+        version_id, folder, name, content_hash=digest, rows_train=n_train, rows_test=n_test, source=source,
+        parent_id=None, lineage=lineage, report=report.as_dict(), created_by=created_by)
+    return version, report
