@@ -56,6 +56,16 @@ _RE_NEEDS = (rf"[\r{_RE_INVISIBLE}\t\x{{a0}}\x{{2000}}-\x{{200a}}\x{{202f}}\x{{3
 
 
 _RE_LINE_TRIM = rf"(?m)^[{_RE_WS}]+|[{_RE_WS}]+$"
+# Characters whose NFC quick-check is Yes (they are NFC, combine with nothing before them and have
+# combining class 0; test_bulk_import checks this with unicodedata): text made only of them is NFC, so
+# nfc_normalize (utf8proc, the slowest step) runs only on the rest: Latin incl. Vietnamese letters,
+# general punctuation, currency signs.
+_NFC_SAFE = r"\x{0}-\x{2ff}\x{1e00}-\x{1eff}\x{2010}-\x{2027}\x{2030}-\x{205e}\x{20a0}-\x{20bf}"
+_RE_NAN_INF = r"[:\[,][ \t\r\n]*[-+]?(?:[iI][nN]|[nN][aA])"   # a value that starts like inf or nan
+_RE_TOUCH = rf"[^{_NFC_SAFE}]|" + _RE_NEEDS    # not surely NFC, or something to clean
+_RE_LAX_CANDIDATE = r",[ \t\r\n]*[\]}]|" + _RE_NAN_INF
+_RE_BLANK_START = rf"^[{_RE_WS}\r\n]"        # a line that may be blank (str.strip() leaves nothing)
+_RE_BLANK_LINE = rf"[{_RE_WS}\r\n]*"
 _RE_JSON_ESCAPE = r'[\x{00}-\x{1f}"\\]'   # what json.dumps escapes
 _RE_JSON_STRING = r'"(?:[^"\\]|\\.)*"'   # a JSON string literal
 _RE_STRIP = rf"^[{_RE_WS}\n]+|[{_RE_WS}\n]+$"
@@ -87,9 +97,9 @@ CREATE OR REPLACE MACRO vt_clean_full(x) AS
     {_lit(_RE_STRIP)}, '', 'g');
 -- datasets.clean_text: NFC, CRLF/CR -> LF, zero-width characters removed, runs of spaces collapsed,
 -- lines trimmed, 3+ line breaks -> 2, stripped.
+-- one regex pass finds the rows that need any of it (most rows need none)
 CREATE OR REPLACE MACRO vt_clean(x) AS
-  CASE WHEN regexp_matches(nfc_normalize(x), {_lit(_RE_NEEDS)})
-       THEN vt_clean_full(nfc_normalize(x)) ELSE nfc_normalize(x) END;
+  CASE WHEN regexp_matches(x, {_lit(_RE_TOUCH)}) THEN vt_clean_full(nfc_normalize(x)) ELSE x END;
 -- a string as json.dumps(ensure_ascii=False) writes it, quotes included
 CREATE OR REPLACE MACRO vt_jstr(x) AS
   '"' || (CASE WHEN regexp_matches(x, {_lit(_RE_JSON_ESCAPE)}) THEN {_escape_chain("x")} ELSE x END) || '"';
@@ -99,9 +109,9 @@ CREATE OR REPLACE MACRO vt_json(split, a, b, c) AS
 -- spelt other than NaN, Infinity, -Infinity (looked at with the strings' contents blanked out)
 CREATE OR REPLACE MACRO vt_lax_strict(s) AS
   regexp_matches(s, ',[ \t\r\n]*[\]}}]')
-  OR regexp_matches(regexp_replace(s, '-?Infinity|NaN', '', 'g'), '(?i)nan|inf');
+  OR regexp_matches(regexp_replace(s, '-?Infinity|NaN', '', 'g'), {_lit(_RE_NAN_INF)});
 CREATE OR REPLACE MACRO vt_lax_json(x) AS
-  CASE WHEN regexp_matches(x, '(?i),[ \t\r\n]*[\]}}]|nan|inf')
+  CASE WHEN regexp_matches(x, {_lit(_RE_LAX_CANDIDATE)})
        THEN vt_lax_strict(regexp_replace(x, {_lit(_RE_JSON_STRING)}, '""', 'g')) ELSE false END;
 -- an unambiguous key of three strings (byte length before each)
 CREATE OR REPLACE MACRO vt_key(a, b, c) AS
@@ -240,7 +250,6 @@ def _column_sql(name: str, mapping: dict[str, str]) -> str:
 
 
 def _parse_sql(file_idx: int, source: str, mapping: dict[str, str]) -> str:
-    blanks = _lit(_WS + "\n\r")
     struct = _lit(json.dumps({k: "JSON" for k in FIELDS}))
     cols = ", ".join(f"{_column_sql(k, mapping)} AS col_{k}" for k in FIELDS)
     jvs = ", ".join(
@@ -248,8 +257,8 @@ def _parse_sql(file_idx: int, source: str, mapping: dict[str, str]) -> str:
         f"ELSE json_extract(text, '/' || replace(replace(col_{k}, '~', '~0'), '/', '~1')) END::VARCHAR AS jv_{k}"
         for k in FIELDS)
     kinds = ", ".join(
-        f"""CASE WHEN jv_{k} IS NULL OR jv_{k} = 'null' THEN 'none' WHEN jv_{k}[1] = '"' THEN 'str'
-             WHEN jv_{k}[1] = '[' THEN 'list' WHEN jv_{k}[1] = '{{' THEN 'dict'
+        f"""CASE WHEN jv_{k} IS NULL OR jv_{k} = 'null' THEN 'none' WHEN prefix(jv_{k}, '"') THEN 'str'
+             WHEN prefix(jv_{k}, '[') THEN 'list' WHEN prefix(jv_{k}, '{{') THEN 'dict'
              WHEN jv_{k} IN ('true', 'false') THEN 'bool'
              WHEN regexp_matches(jv_{k}, '[.eEnN]') THEN 'float' ELSE 'int' END AS t_{k}""" for k in FIELDS)
     values = ", ".join(
@@ -269,12 +278,13 @@ def _parse_sql(file_idx: int, source: str, mapping: dict[str, str]) -> str:
     INSERT INTO parsed
     WITH l AS (
       SELECT line, text, length(text) - CASE WHEN suffix(text, chr(10)) THEN 1 ELSE 0 END AS n
-      FROM src WHERE trim(text, {blanks}) <> ''
+      FROM src WHERE NOT (regexp_matches(text, {_lit(_RE_BLANK_START)})
+                          AND regexp_full_match(text, {_lit(_RE_BLANK_LINE)}))
     ), a AS (
       SELECT line, text,
         CASE WHEN n > {MAX_LINE_CHARS} THEN 'line too long (' || n || ' characters, limit {MAX_LINE_CHARS})'
              WHEN NOT json_valid(text) OR vt_lax_json(text) THEN 'invalid JSON'
-             WHEN ltrim(text, {blanks})[1] <> '{{' THEN 'not an object with instruction, input and output'
+             WHEN NOT regexp_matches(text, '^[ \t\r\n]*[{{]') THEN 'not an object with instruction, input and output'
         END AS early
       FROM l
     ), b AS (
@@ -285,13 +295,18 @@ def _parse_sql(file_idx: int, source: str, mapping: dict[str, str]) -> str:
     ), f AS (SELECT *, {values}, coalesce(early, {', '.join(field_reasons)}) AS r0 FROM e
     ), g AS (
       SELECT *, {', '.join(f"CASE WHEN r0 IS NULL THEN vt_clean(v_{k}) END AS c_{k}" for k in FIELDS)} FROM f
-    ), h AS (SELECT *, coalesce(r0, {', '.join(empty)}) AS reason FROM g)
+    ), h AS (
+      SELECT *, coalesce(r0, {', '.join(empty)}) AS reason,
+        coalesce(r0, {', '.join(empty)}) IS NULL
+          AND (c_instruction <> v_instruction OR c_input <> v_input OR c_output <> v_output) AS changed
+      FROM g)
     SELECT ({file_idx}::BIGINT << 40) + line AS ord, {file_idx} AS file_idx, line, {_lit(source)} AS source, reason,
       CASE WHEN reason = 'invalid JSON' THEN text END AS bad_text,
       {', '.join(f"CASE WHEN reason IS NULL THEN c_{k} END AS {k}" for k in FIELDS)},
-      CASE WHEN reason IS NULL THEN vt_key(v_instruction, v_input, v_output) END AS raw_h,
+      -- the raw fields' key only where cleaning changed them (else it is the cleaned fields' key, see _dedup)
+      CASE WHEN reason IS NULL AND changed THEN vt_key(v_instruction, v_input, v_output) END AS raw_h,
       CASE WHEN reason IS NULL THEN vt_key(lower(c_instruction), lower(c_input), lower(c_output)) END AS norm_h,
-      reason IS NULL AND (c_instruction <> v_instruction OR c_input <> v_input OR c_output <> v_output) AS changed,
+      changed,
       {mapped}
     FROM h
     """
@@ -319,12 +334,17 @@ def _load_sql(con, path: Path, idx: int, report: ImportReport, encoding: str | N
               mapping: dict[str, str], source: str) -> None:
     info: dict[str, Any] = {"file": path.name}
     report.files.append(info)
+    import pyarrow as pa
+
     lines = _Lines(path, encoding)
-    con.register("src", lines.reader())
-    try:
-        con.execute(_parse_sql(idx, source, mapping))
-    finally:
-        con.unregister("src")
+    sql = _parse_sql(idx, source, mapping)
+    for batch in lines.batches():
+        # a table of small batches, so that DuckDB's threads share a block's lines
+        con.register("src", pa.Table.from_batches([batch.slice(i, 4096) for i in range(0, batch.num_rows, 4096)]))
+        try:
+            con.execute(sql)
+        finally:
+            con.unregister("src")
     if lines.error:
         raise DatasetError(lines.error)
     info.update(encoding="utf-8-sig" if lines.bom else "utf-8", format="jsonl", engine="duckdb")
@@ -383,25 +403,26 @@ def _dedup(con, report: ImportReport, names: list[str]) -> int:
     # (German ß -> ss, some ligatures), none of which occur in Vietnamese.
     con.execute("""
         CREATE TABLE firsts AS
-        SELECT norm_h, min(ord) AS first_ord, arg_min(raw_h, ord) AS first_raw
-        FROM parsed WHERE reason IS NULL GROUP BY norm_h""")
-    exact, normal = con.execute("""
-        SELECT count(*) FILTER (p.raw_h = f.first_raw), count(*) FILTER (p.raw_h <> f.first_raw)
-        FROM parsed p JOIN firsts f USING (norm_h) WHERE p.reason IS NULL AND p.ord <> f.first_ord""").fetchone()
+        SELECT norm_h, min(ord) AS first_ord FROM parsed WHERE reason IS NULL GROUP BY norm_h""")
+    # A copy is exact when its raw fields equal the first's: raw_h is stored only where cleaning changed
+    # a row, elsewhere the raw fields are the cleaned ones, whose key is computed here for the few rows involved.
+    con.execute("""
+        CREATE TABLE dups AS
+        SELECT p.ord, p.file_idx, p.line, q.file_idx AS of_idx, q.line AS of_line,
+               coalesce(p.raw_h, vt_key(p.instruction, p.input, p.output))
+                 = coalesce(q.raw_h, vt_key(q.instruction, q.input, q.output)) AS is_exact
+        FROM parsed p JOIN firsts f USING (norm_h) JOIN parsed q ON q.ord = f.first_ord
+        WHERE p.reason IS NULL AND p.ord <> f.first_ord""")
+    exact, normal = con.execute(
+        "SELECT count(*) FILTER (is_exact), count(*) FILTER (NOT is_exact) FROM dups").fetchone()
     report.duplicates_exact += exact
     report.duplicates_normalized += normal
     report.duplicates_removed += exact + normal
-    if exact + normal:
-        listed = con.execute("""
-            WITH d AS (
-              SELECT p.ord, p.file_idx, p.line, p.raw_h = f.first_raw AS is_exact, f.first_ord
-              FROM parsed p JOIN firsts f USING (norm_h) WHERE p.reason IS NULL AND p.ord <> f.first_ord
-              ORDER BY p.ord LIMIT ?)
-            SELECT d.file_idx, d.line, d.is_exact, q.file_idx, q.line
-            FROM d JOIN parsed q ON q.ord = d.first_ord ORDER BY d.ord""", [MAX_ERRORS_LISTED]).fetchall()
-        for file_idx, line, is_exact, of_idx, of_line in listed:
-            report.duplicates.append({"file": names[file_idx], "line": line, "kind": "exact" if is_exact else "normalized",
-                                      "of": {"file": names[of_idx], "line": of_line}})
+    for file_idx, line, is_exact, of_idx, of_line in con.execute(
+            "SELECT file_idx, line, is_exact, of_idx, of_line FROM dups ORDER BY ord LIMIT ?",
+            [MAX_ERRORS_LISTED]).fetchall():
+        report.duplicates.append({"file": names[file_idx], "line": line, "kind": "exact" if is_exact else "normalized",
+                                  "of": {"file": names[of_idx], "line": of_line}})
     return con.execute("SELECT count(*) FROM firsts").fetchone()[0]
 
 
@@ -478,10 +499,12 @@ def import_bulk(
             report.timings["total"] = round(time.perf_counter() - t0, 3)
             return None, report
         n_test = datasets.test_count(kept, test_fraction)
+        # a seeded shuffle: the rows' (uniform) content hashes xor a number drawn from the seed
+        mask = int.from_bytes(hashlib.sha256(f"split:{seed}".encode()).digest()[:16], "big")
         con.execute(f"""
             CREATE TABLE split AS
-            SELECT first_ord AS ord, row_number() OVER (ORDER BY md5_number({int(seed)} || ':' || norm_h)) <= {n_test}
-                   AS is_test
+            SELECT first_ord AS ord,
+                   row_number() OVER (ORDER BY xor(norm_h, {mask}::UHUGEINT), first_ord) <= {n_test} AS is_test
             FROM firsts""")
         lineage: dict[str, Any] = {"files": [str(f) for f in files], "test_fraction": test_fraction, "seed": seed,
                                    "encoding": encoding, "mapping": mapping or None, "engine": "duckdb"}
@@ -506,7 +529,7 @@ def import_bulk(
         stage("split")
         version_id, folder = datasets._new_version_folder()
         for split, cond in (("train", "NOT s.is_test"), ("test", "s.is_test")):
-            extra = f"UNION ALL {general_sql}" if split == "train" else ""
+            extra = f"UNION ALL SELECT * FROM ({general_sql})" if split == "train" else ""
             target = _lit(str(folder / f"{split}.parquet"))
             con.execute(f"""
                 COPY (SELECT instruction, input, output, source FROM (
