@@ -71,10 +71,10 @@ def generate(path: Path, rows: int, seed: int = 7) -> dict:
                 planted["exact"] += 1
                 line = json.dumps(rng.choice(recent), ensure_ascii=False)
             else:
-                row = {"instruction": f"{rng.choice(QUESTIONS)} {_sentence(rng, rng.randint(6, 16))}?",
+                row = {"instruction": f"{rng.choice(QUESTIONS)} {_sentence(rng, rng.randint(6, 14))}?",
                        "input": _sentence(rng, rng.randint(10, 40)) if rng.random() < 0.4 else "",
                        "output": ". ".join(_sentence(rng, rng.randint(8, 18)).capitalize()
-                                           for _ in range(rng.randint(3, 6))) + "."}
+                                           for _ in range(rng.randint(2, 5))) + "."}
                 if rng.random() < 0.08:
                     planted["junk"] += 1
                     row["output"] = "  " + row["output"].replace(" ", "  ", 2).replace(". ", ".\r\n", 1) + "\u200b "
@@ -107,7 +107,7 @@ def child_studio(path: str) -> dict:
     return {"wall_s": wall, "rows_read": report.rows_read, "rows_kept": report.rows_kept,
             "rejected": report.rows_rejected, "dup_exact": report.duplicates_exact,
             "dup_norm": report.duplicates_normalized, "normalized": report.normalized,
-            "train": version["rows_train"], "test": version["rows_test"], "timings": report.timings,
+            "train": version["rows_train"], "test": version["rows_test"], "timings": report.bulk.get("seconds", {}), "spilled_mb": report.bulk.get("spilled_mb"),
             "engine": report.files[0].get("engine", "python")}
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import codecs
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -38,7 +39,8 @@ from core.datasets import (ALIASES, FIELDS, MAX_ERRORS_LISTED, MAX_FIELD_CHARS, 
 
 BULK_THRESHOLD_BYTES = 64 * 1024**2   # JSONL files larger than this go through DuckDB automatically
 CHUNK_BYTES = 32 * 1024**2            # bytes read per Arrow batch
-MEMORY_LIMIT = "1GB"                  # DuckDB's buffer manager limit; beyond it, sorts and joins spill
+MEMORY_LIMIT = "1GB"                  # DuckDB's buffer manager limit ($VITUNE_BULK_MEMORY); beyond it, data spills
+PARQUET_ROW_GROUP = 16_384          # rows per Parquet row group: the writer holds one group per thread in memory
 THREADS: int | None = None            # None: every core
 _SUFFIXES = (".jsonl", ".ndjson", ".json")
 
@@ -60,7 +62,8 @@ _RE_LINE_TRIM = rf"(?m)^[{_RE_WS}]+|[{_RE_WS}]+$"
 # combining class 0; test_bulk_import checks this with unicodedata): text made only of them is NFC, so
 # nfc_normalize (utf8proc, the slowest step) runs only on the rest: Latin incl. Vietnamese letters,
 # general punctuation, currency signs.
-_NFC_SAFE = r"\x{0}-\x{2ff}\x{1e00}-\x{1eff}\x{2010}-\x{2027}\x{2030}-\x{205e}\x{20a0}-\x{20bf}"
+NFC_SAFE_RANGES = ((0x0, 0x2FF), (0x1E00, 0x1EFF), (0x2010, 0x2027), (0x2030, 0x205E), (0x20A0, 0x20BF))
+_NFC_SAFE = "".join(f"\\x{{{lo:x}}}-\\x{{{hi:x}}}" for lo, hi in NFC_SAFE_RANGES)
 _RE_NAN_INF = r"[:\[,][ \t\r\n]*[-+]?(?:[iI][nN]|[nN][aA])"   # a value that starts like inf or nan
 _RE_TOUCH = rf"[^{_NFC_SAFE}]|" + _RE_NEEDS    # not surely NFC, or something to clean
 _RE_LAX_CANDIDATE = r",[ \t\r\n]*[\]}]|" + _RE_NAN_INF
@@ -274,6 +277,12 @@ def _parse_sql(file_idx: int, source: str, mapping: dict[str, str]) -> str:
             f"'field ''' || col_{k} || ''' is too long (' || length(v_{k}) || ' characters, limit {MAX_FIELD_CHARS})' END")
     empty = [f"CASE WHEN c_{k} = '' THEN 'field ''' || col_{k} || ''' is empty' END" for k in REQUIRED]
     mapped = ", ".join(f"CASE WHEN col_{k} <> {_lit(k)} THEN col_{k} END AS m_{k}" for k in FIELDS)
+    names = "|".join(FIELDS)
+    twice = (f"""len(list_distinct(regexp_extract_all(text, '"(?:{names})"'))) """
+             f"""<> len(regexp_extract_all(text, '"(?:{names})"'))""")
+    # rows that need aliases or a mapping read json_keys(); a repeated key among them goes to Python too
+    need_keys = "true" if mapping else " OR ".join(f"s.{k} IS NULL" for k in FIELDS)
+    generic_twice = f"({need_keys}) AND len(json_keys(text)) <> len(list_distinct(json_keys(text)))"
     return f"""
     INSERT INTO parsed
     WITH l AS (
@@ -287,9 +296,15 @@ def _parse_sql(file_idx: int, source: str, mapping: dict[str, str]) -> str:
              WHEN NOT regexp_matches(text, '^[ \t\r\n]*[{{]') THEN 'not an object with instruction, input and output'
         END AS early
       FROM l
+    ), a2 AS (
+      -- a key given twice: json.loads keeps the last value, DuckDB the first; such rows go to Python
+      SELECT line, text, CASE WHEN early IS NULL AND {twice} THEN '{_PYTHON}' ELSE early END AS early FROM a
     ), b AS (
-      SELECT *, CASE WHEN early IS NULL THEN json_transform(text, {struct}) END AS s FROM a
-    ), c AS (SELECT *, {cols} FROM b
+      SELECT *, CASE WHEN early IS NULL THEN json_transform(text, {struct}) END AS s FROM a2
+    ), b2 AS (
+      SELECT line, text, s, CASE WHEN early IS NULL AND {generic_twice} THEN '{_PYTHON}' ELSE early END AS early
+      FROM b
+    ), c AS (SELECT *, {cols} FROM b2
     ), d AS (SELECT *, {jvs} FROM c
     ), e AS (SELECT *, {kinds} FROM d
     ), f AS (SELECT *, {values}, coalesce(early, {', '.join(field_reasons)}) AS r0 FROM e
@@ -301,7 +316,7 @@ def _parse_sql(file_idx: int, source: str, mapping: dict[str, str]) -> str:
           AND (c_instruction <> v_instruction OR c_input <> v_input OR c_output <> v_output) AS changed
       FROM g)
     SELECT ({file_idx}::BIGINT << 40) + line AS ord, {file_idx} AS file_idx, line, {_lit(source)} AS source, reason,
-      CASE WHEN reason = 'invalid JSON' THEN text END AS bad_text,
+      CASE WHEN reason IN ('invalid JSON', '{_PYTHON}') THEN text END AS bad_text,
       {', '.join(f"CASE WHEN reason IS NULL THEN c_{k} END AS {k}" for k in FIELDS)},
       -- the raw fields' key only where cleaning changed them (else it is the cleaned fields' key, see _dedup)
       CASE WHEN reason IS NULL AND changed THEN vt_key(v_instruction, v_input, v_output) END AS raw_h,
@@ -311,6 +326,8 @@ def _parse_sql(file_idx: int, source: str, mapping: dict[str, str]) -> str:
     FROM h
     """
 
+
+_PYTHON = "~python"   # a row's reason meaning: decide this one in Python (rare cases SQL cannot match)
 
 _PARSED = """
 CREATE TABLE parsed (ord BIGINT, file_idx INTEGER, line BIGINT, source VARCHAR, reason VARCHAR, bad_text VARCHAR,
@@ -347,9 +364,10 @@ def _load_sql(con, path: Path, idx: int, report: ImportReport, encoding: str | N
             con.unregister("src")
     if lines.error:
         raise DatasetError(lines.error)
+    _decide_in_python(con, idx, report, mapping)
     info.update(encoding="utf-8-sig" if lines.bom else "utf-8", format="jsonl", engine="duckdb")
     read, rejected, changed = con.execute(
-        "SELECT count(*), count(reason), count(*) FILTER (changed) FROM parsed WHERE file_idx = ?", [idx]).fetchone()
+        "SELECT count(*), count(reason), count(*) FILTER (changed) FROM parsed WHERE file_idx = ?", [idx]).fetchall()[0]
     report.rows_read += read
     report.rows_rejected += rejected
     report.normalized += changed
@@ -368,6 +386,39 @@ def _load_sql(con, path: Path, idx: int, report: ImportReport, encoding: str | N
             + ") ORDER BY first").fetchall():
         report.columns_mapped[column] = name
     con.execute("UPDATE parsed SET bad_text = NULL WHERE file_idx = ? AND bad_text IS NOT NULL", [idx])
+
+
+def _decide_in_python(con, idx: int, report: ImportReport, mapping: dict[str, str]) -> None:
+    """Rows marked ``_PYTHON`` (a repeated key) validated and cleaned by the Python path's own code."""
+    import pyarrow as pa
+
+    fixes = []
+    for ord_, text in con.execute("SELECT ord, bad_text FROM parsed WHERE file_idx = ? AND reason = ? ORDER BY ord",
+                                  [idx, _PYTHON]).fetchall():
+        try:
+            raw = json.loads(text)
+        except ValueError as exc:
+            row, reason = None, f"invalid JSON ({getattr(exc, 'msg', exc)})"
+        else:
+            row, reason = datasets._validate(raw, mapping, report)
+        fix = {"ord": ord_, "reason": reason, **{f"v_{k}": row[k] if row else None for k in FIELDS},
+               **{f"c_{k}": datasets.clean_text(row[k]) if row else None for k in FIELDS}}
+        fixes.append(fix)
+    if not fixes:
+        return
+    con.register("fixes", pa.Table.from_pylist(fixes))
+    try:
+        con.execute("""
+            UPDATE parsed SET reason = f.reason, bad_text = NULL,
+              instruction = f.c_instruction, input = f.c_input, output = f.c_output,
+              raw_h = CASE WHEN f.reason IS NULL THEN vt_key(f.v_instruction, f.v_input, f.v_output) END,
+              norm_h = CASE WHEN f.reason IS NULL
+                            THEN vt_key(lower(f.c_instruction), lower(f.c_input), lower(f.c_output)) END,
+              changed = f.reason IS NULL AND (f.c_instruction <> f.v_instruction OR f.c_input <> f.v_input
+                                              OR f.c_output <> f.v_output)
+            FROM fixes f WHERE parsed.ord = f.ord""")
+    finally:
+        con.unregister("fixes")
 
 
 def _load_python(con, path: Path, idx: int, report: ImportReport, encoding: str | None,
@@ -414,7 +465,7 @@ def _dedup(con, report: ImportReport, names: list[str]) -> int:
         FROM parsed p JOIN firsts f USING (norm_h) JOIN parsed q ON q.ord = f.first_ord
         WHERE p.reason IS NULL AND p.ord <> f.first_ord""")
     exact, normal = con.execute(
-        "SELECT count(*) FILTER (is_exact), count(*) FILTER (NOT is_exact) FROM dups").fetchone()
+        "SELECT count(*) FILTER (is_exact), count(*) FILTER (NOT is_exact) FROM dups").fetchall()[0]
     report.duplicates_exact += exact
     report.duplicates_normalized += normal
     report.duplicates_removed += exact + normal
@@ -423,7 +474,7 @@ def _dedup(con, report: ImportReport, names: list[str]) -> int:
             [MAX_ERRORS_LISTED]).fetchall():
         report.duplicates.append({"file": names[file_idx], "line": line, "kind": "exact" if is_exact else "normalized",
                                   "of": {"file": names[of_idx], "line": of_line}})
-    return con.execute("SELECT count(*) FROM firsts").fetchone()[0]
+    return con.execute("SELECT count(*) FROM firsts").fetchall()[0][0]
 
 
 def _content_hash(con, folder: Path) -> str:
@@ -447,6 +498,25 @@ def _content_hash(con, folder: Path) -> str:
     return h.hexdigest()
 
 
+class _Stages:
+    """Seconds per stage, and the most DuckDB had spilled to disk at a stage's end, into ``report.bulk``."""
+
+    def __init__(self, report: ImportReport, memory_limit: str):
+        self.t0 = self.last = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+        self.bulk = report.bulk = {"seconds": self.seconds, "memory_limit": memory_limit, "spilled_mb": 0.0}
+
+    def done(self, label: str, con) -> None:
+        now = time.perf_counter()
+        self.seconds[label] = round(now - self.last, 3)
+        self.last = now
+        spilled = con.execute("SELECT coalesce(sum(size), 0) FROM duckdb_temporary_files()").fetchall()[0][0]
+        self.bulk["spilled_mb"] = max(self.bulk["spilled_mb"], round(spilled / 1024**2, 1))
+
+    def total(self) -> None:
+        self.seconds["total"] = round(time.perf_counter() - self.t0, 3)
+
+
 def import_bulk(
     files: Iterable[Path],
     name: str,
@@ -462,18 +532,17 @@ def import_bulk(
     extra_lineage: dict | None = None,
     memory_limit: str | None = None,
 ) -> tuple[dict | None, ImportReport]:
-    """``datasets.import_files`` done in DuckDB SQL (see the module's docstring); same arguments, same report."""
+    """``datasets.import_files`` done in DuckDB SQL (see the module's docstring); same arguments, same report.
+    ``memory_limit``: DuckDB's (default ``$VITUNE_BULK_MEMORY`` or ``MEMORY_LIMIT``)."""
+    import shutil
+
+    import duckdb
+
     files = [Path(f) for f in files]
     mapping = mapping or {}
+    memory_limit = memory_limit or os.environ.get("VITUNE_BULK_MEMORY") or MEMORY_LIMIT
     report = ImportReport()
-    t0 = last = time.perf_counter()
-
-    def stage(label: str) -> None:
-        nonlocal last
-        now = time.perf_counter()
-        report.timings[label] = round(now - last, 3)
-        last = now
-
+    stages = _Stages(report, memory_limit)
     datasets.test_count(2, test_fraction)  # a bad fraction fails before any work
     if general_version and not 0 < general_ratio < 0.5:
         raise DatasetError("the general-data share must be between 0 and 0.5 (the guide: 5–10 %)")
@@ -483,65 +552,79 @@ def import_bulk(
         if f.is_file() and f.stat().st_size > MAX_FILE_BYTES:
             raise DatasetError(f"{f.name}: {datasets._size(f.stat().st_size)} is over the import limit of "
                                f"{datasets._size(MAX_FILE_BYTES)}; split it into smaller files")
-    with store.scratch(memory_limit or MEMORY_LIMIT, THREADS) as con:
-        con.execute(_MACROS)
-        con.execute(_PARSED)
-        for idx, f in enumerate(files):
-            if _sql_readable(f, encoding):
-                _load_sql(con, f, idx, report, encoding, mapping, f.stem)
-            else:
-                _load_python(con, f, idx, report, encoding, mapping, f.stem)
-        stage("read, validate, clean")
-        kept = _dedup(con, report, [f.name for f in files])
-        report.rows_kept = kept
-        stage("dedup")
-        if not kept:
-            report.timings["total"] = round(time.perf_counter() - t0, 3)
-            return None, report
-        n_test = datasets.test_count(kept, test_fraction)
-        # a seeded shuffle: the rows' (uniform) content hashes xor a number drawn from the seed
-        mask = int.from_bytes(hashlib.sha256(f"split:{seed}".encode()).digest()[:16], "big")
-        con.execute(f"""
-            CREATE TABLE split AS
-            SELECT first_ord AS ord,
-                   row_number() OVER (ORDER BY xor(norm_h, {mask}::UHUGEINT), first_ord) <= {n_test} AS is_test
-            FROM firsts""")
-        lineage: dict[str, Any] = {"files": [str(f) for f in files], "test_fraction": test_fraction, "seed": seed,
-                                   "encoding": encoding, "mapping": mapping or None, "engine": "duckdb"}
-        general_sql = "SELECT NULL::BIGINT AS k, NULL AS instruction, NULL AS input, NULL AS output, NULL AS source LIMIT 0"
-        n_train = kept - n_test
-        if general_version:
-            gv = datasets.get_version(general_version)
-            want = round(n_train * general_ratio / (1 - general_ratio))
-            if want > gv["rows_total"]:
-                raise DatasetError(f"{want} general pairs needed for {general_ratio:.0%}, "
-                                   f"the general version has {gv['rows_total']}")
-            parts = ", ".join(_lit(str(Path(gv["path"]) / f"{s}.parquet")) for s in ("train", "test"))
-            general_sql = f"""
-                SELECT (1::BIGINT << 62) + row_number() OVER (ORDER BY r) AS k, instruction, input, output,
-                       coalesce(nullif(source, ''), 'general') AS source
-                FROM (SELECT *, md5_number({int(seed)} || ':' || filename || ':' || file_row_number) AS r
-                      FROM read_parquet([{parts}], filename = true, file_row_number = true)
-                      ORDER BY r LIMIT {want})"""
-            lineage["general"] = {"version": general_version, "ratio": general_ratio, "rows": want}
-            n_train += want
-        lineage.update(extra_lineage or {})
-        stage("split")
-        version_id, folder = datasets._new_version_folder()
-        for split, cond in (("train", "NOT s.is_test"), ("test", "s.is_test")):
-            extra = f"UNION ALL SELECT * FROM ({general_sql})" if split == "train" else ""
-            target = _lit(str(folder / f"{split}.parquet"))
+    folder: Path | None = None
+    try:
+        with store.scratch(memory_limit, THREADS) as con:
+            con.execute(_MACROS)
+            con.execute(_PARSED)
+            for idx, f in enumerate(files):
+                if _sql_readable(f, encoding):
+                    _load_sql(con, f, idx, report, encoding, mapping, f.stem)
+                else:
+                    _load_python(con, f, idx, report, encoding, mapping, f.stem)
+            stages.done("read, validate, clean", con)
+            kept = _dedup(con, report, [f.name for f in files])
+            report.rows_kept = kept
+            stages.done("dedup", con)
+            if not kept:
+                stages.total()
+                return None, report
+            n_test = datasets.test_count(kept, test_fraction)
+            # a seeded shuffle: the rows' (uniform) content hashes xor a number drawn from the seed
+            mask = int.from_bytes(hashlib.sha256(f"split:{seed}".encode()).digest()[:16], "big")
             con.execute(f"""
-                COPY (SELECT instruction, input, output, source FROM (
-                        SELECT p.ord AS k, p.instruction, p.input, p.output, p.source
-                        FROM parsed p JOIN split s USING (ord) WHERE {cond}
-                        {extra})
-                      ORDER BY k)
-                TO {target} (FORMAT parquet)""")
-        stage("write parquet")
-        digest = _content_hash(con, folder)
-        stage("content hash")
-    report.timings["total"] = round(time.perf_counter() - t0, 3)
+                CREATE TABLE split AS
+                SELECT first_ord AS ord,
+                       row_number() OVER (ORDER BY xor(norm_h, {mask}::UHUGEINT), first_ord) <= {n_test} AS is_test
+                FROM firsts""")
+            lineage: dict[str, Any] = {"files": [str(f) for f in files], "test_fraction": test_fraction,
+                                       "seed": seed, "encoding": encoding, "mapping": mapping or None,
+                                       "engine": "duckdb"}
+            general_sql = ("SELECT NULL::BIGINT AS k, NULL AS instruction, NULL AS input, NULL AS output, "
+                           "NULL AS source LIMIT 0")
+            n_train = kept - n_test
+            if general_version:
+                gv = datasets.get_version(general_version)
+                want = round(n_train * general_ratio / (1 - general_ratio))
+                if want > gv["rows_total"]:
+                    raise DatasetError(f"{want} general pairs needed for {general_ratio:.0%}, "
+                                       f"the general version has {gv['rows_total']}")
+                parts = ", ".join(_lit(str(Path(gv["path"]) / f"{s}.parquet")) for s in ("train", "test"))
+                # seeded sample, appended after the file's rows in the order drawn (as mix_general does)
+                general_sql = f"""
+                    SELECT (1::BIGINT << 62) + row_number() OVER (ORDER BY r) AS k, instruction, input, output,
+                           coalesce(nullif(source, ''), 'general') AS source
+                    FROM (SELECT *, md5_number({int(seed)} || ':' || filename || ':' || file_row_number) AS r
+                          FROM read_parquet([{parts}], filename = true, file_row_number = true)
+                          ORDER BY r LIMIT {want})"""
+                lineage["general"] = {"version": general_version, "ratio": general_ratio, "rows": want}
+                n_train += want
+            lineage.update(extra_lineage or {})
+            stages.done("split", con)
+            version_id, folder = datasets._new_version_folder()
+            for split, cond in (("train", "NOT s.is_test"), ("test", "s.is_test")):
+                extra = f"UNION ALL SELECT * FROM ({general_sql})" if split == "train" else ""
+                con.execute(f"""
+                    COPY (SELECT instruction, input, output, source FROM (
+                            SELECT p.ord AS k, p.instruction, p.input, p.output, p.source
+                            FROM parsed p JOIN split s USING (ord) WHERE {cond}
+                            {extra})
+                          ORDER BY k)
+                    TO {_lit(str(folder / (split + '.parquet')))} (FORMAT parquet, ROW_GROUP_SIZE {PARQUET_ROW_GROUP})""")
+            stages.done("write parquet", con)
+            digest = _content_hash(con, folder)
+            stages.done("content hash", con)
+    except duckdb.OutOfMemoryException as exc:
+        if folder:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise DatasetError(f"the bulk import needs more than its memory limit of {memory_limit} (set "
+                           f"VITUNE_BULK_MEMORY, e.g. 2GB): {str(exc).splitlines()[0]}") from None
+    except BaseException:
+        if folder:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    stages.total()
+    # the studio database is opened only now, for the record (the scratch connection is closed)
     version = datasets._record_version(
         version_id, folder, name, content_hash=digest, rows_train=n_train, rows_test=n_test, source=source,
         parent_id=None, lineage=lineage, report=report.as_dict(), created_by=created_by)

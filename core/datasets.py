@@ -58,10 +58,10 @@ class ImportReport:
     duplicates: list[dict] = field(default_factory=list)
     files: list[dict] = field(default_factory=list)
     columns_mapped: dict[str, str] = field(default_factory=dict)
-    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage (bulk path only)
+    bulk: dict[str, Any] = field(default_factory=dict)  # bulk path only: seconds per stage, MB spilled to disk
 
     def as_dict(self) -> dict:
-        extra = {"timings": dict(self.timings)} if self.timings else {}
+        extra = {"bulk": dict(self.bulk)} if self.bulk else {}
         return {
             "rows_read": self.rows_read,
             "rows_kept": self.rows_kept,
