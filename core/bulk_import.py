@@ -65,7 +65,9 @@ _RE_LINE_TRIM = rf"(?m)^[{_RE_WS}]+|[{_RE_WS}]+$"
 NFC_SAFE_RANGES = ((0x0, 0x2FF), (0x1E00, 0x1EFF), (0x2010, 0x2027), (0x2030, 0x205E), (0x20A0, 0x20BF))
 _NFC_SAFE = "".join(f"\\x{{{lo:x}}}-\\x{{{hi:x}}}" for lo, hi in NFC_SAFE_RANGES)
 _RE_NAN_INF = r"[:\[,][ \t\r\n]*[-+]?(?:[iI][nN]|[nN][aA])"   # a value that starts like inf or nan
-_RE_TOUCH = rf"[^{_NFC_SAFE}]|" + _RE_NEEDS    # not surely NFC, or something to clean
+_RE_CONTROL = r"[\x{00}-\x{08}\x{0b}-\x{1f}]"  # control characters json.dumps escapes as \uXXXX, \b, \f, \r
+# not surely NFC, a control character, or something to clean
+_RE_TOUCH = rf"[^{_NFC_SAFE}]|{_RE_CONTROL}|" + _RE_NEEDS
 _RE_LAX_CANDIDATE = r",[ \t\r\n]*[\]}]|" + _RE_NAN_INF
 _RE_BLANK_START = rf"^[{_RE_WS}\r\n]"        # a line that may be blank (str.strip() leaves nothing)
 _RE_BLANK_LINE = rf"[{_RE_WS}\r\n]*"
@@ -76,6 +78,11 @@ _RE_STRIP = rf"^[{_RE_WS}\n]+|[{_RE_WS}\n]+$"
 
 def _lit(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
+
+
+# SQL for a string without control characters other than "\n": backslash, quote and line break escaped
+_JSTR_NEEDS = r"""contains(x, '\') OR contains(x, '"') OR contains(x, chr(10))"""
+_JSTR_SIMPLE = r"""replace(replace(replace(x, '\', '\\'), '"', '\"'), chr(10), '\n')"""
 
 
 def _escape_chain(x: str) -> str:
@@ -103,11 +110,17 @@ CREATE OR REPLACE MACRO vt_clean_full(x) AS
 -- one regex pass finds the rows that need any of it (most rows need none)
 CREATE OR REPLACE MACRO vt_clean(x) AS
   CASE WHEN regexp_matches(x, {_lit(_RE_TOUCH)}) THEN vt_clean_full(nfc_normalize(x)) ELSE x END;
--- a string as json.dumps(ensure_ascii=False) writes it, quotes included
-CREATE OR REPLACE MACRO vt_jstr(x) AS
-  '"' || (CASE WHEN regexp_matches(x, {_lit(_RE_JSON_ESCAPE)}) THEN {_escape_chain("x")} ELSE x END) || '"';
-CREATE OR REPLACE MACRO vt_json(split, a, b, c) AS
-  '["' || split || '", ' || vt_jstr(a) || ', ' || vt_jstr(b) || ', ' || vt_jstr(c) || ']';
+-- a string as json.dumps(ensure_ascii=False) writes it, quotes included; ctl: the row may hold control
+-- characters other than the line break (else only backslash, quote and line break need escaping)
+CREATE OR REPLACE MACRO vt_jstr(x, ctl) AS
+  '"' || (CASE WHEN ctl IS NOT false THEN {_escape_chain("x")}
+               WHEN {_JSTR_NEEDS} THEN {_JSTR_SIMPLE}
+               ELSE x END) || '"';
+CREATE OR REPLACE MACRO vt_json(split, a, b, c, ctl) AS
+  '["' || split || '", ' || vt_jstr(a, ctl) || ', ' || vt_jstr(b, ctl) || ', ' || vt_jstr(c, ctl) || ']';
+CREATE OR REPLACE MACRO vt_ctl(a, b, c) AS
+  regexp_matches(a, {_lit(_RE_CONTROL)}) OR regexp_matches(b, {_lit(_RE_CONTROL)})
+  OR regexp_matches(c, {_lit(_RE_CONTROL)});
 -- JSON that DuckDB's reader takes but Python's json.loads refuses: trailing commas, and nan/inf
 -- spelt other than NaN, Infinity, -Infinity (looked at with the strings' contents blanked out)
 CREATE OR REPLACE MACRO vt_lax_strict(s) AS
@@ -308,8 +321,13 @@ def _parse_sql(file_idx: int, source: str, mapping: dict[str, str]) -> str:
     ), d AS (SELECT *, {jvs} FROM c
     ), e AS (SELECT *, {kinds} FROM d
     ), f AS (SELECT *, {values}, coalesce(early, {', '.join(field_reasons)}) AS r0 FROM e
+    ), g1 AS (
+      SELECT *, {', '.join(f"CASE WHEN r0 IS NULL THEN regexp_matches(v_{k}, {_lit(_RE_TOUCH)}) END AS u_{k}"
+                          for k in FIELDS)} FROM f
     ), g AS (
-      SELECT *, {', '.join(f"CASE WHEN r0 IS NULL THEN vt_clean(v_{k}) END AS c_{k}" for k in FIELDS)} FROM f
+      SELECT *,
+        {', '.join(f"CASE WHEN u_{k} THEN vt_clean_full(nfc_normalize(v_{k})) ELSE v_{k} END AS c_{k}" for k in FIELDS)}
+      FROM g1
     ), h AS (
       SELECT *, coalesce(r0, {', '.join(empty)}) AS reason,
         coalesce(r0, {', '.join(empty)}) IS NULL
@@ -322,7 +340,9 @@ def _parse_sql(file_idx: int, source: str, mapping: dict[str, str]) -> str:
       CASE WHEN reason IS NULL AND changed THEN vt_key(v_instruction, v_input, v_output) END AS raw_h,
       CASE WHEN reason IS NULL THEN vt_key(lower(c_instruction), lower(c_input), lower(c_output)) END AS norm_h,
       changed,
-      {mapped}
+      {mapped},
+      coalesce({' OR '.join(f"(u_{k} AND regexp_matches(c_{k}, {_lit(_RE_CONTROL)}))" for k in FIELDS)}, false) AS ctl,
+      NULL AS part
     FROM h
     """
 
@@ -332,7 +352,9 @@ _PYTHON = "~python"   # a row's reason meaning: decide this one in Python (rare 
 _PARSED = """
 CREATE TABLE parsed (ord BIGINT, file_idx INTEGER, line BIGINT, source VARCHAR, reason VARCHAR, bad_text VARCHAR,
   instruction VARCHAR, input VARCHAR, output VARCHAR, raw_h UHUGEINT, norm_h UHUGEINT, changed BOOLEAN,
-  m_instruction VARCHAR, m_input VARCHAR, m_output VARCHAR)
+  m_instruction VARCHAR, m_input VARCHAR, m_output VARCHAR,
+  ctl BOOLEAN,   -- a kept row holds control characters other than the line break (see vt_jstr)
+  part TINYINT)  -- 0: train, 1: test, NULL: not written (rejected, duplicate)
 """
 
 
@@ -415,7 +437,8 @@ def _decide_in_python(con, idx: int, report: ImportReport, mapping: dict[str, st
               norm_h = CASE WHEN f.reason IS NULL
                             THEN vt_key(lower(f.c_instruction), lower(f.c_input), lower(f.c_output)) END,
               changed = f.reason IS NULL AND (f.c_instruction <> f.v_instruction OR f.c_input <> f.v_input
-                                              OR f.c_output <> f.v_output)
+                                              OR f.c_output <> f.v_output),
+              ctl = f.reason IS NULL AND vt_ctl(f.c_instruction, f.c_input, f.c_output)
             FROM fixes f WHERE parsed.ord = f.ord""")
     finally:
         con.unregister("fixes")
@@ -437,11 +460,12 @@ def _load_python(con, path: Path, idx: int, report: ImportReport, encoding: str 
     con.register("py_rows", table)
     try:
         con.execute(f"""
-            INSERT INTO parsed (ord, file_idx, line, source, instruction, input, output, raw_h, norm_h, changed)
+            INSERT INTO parsed (ord, file_idx, line, source, instruction, input, output, raw_h, norm_h, changed, ctl)
             SELECT ({idx}::BIGINT << 40) + line, {idx}, line, source, c_instruction, c_input, c_output,
                    vt_key(v_instruction, v_input, v_output),
-                   vt_key(lower(c_instruction), lower(c_input), lower(c_output)), false
-            FROM py_rows""")
+                   vt_key(lower(c_instruction), lower(c_input), lower(c_output)), false,
+                   vt_ctl(c_instruction, c_input, c_output)
+            FROM py_rows ORDER BY line""")
     finally:
         con.unregister("py_rows")
 
@@ -477,24 +501,42 @@ def _dedup(con, report: ImportReport, names: list[str]) -> int:
     return con.execute("SELECT count(*) FROM firsts").fetchall()[0][0]
 
 
-def _content_hash(con, folder: Path) -> str:
-    """datasets.content_hash of the written splits, fed to sha256 one Arrow batch at a time."""
+def _content_hash(con) -> str:
+    """datasets.content_hash of the written rows (``part`` 0 then 1, in table order, as COPY wrote them):
+    DuckDB builds each row's JSON text in a second thread while this one feeds sha256 (which releases the GIL)."""
+    import queue
+    import threading
+
     import numpy as np
     import pyarrow as pa
 
     h = hashlib.sha256()
-    for split in ("train", "test"):
-        rel = con.sql(f"SELECT vt_json('{split}', instruction, input, output) AS j "
-                      f"FROM read_parquet({_lit(str(folder / (split + '.parquet')))})")
-        for batch in rel.to_arrow_reader(50_000):
-            arr = batch.column(0)
-            if arr.type not in (pa.string(), pa.large_string()):
-                arr = arr.cast(pa.large_string())
-            if not len(arr):
-                continue
-            width = np.int64 if arr.type == pa.large_string() else np.int32
-            offsets = np.frombuffer(arr.buffers()[1], dtype=width)[arr.offset: arr.offset + len(arr) + 1]
-            h.update(memoryview(arr.buffers()[2])[offsets[0]:offsets[-1]])
+    chunks: queue.Queue = queue.Queue(maxsize=4)
+
+    def produce() -> None:
+        try:
+            for split, part in (("train", 0), ("test", 1)):
+                rel = con.sql(f"SELECT vt_json('{split}', instruction, input, output, ctl) AS j FROM parsed "
+                              f"WHERE part = {part}")
+                for batch in rel.to_arrow_reader(50_000):
+                    chunks.put(batch.column(0))
+            chunks.put(None)
+        except BaseException as exc:  # handed to the consumer
+            chunks.put(exc)
+
+    thread = threading.Thread(target=produce, name="bulk-hash", daemon=True)
+    thread.start()
+    while (arr := chunks.get()) is not None:
+        if isinstance(arr, BaseException):
+            raise arr
+        if arr.type not in (pa.string(), pa.large_string()):
+            arr = arr.cast(pa.large_string())
+        if not len(arr):
+            continue
+        width = np.int64 if arr.type == pa.large_string() else np.int32
+        offsets = np.frombuffer(arr.buffers()[1], dtype=width)[arr.offset: arr.offset + len(arr) + 1]
+        h.update(memoryview(arr.buffers()[2])[offsets[0]:offsets[-1]])
+    thread.join()
     return h.hexdigest()
 
 
@@ -577,11 +619,13 @@ def import_bulk(
                 SELECT first_ord AS ord,
                        row_number() OVER (ORDER BY xor(norm_h, {mask}::UHUGEINT), first_ord) <= {n_test} AS is_test
                 FROM firsts""")
+            # The kept rows are marked in place: ``parsed`` is in file order (each block is inserted in
+            # order, preserve_insertion_order), so a plain scan writes them in file order without a sort.
+            con.execute("UPDATE parsed SET part = CASE WHEN s.is_test THEN 1 ELSE 0 END "
+                        "FROM split s WHERE parsed.ord = s.ord")
             lineage: dict[str, Any] = {"files": [str(f) for f in files], "test_fraction": test_fraction,
                                        "seed": seed, "encoding": encoding, "mapping": mapping or None,
                                        "engine": "duckdb"}
-            general_sql = ("SELECT NULL::BIGINT AS k, NULL AS instruction, NULL AS input, NULL AS output, "
-                           "NULL AS source LIMIT 0")
             n_train = kept - n_test
             if general_version:
                 gv = datasets.get_version(general_version)
@@ -590,29 +634,27 @@ def import_bulk(
                     raise DatasetError(f"{want} general pairs needed for {general_ratio:.0%}, "
                                        f"the general version has {gv['rows_total']}")
                 parts = ", ".join(_lit(str(Path(gv["path"]) / f"{s}.parquet")) for s in ("train", "test"))
-                # seeded sample, appended after the file's rows in the order drawn (as mix_general does)
-                general_sql = f"""
-                    SELECT (1::BIGINT << 62) + row_number() OVER (ORDER BY r) AS k, instruction, input, output,
-                           coalesce(nullif(source, ''), 'general') AS source
+                # a seeded sample, appended after the file's rows in the order drawn (as mix_general does)
+                con.execute(f"""
+                    INSERT INTO parsed (ord, file_idx, source, instruction, input, output, ctl, part)
+                    SELECT (1::BIGINT << 62) + row_number() OVER (ORDER BY r), -1,
+                           coalesce(nullif(source, ''), 'general'), instruction, input, output,
+                           vt_ctl(instruction, input, output), 0
                     FROM (SELECT *, md5_number({int(seed)} || ':' || filename || ':' || file_row_number) AS r
                           FROM read_parquet([{parts}], filename = true, file_row_number = true)
-                          ORDER BY r LIMIT {want})"""
+                          ORDER BY r LIMIT {want})
+                    ORDER BY r""")
                 lineage["general"] = {"version": general_version, "ratio": general_ratio, "rows": want}
                 n_train += want
             lineage.update(extra_lineage or {})
             stages.done("split", con)
             version_id, folder = datasets._new_version_folder()
-            for split, cond in (("train", "NOT s.is_test"), ("test", "s.is_test")):
-                extra = f"UNION ALL SELECT * FROM ({general_sql})" if split == "train" else ""
+            for split, part in (("train", 0), ("test", 1)):
                 con.execute(f"""
-                    COPY (SELECT instruction, input, output, source FROM (
-                            SELECT p.ord AS k, p.instruction, p.input, p.output, p.source
-                            FROM parsed p JOIN split s USING (ord) WHERE {cond}
-                            {extra})
-                          ORDER BY k)
+                    COPY (SELECT instruction, input, output, source FROM parsed WHERE part = {part})
                     TO {_lit(str(folder / (split + '.parquet')))} (FORMAT parquet, ROW_GROUP_SIZE {PARQUET_ROW_GROUP})""")
             stages.done("write parquet", con)
-            digest = _content_hash(con, folder)
+            digest = _content_hash(con)
             stages.done("content hash", con)
     except duckdb.OutOfMemoryException as exc:
         if folder:

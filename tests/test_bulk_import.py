@@ -109,6 +109,18 @@ def test_bulk_matches_python_on_a_messy_generated_file(home):
     train = datasets.load_rows(sql_version["id"], "train")
     test = datasets.load_rows(sql_version["id"], "test")
     assert datasets.content_hash(train, test) == sql_version["content_hash"]
+    # each split keeps the file's order
+    first_line = {}
+    for n, line in enumerate(path.read_text(encoding="utf-8-sig").split("\n"), start=1):
+        try:
+            row = json.loads(line)
+            key = datasets.clean_text(row.get("instruction") or row.get("question") or "")
+        except (ValueError, AttributeError, TypeError):
+            continue
+        first_line.setdefault(key, n)
+    for rows in (train, test):
+        lines = [first_line[r["instruction"]] for r in rows if r["instruction"] in first_line]
+        assert len(lines) > len(rows) // 2 and lines == sorted(lines)
     # seeded: the same seed draws the same test rows, another seed other rows, always as many
     again, _ = datasets.import_files([path], "again", bulk=True, seed=5)
     other, _ = datasets.import_files([path], "other", bulk=True, seed=6)
@@ -149,6 +161,22 @@ def test_sql_clean_matches_clean_text(home):
         got = dict(con.execute("SELECT i, vt_clean(x) FROM s").fetchall())
     wrong = [(s, got[i], datasets.clean_text(s)) for i, s in enumerate(samples) if got[i] != datasets.clean_text(s)]
     assert not wrong, wrong[:3]
+
+
+def test_sql_row_json_matches_json_dumps(home):
+    """The content hash is built from vt_json's text: it must be json.dumps's, byte for byte."""
+    rng = random.Random(2)
+    pieces = ["Việt", " ", "\n", '"', "\\", "\\n", "\x00", "\x01", "\x08", "\x0c", "\x1f", "\x7f", "\u2028", "/", "'", "₫"]
+    triples = [["".join(rng.choice(pieces) for _ in range(rng.randint(0, 8))) for _ in range(3)] for _ in range(2000)]
+    with store.scratch("256MB", 1) as con:
+        con.execute(bulk_import._MACROS)
+        con.execute("CREATE TABLE s (i INTEGER, a VARCHAR, b VARCHAR, c VARCHAR)")
+        con.executemany("INSERT INTO s VALUES (?, ?, ?, ?)", [[i, *t] for i, t in enumerate(triples)])
+        got = con.execute("SELECT vt_json('train', a, b, c, vt_ctl(a, b, c)), vt_json('test', a, b, c, NULL) "
+                          "FROM s ORDER BY i").fetchall()
+    for (flagged, unknown), t in zip(got, triples):
+        assert flagged == json.dumps(["train", *t], ensure_ascii=False)
+        assert unknown == json.dumps(["test", *t], ensure_ascii=False)
 
 
 def test_nfc_shortcut_ranges_hold_only_nfc_quick_check_yes_characters():
