@@ -132,6 +132,14 @@ CREATE OR REPLACE MACRO vt_lax_json(x) AS
 -- an unambiguous key of three strings (byte length before each)
 CREATE OR REPLACE MACRO vt_key(a, b, c) AS
   md5_number(strlen(a) || ':' || a || strlen(b) || ':' || b || strlen(c) || ':' || c);
+-- the key of the lowered strings: lower() keeps the number of code points, so the lengths of a and b
+-- mark the fields' bounds; its input starts with 'L' (vt_key's with a digit), a separate key space
+CREATE OR REPLACE MACRO vt_lkey(a, b, c) AS
+  md5_number('L' || length(a) || ':' || length(b) || ':' || lower(a || b || c));
+-- equal for rows that are equal after lower(): the fields' lengths and their lowered first 24 characters
+CREATE OR REPLACE MACRO vt_bucket(a, b, c) AS
+  md5_number(length(a) || ':' || length(b) || ':' || length(c) || ':'
+             || lower(left(a, 24) || chr(0) || left(b, 24) || chr(0) || left(c, 24)));
 """
 
 
@@ -299,7 +307,9 @@ def _parse_sql(file_idx: int, source: str, mapping: dict[str, str]) -> str:
     return f"""
     INSERT INTO parsed
     WITH l AS (
-      SELECT line, text, length(text) - CASE WHEN suffix(text, chr(10)) THEN 1 ELSE 0 END AS n
+      SELECT line, text, CASE WHEN strlen(text) > {MAX_LINE_CHARS}
+                              THEN length(text) - CASE WHEN suffix(text, chr(10)) THEN 1 ELSE 0 END
+                              ELSE 0 END AS n
       FROM src WHERE NOT (regexp_matches(text, {_lit(_RE_BLANK_START)})
                           AND regexp_full_match(text, {_lit(_RE_BLANK_LINE)}))
     ), a AS (
@@ -338,7 +348,9 @@ def _parse_sql(file_idx: int, source: str, mapping: dict[str, str]) -> str:
       {', '.join(f"CASE WHEN reason IS NULL THEN c_{k} END AS {k}" for k in FIELDS)},
       -- the raw fields' key only where cleaning changed them (else it is the cleaned fields' key, see _dedup)
       CASE WHEN reason IS NULL AND changed THEN vt_key(v_instruction, v_input, v_output) END AS raw_h,
-      CASE WHEN reason IS NULL THEN vt_key(lower(c_instruction), lower(c_input), lower(c_output)) END AS norm_h,
+      -- the cleaned fields' key; _dedup makes it the lowered fields' key where their lengths collide
+      CASE WHEN reason IS NULL THEN vt_key(c_instruction, c_input, c_output) END AS norm_h,
+      CASE WHEN reason IS NULL THEN vt_bucket(c_instruction, c_input, c_output) END AS bucket,
       changed,
       {mapped},
       coalesce({' OR '.join(f"(u_{k} AND regexp_matches(c_{k}, {_lit(_RE_CONTROL)}))" for k in FIELDS)}, false) AS ctl,
@@ -351,7 +363,7 @@ _PYTHON = "~python"   # a row's reason meaning: decide this one in Python (rare 
 
 _PARSED = """
 CREATE TABLE parsed (ord BIGINT, file_idx INTEGER, line BIGINT, source VARCHAR, reason VARCHAR, bad_text VARCHAR,
-  instruction VARCHAR, input VARCHAR, output VARCHAR, raw_h UHUGEINT, norm_h UHUGEINT, changed BOOLEAN,
+  instruction VARCHAR, input VARCHAR, output VARCHAR, raw_h UHUGEINT, norm_h UHUGEINT, bucket UHUGEINT, changed BOOLEAN,
   m_instruction VARCHAR, m_input VARCHAR, m_output VARCHAR,
   ctl BOOLEAN,   -- a kept row holds control characters other than the line break (see vt_jstr)
   part TINYINT)  -- 0: train, 1: test, NULL: not written (rejected, duplicate)
@@ -434,8 +446,8 @@ def _decide_in_python(con, idx: int, report: ImportReport, mapping: dict[str, st
             UPDATE parsed SET reason = f.reason, bad_text = NULL,
               instruction = f.c_instruction, input = f.c_input, output = f.c_output,
               raw_h = CASE WHEN f.reason IS NULL THEN vt_key(f.v_instruction, f.v_input, f.v_output) END,
-              norm_h = CASE WHEN f.reason IS NULL
-                            THEN vt_key(lower(f.c_instruction), lower(f.c_input), lower(f.c_output)) END,
+              norm_h = CASE WHEN f.reason IS NULL THEN vt_key(f.c_instruction, f.c_input, f.c_output) END,
+              bucket = CASE WHEN f.reason IS NULL THEN vt_bucket(f.c_instruction, f.c_input, f.c_output) END,
               changed = f.reason IS NULL AND (f.c_instruction <> f.v_instruction OR f.c_input <> f.v_input
                                               OR f.c_output <> f.v_output),
               ctl = f.reason IS NULL AND vt_ctl(f.c_instruction, f.c_input, f.c_output)
@@ -460,10 +472,11 @@ def _load_python(con, path: Path, idx: int, report: ImportReport, encoding: str 
     con.register("py_rows", table)
     try:
         con.execute(f"""
-            INSERT INTO parsed (ord, file_idx, line, source, instruction, input, output, raw_h, norm_h, changed, ctl)
+            INSERT INTO parsed (ord, file_idx, line, source, instruction, input, output, raw_h, norm_h, bucket,
+                                changed, ctl)
             SELECT ({idx}::BIGINT << 40) + line, {idx}, line, source, c_instruction, c_input, c_output,
-                   vt_key(v_instruction, v_input, v_output),
-                   vt_key(lower(c_instruction), lower(c_input), lower(c_output)), false,
+                   vt_key(v_instruction, v_input, v_output), vt_key(c_instruction, c_input, c_output),
+                   vt_bucket(c_instruction, c_input, c_output), false,
                    vt_ctl(c_instruction, c_input, c_output)
             FROM py_rows ORDER BY line""")
     finally:
@@ -474,8 +487,16 @@ def _load_python(con, path: Path, idx: int, report: ImportReport, encoding: str 
 
 
 def _dedup(con, report: ImportReport, names: list[str]) -> int:
-    # lower() stands in for str.casefold(): they differ only where casefold expands a letter
-    # (German ß -> ss, some ligatures), none of which occur in Vietnamese.
+    # Normalised copies are rows whose cleaned fields are equal after lower() (which stands in for
+    # str.casefold(): they differ only where casefold expands a letter, German ß -> ss and some
+    # ligatures, none of which occur in Vietnamese). lower() is slow on non-ASCII text, so it runs
+    # where it can matter: rows that are copies share a bucket (vt_bucket: lengths and lowered first
+    # characters); the key is the cleaned fields' (norm_h from parsing) except in buckets holding
+    # different texts, where it becomes the lowered fields' key (a separate key space: vt_lkey).
+    con.execute("""
+        UPDATE parsed SET norm_h = vt_lkey(instruction, input, output)
+        FROM (SELECT bucket FROM parsed WHERE reason IS NULL GROUP BY bucket HAVING min(norm_h) <> max(norm_h)) b
+        WHERE parsed.bucket = b.bucket AND parsed.reason IS NULL""")
     con.execute("""
         CREATE TABLE firsts AS
         SELECT norm_h, min(ord) AS first_ord FROM parsed WHERE reason IS NULL GROUP BY norm_h""")
