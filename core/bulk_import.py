@@ -190,7 +190,7 @@ class _Lines:
 
         return pa.schema([("line", pa.int64()), ("text", pa.large_string())])
 
-    def _batch(self, chunk: bytes, file_offset: int):
+    def _batch(self, chunk: memoryview, file_offset: int):
         import numpy as np
         import pyarrow as pa
 
@@ -205,10 +205,11 @@ class _Lines:
         try:
             text.validate(full=True)
         except pa.ArrowInvalid:
+            data = bytes(chunk)
             try:
-                chunk.decode("utf-8")
+                data.decode("utf-8")
             except UnicodeDecodeError as exc:
-                line = self.lines + chunk.count(b"\n", 0, exc.start) + 1
+                line = self.lines + data.count(b"\n", 0, exc.start) + 1
                 name = self.path.name
                 if self.encoding:
                     self.error = f"{name}: line {line} cannot be read as {self.encoding} ({exc.reason}); check the encoding"
@@ -223,30 +224,37 @@ class _Lines:
         return pa.RecordBatch.from_arrays([lines, text], schema=self.schema())
 
     def batches(self) -> Iterator:
+        """Batches over one reused buffer (no copy of the text in Python): a batch is valid until the
+        next one is asked for, which is how DuckDB reads them (each block is inserted before the next)."""
         with open(self.path, "rb") as fh:
             self.bom = fh.read(3) == b"\xef\xbb\xbf"
             if not self.bom:
                 fh.seek(0)
             offset = fh.tell()
-            carry = b""
+            buf = bytearray(CHUNK_BYTES)
+            filled = 0
             while True:
-                block = fh.read(CHUNK_BYTES)
-                if not block:
-                    chunk, carry = carry, b""
-                else:
-                    data = carry + block if carry else block
-                    cut = data.rfind(b"\n") + 1
-                    if not cut:
-                        carry = data
-                        continue
-                    chunk, carry = data[:cut], data[cut:]
-                if chunk:
-                    batch = self._batch(chunk, offset)
-                    if batch is None:
+                if filled == len(buf):  # a line longer than the buffer: a bigger one
+                    bigger = bytearray(2 * len(buf))
+                    bigger[:filled] = buf
+                    buf = bigger
+                with memoryview(buf) as view:
+                    got = fh.readinto(view[filled:])
+                filled += got
+                cut = (buf.rfind(b"\n", 0, filled) + 1) if got else filled  # at the end: the rest
+                if not cut:
+                    if not got:
                         return
-                    yield batch
-                    offset += len(chunk)
-                if not block:
+                    continue
+                batch = self._batch(memoryview(buf)[:cut], offset)
+                if batch is None:
+                    return
+                yield batch
+                del batch
+                offset += cut
+                buf[:filled - cut] = buf[cut:filled]
+                filled -= cut
+                if not got:
                     return
 
     def reader(self):
@@ -299,8 +307,7 @@ def _parse_sql(file_idx: int, source: str, mapping: dict[str, str]) -> str:
     empty = [f"CASE WHEN c_{k} = '' THEN 'field ''' || col_{k} || ''' is empty' END" for k in REQUIRED]
     mapped = ", ".join(f"CASE WHEN col_{k} <> {_lit(k)} THEN col_{k} END AS m_{k}" for k in FIELDS)
     names = "|".join(FIELDS)
-    twice = (f"""len(list_distinct(regexp_extract_all(text, '"(?:{names})"'))) """
-             f"""<> len(regexp_extract_all(text, '"(?:{names})"'))""")
+    seen = f"""regexp_extract_all(text, '"(?:{names})"')"""
     # rows that need aliases or a mapping read json_keys(); a repeated key among them goes to Python too
     need_keys = "true" if mapping else " OR ".join(f"s.{k} IS NULL" for k in FIELDS)
     generic_twice = f"({need_keys}) AND len(json_keys(text)) <> len(list_distinct(json_keys(text)))"
@@ -319,9 +326,10 @@ def _parse_sql(file_idx: int, source: str, mapping: dict[str, str]) -> str:
              WHEN NOT regexp_matches(text, '^[ \t\r\n]*[{{]') THEN 'not an object with instruction, input and output'
         END AS early
       FROM l
+    ), a1 AS (SELECT *, CASE WHEN early IS NULL THEN {seen} END AS seen FROM a
     ), a2 AS (
       -- a key given twice: json.loads keeps the last value, DuckDB the first; such rows go to Python
-      SELECT line, text, CASE WHEN early IS NULL AND {twice} THEN '{_PYTHON}' ELSE early END AS early FROM a
+      SELECT line, text, CASE WHEN list_unique(seen) <> len(seen) THEN '{_PYTHON}' ELSE early END AS early FROM a1
     ), b AS (
       SELECT *, CASE WHEN early IS NULL THEN json_transform(text, {struct}) END AS s FROM a2
     ), b2 AS (
