@@ -186,6 +186,38 @@ def child_pandas(path: str, out: str) -> dict:
             "train": len(train), "test": len(test), "timings": times, "engine": "pandas"}
 
 
+def explain(path: Path) -> None:
+    """Where the per-line SQL spends its time: EXPLAIN ANALYZE on the first 100k lines, one thread."""
+    import re
+
+    import duckdb
+    import pyarrow as pa
+
+    sys.path.insert(0, str(REPO))
+    from core import bulk_import
+
+    con = duckdb.connect(config={"threads": 1})  # a throwaway in-memory database, for the profile only
+    con.execute(bulk_import._MACROS)
+    con.execute(bulk_import._PARSED)
+    batches, n = [], 0
+    for batch in bulk_import._Lines(path, None).batches():
+        batches.append(batch.slice(0, 100_000 - n))
+        n += batches[-1].num_rows
+        break
+    src = pa.Table.from_batches([b for b in batches]).combine_chunks()  # noqa: F841 (read by DuckDB)
+    con.execute("CREATE TABLE lines AS SELECT * FROM src")
+    out = con.execute("EXPLAIN ANALYZE " + bulk_import._parse_sql(0, "x", {}).replace("FROM src", "FROM lines")
+                      ).fetchall()[0][1]
+    print(f"\nper-line SQL on the first {n:,} lines, one thread (operator: seconds, what it computes):")
+    for block in out.split("╭─")[1:]:
+        name = block.split("─")[0].strip()
+        times = re.findall(r"([\d.]+(?:ms|s|µs))\s*│", block)
+        what = " ".join(e for e in re.findall(r"│\s*(?:Projections:|Expression:)?\s*(.*?)\s*│", block)
+                        if e and not re.match(r"^[\d,]+ rows", e))
+        if times and times[-1] not in ("0µs", "0.0ms"):
+            print(f"  {name:<12} {times[-1]:>8}  {what[:110]}")
+
+
 # ── measuring ────────────────────────────────────────────────────────────────
 
 
@@ -226,11 +258,17 @@ def main() -> int:
         sys.path.insert(0, str(REPO))
         kind, path = sys.argv[2], sys.argv[3]
         result = child_studio(path) if kind == "studio" else child_pandas(path, sys.argv[4])
+        import resource
+
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        result["cpu_s"] = usage.ru_utime + usage.ru_stime  # all threads of the process
         print(json.dumps(result, ensure_ascii=False))
         return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=1_000_000, help="non-blank lines to generate (default 1M)")
     ap.add_argument("--skip-pandas", action="store_true", help="only the studio's import")
+    ap.add_argument("--explain", action="store_true",
+                    help="also print DuckDB's EXPLAIN ANALYZE of the per-line SQL on the first 100k lines, one thread")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (the file and both outputs)")
     args = ap.parse_args()
 
@@ -255,14 +293,17 @@ def main() -> int:
     load_after = os.getloadavg()
 
     print()
-    print(f"{'pipeline':<22} {'wall s':>7} {'peak RSS MiB':>13} {'read':>10} {'kept':>10} {'rejected':>9} "
+    print(f"{'pipeline':<22} {'wall s':>7} {'CPU s':>6} {'peak RSS MiB':>13} {'read':>10} {'kept':>10} {'rejected':>9} "
           f"{'dup exact':>10} {'dup norm':>9} {'normalised':>11} {'train':>9} {'test':>8}")
     for label, r, rss in results:
-        print(f"{label:<22} {r['wall_s']:7.1f} {rss:13,.0f} {r['rows_read']:10,} {r['rows_kept']:10,} "
+        print(f"{label:<22} {r['wall_s']:7.1f} {r['cpu_s']:6.1f} {rss:13,.0f} {r['rows_read']:10,} {r['rows_kept']:10,} "
               f"{r['rejected']:9,} {r['dup_exact']:10,} {r['dup_norm']:9,} {r['normalized']:11,} "
               f"{r['train']:9,} {r['test']:8,}")
     for label, r, _ in results:
-        print(f"{label} stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in r["timings"].items()))
+        print(f"{label} stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in r["timings"].items())
+              + (f"; spilled {r['spilled_mb']:,.0f} MB" if r.get("spilled_mb") is not None else ""))
+    if args.explain:
+        explain(src)
     print(f"load average after: {' '.join(f'{x:.2f}' for x in load_after)}")
     if not args.keep:
         import shutil
