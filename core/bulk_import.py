@@ -4,21 +4,24 @@
 ``bulk=True``, ``python -m core dataset import --bulk``). The report has the same fields, line numbers and
 reasons as the Python path; what differs is where the work happens:
 
-1. The file is read in ``CHUNK_BYTES`` blocks. Each block is cut at its last newline, the line
-   boundaries are found with numpy and handed to DuckDB as an Arrow batch of (line number, text)
-   without copying or looping over rows in Python. Line numbers are physical lines counted from 1
-   (a blank line counts, but is no row); a UTF-8 BOM is skipped; the bytes are checked to be UTF-8
-   (Arrow's validation) and the first bad byte gets the Python path's message with its line.
-2. One ``INSERT … SELECT`` validates (``json_valid``, ``json_transform``, ``json_keys`` for aliases and
-   column mapping), cleans (the SQL macro ``vt_clean``: the same steps as ``datasets.clean_text``) and
-   hashes every line into the table ``parsed``; a rejected line keeps only its reason.
-3. Duplicates: a GROUP BY on the hash of the case-folded, cleaned fields keeps the first row of each
-   group; a later row is an exact copy when its raw fields hash like the first's, else a normalised one.
-4. The seeded split orders the kept rows by ``md5(seed:row hash)`` and takes the first ``test_count``;
-   general data is sampled the same way; ``COPY … TO … (FORMAT parquet)`` writes the two splits.
+1. The file is read in ``CHUNK_BYTES`` blocks into one reused buffer. Each block is cut at its last
+   newline, the line boundaries are found with numpy and the block goes to DuckDB as an Arrow table of
+   (line number, text) without copying or looping over rows in Python. Line numbers are physical
+   lines counted from 1 (a blank line counts, but is no row); a UTF-8 BOM is skipped; the bytes are
+   checked to be UTF-8 (Arrow's validation) and the first bad byte gets the Python path's message.
+2. One ``INSERT … SELECT`` per block validates (``json_valid``, ``json_transform``, ``json_keys`` for
+   aliases and column mapping), cleans (``nfc_normalize`` and the macro ``vt_clean_full``: the same
+   steps as ``datasets.clean_text``, run only on fields a single regex finds something to do in) and
+   keys every line into the table ``parsed``, in file order; a rejected line keeps only its reason.
+   The rare lines SQL cannot judge like ``json.loads`` (a key given twice) are decided in Python.
+3. Duplicates: a GROUP BY on the key of the cleaned, lowered fields keeps the first row of each
+   group; a later row is an exact copy when its raw fields equal the first's, else a normalised one.
+4. The seeded split ranks the kept rows by their key xor a number drawn from the seed and takes the
+   first ``test_count``; the kept rows are marked in place, general data is sampled by a seeded md5 and
+   appended; ``COPY … TO … (FORMAT parquet)`` writes each split by a plain scan, in file order.
 5. The content hash is ``datasets.content_hash``'s definition (sha256 over
    ``json.dumps([split, instruction, input, output], ensure_ascii=False)`` of every row, train then
-   test, in file order), built in SQL (macro ``vt_json``) and fed to hashlib one Arrow batch at a time.
+   test, in file order), the text built in SQL (macro ``vt_json``) and fed to hashlib batch by batch.
 
 Everything happens in a scratch in-memory DuckDB (``store.scratch``) whose ``memory_limit`` makes
 large sorts and aggregates spill to disk; the studio database is opened only for the version record.
@@ -256,11 +259,6 @@ class _Lines:
                 filled -= cut
                 if not got:
                     return
-
-    def reader(self):
-        import pyarrow as pa
-
-        return pa.RecordBatchReader.from_batches(self.schema(), self.batches())
 
 
 # ── SQL: validate, clean and hash every line ─────────────────────────────────
