@@ -130,6 +130,23 @@ def test_bulk_matches_python_on_a_messy_generated_file(home):
     assert (other["rows_train"], other["rows_test"]) == (py_version["rows_train"], py_version["rows_test"])
 
 
+def test_bulk_honours_the_column_mapping_like_the_python_path(home):
+    lines = [
+        '{"hoi": "Câu hỏi một?", "dap": "Trả lời một."}',
+        '{"hoi": "Câu hỏi hai?", "instruction": "bị bỏ qua", "dap": "Trả lời hai.", "context": "ngữ cảnh"}',
+        '{"instruction": "Không có hoi", "output": "vẫn dùng tên gốc"}',
+        '{"hoi": 3, "dap": "số"}',
+        '{"hoi": "Thiếu dap"}',
+        '{"hoi": "Lặp", "dap": "một", "dap": "hai"}',
+        '{"question": "alias khi có --map?", "answer": "có"}',
+    ]
+    path = home / "mapped.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (py, py_version), (sql, sql_version) = _both([path], mapping={"hoi": "instruction", "dap": "output"})
+    assert sql == py and py["rows_kept"] == 5 and [e["line"] for e in py["errors"]] == [4, 5]
+    assert _rows(sql_version) == _rows(py_version)
+
+
 def test_bulk_several_files_dedup_across_them_and_mix_general(home):
     chung = [{"instruction": f"Câu hỏi chung số {i}?", "input": "", "output": f"Trả lời chung {i}."} for i in range(30)]
     general, _ = datasets.import_files([write_jsonl(home / "general.jsonl", chung)], "general-vi")
