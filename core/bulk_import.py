@@ -227,20 +227,22 @@ class _Lines:
         return pa.RecordBatch.from_arrays([lines, text], schema=self.schema())
 
     def batches(self) -> Iterator:
-        """Batches over one reused buffer (no copy of the text in Python): a batch is valid until the
-        next one is asked for, which is how DuckDB reads them (each block is inserted before the next)."""
+        """Batches over three buffers used in turn (no copy of the text in Python): a batch stays valid
+        while the next two are made, which is how they are consumed (``prefetched``: one block is
+        inserted while the next is read)."""
         with open(self.path, "rb") as fh:
             self.bom = fh.read(3) == b"\xef\xbb\xbf"
             if not self.bom:
                 fh.seek(0)
             offset = fh.tell()
-            buf = bytearray(CHUNK_BYTES)
-            filled = 0
+            buffers = [bytearray(CHUNK_BYTES) for _ in range(3)]
+            turn, filled = 0, 0
+            buf = buffers[0]
             while True:
                 if filled == len(buf):  # a line longer than the buffer: a bigger one
                     bigger = bytearray(2 * len(buf))
                     bigger[:filled] = buf
-                    buf = bigger
+                    buf = buffers[turn] = bigger
                 with memoryview(buf) as view:
                     got = fh.readinto(view[filled:])
                 filled += got
@@ -254,11 +256,54 @@ class _Lines:
                     return
                 yield batch
                 del batch
-                offset += cut
-                buf[:filled - cut] = buf[cut:filled]
-                filled -= cut
                 if not got:
                     return
+                offset += cut
+                turn = (turn + 1) % len(buffers)
+                if len(buffers[turn]) < len(buf):
+                    buffers[turn] = bytearray(len(buf))
+                tail = filled - cut
+                buffers[turn][:tail] = buf[cut:filled]
+                buf, filled = buffers[turn], tail
+
+    def prefetched(self) -> Iterator:
+        """``batches`` made in a second thread, one ahead (reading, numpy and Arrow release the GIL)."""
+        import queue
+        import threading
+
+        ready: queue.Queue = queue.Queue(maxsize=1)
+        stop = threading.Event()
+
+        def produce() -> None:
+            try:
+                for batch in self.batches():
+                    while not stop.is_set():
+                        try:
+                            ready.put(batch, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+                ready.put(None)
+            except BaseException as exc:  # handed to the consumer
+                ready.put(exc)
+
+        thread = threading.Thread(target=produce, name="bulk-read", daemon=True)
+        thread.start()
+        try:
+            while (item := ready.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            while thread.is_alive():
+                try:
+                    ready.get(timeout=0.1)
+                except queue.Empty:
+                    pass
+            thread.join()
 
 
 # ── SQL: validate, clean and hash every line ─────────────────────────────────
@@ -395,7 +440,7 @@ def _load_sql(con, path: Path, idx: int, report: ImportReport, encoding: str | N
 
     lines = _Lines(path, encoding)
     sql = _parse_sql(idx, source, mapping)
-    for batch in lines.batches():
+    for batch in lines.prefetched():
         # a table of small batches, so that DuckDB's threads share a block's lines
         con.register("src", pa.Table.from_batches([batch.slice(i, 4096) for i in range(0, batch.num_rows, 4096)]))
         try:
