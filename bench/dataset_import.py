@@ -98,17 +98,35 @@ def generate(path: Path, rows: int, seed: int = 7) -> dict:
 # ── the two pipelines, each run in a child process ───────────────────────────
 
 
+def watch_threads(seen: dict, stop: threading.Event) -> None:
+    """The CPU seconds of every thread of this process, sampled every 0.2 s (DuckDB's worker threads end
+    with their connection, so they are read while they run)."""
+    import psutil
+
+    me = psutil.Process()
+    while not stop.wait(0.2):
+        for t in me.threads():
+            seen[t.id] = max(seen.get(t.id, 0.0), t.user_time + t.system_time)
+
+
 def child_studio(path: str) -> dict:
     from core import datasets
 
+    seen: dict = {}
+    stop = threading.Event()
+    watcher = threading.Thread(target=watch_threads, args=(seen, stop), daemon=True)
+    watcher.start()
     t0 = time.perf_counter()
     version, report = datasets.import_files([path], "bench-import", created_by="bench", bulk=True)
     wall = time.perf_counter() - t0
+    stop.set()
+    watcher.join()
     return {"wall_s": wall, "rows_read": report.rows_read, "rows_kept": report.rows_kept,
             "rejected": report.rows_rejected, "dup_exact": report.duplicates_exact,
             "dup_norm": report.duplicates_normalized, "normalized": report.normalized,
             "train": version["rows_train"], "test": version["rows_test"], "timings": report.bulk.get("seconds", {}), "spilled_mb": report.bulk.get("spilled_mb"),
-            "engine": report.files[0].get("engine", "python")}
+            "engine": report.files[0].get("engine", "python"),
+            "thread_cpu_s": sorted((round(v, 1) for v in seen.values() if v >= 0.5), reverse=True)}
 
 
 def child_pandas(path: str, out: str) -> dict:
@@ -302,6 +320,10 @@ def main() -> int:
     for label, r, _ in results:
         print(f"{label} stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in r["timings"].items())
               + (f"; spilled {r['spilled_mb']:,.0f} MB" if r.get("spilled_mb") is not None else ""))
+    for label, r, _ in results:
+        if r.get("thread_cpu_s"):
+            print(f"{label} CPU seconds per thread (≥ 0.5 s): {r['thread_cpu_s']} — with a free core per "
+                  f"thread the wall time would approach the busiest thread's")
     if args.explain:
         explain(src)
     print(f"load average after: {' '.join(f'{x:.2f}' for x in load_after)}")
