@@ -261,3 +261,18 @@ def test_cli_bulk_json(home):
     assert [(e["line"], e["reason"]) for e in out["errors"]] == [(e["line"], e["reason"]) for e in report.errors]
     plain = cli("dataset", "import", str(path), "--name", "messy2", "--bulk", home=home)
     assert "bulk import (DuckDB):" in plain.stdout and proc.stderr == ""
+
+
+def test_scratch_duckdb_is_in_memory_spills_under_data_tmp_and_cleans_up(home):
+    stale = home / "data" / "tmp" / "scratch-999999999-dead"  # left by a process that no longer exists
+    stale.mkdir(parents=True)
+    (stale / "duckdb_temp_block").write_bytes(b"x" * 10)
+    with store.scratch("64MB", 1) as con:
+        assert not stale.exists()
+        (folder,) = (home / "data" / "tmp").iterdir()
+        settings = dict(con.execute("SELECT name, value FROM duckdb_settings() WHERE name IN "
+                                    "('memory_limit', 'threads', 'temp_directory')").fetchall())
+        assert settings["temp_directory"] == str(folder) and settings["threads"] == "1"
+        assert con.execute("SELECT database_name FROM duckdb_databases() WHERE NOT internal").fetchall() == [("memory",)]
+        assert not (home / "data" / "studio.duckdb").exists()  # the studio database is not opened
+    assert not folder.exists()
