@@ -424,11 +424,13 @@ CREATE TABLE parsed (ord BIGINT, file_idx INTEGER, line BIGINT, source VARCHAR, 
 def _json_message(text: str | None) -> str:
     """Python's own message for a line DuckDB found invalid (only for the listed ones)."""
     try:
-        json.loads(text or "")
+        obj = json.loads(text or "")
     except json.JSONDecodeError as exc:
         return f"invalid JSON ({exc.msg})"
     except (ValueError, RecursionError) as exc:
         return f"invalid JSON ({exc})"
+    if datasets._has_surrogate(obj):
+        return datasets.SURROGATE_REASON
     return "invalid JSON"
 
 

@@ -173,6 +173,19 @@ def _json_array(text: str, name: str) -> Iterator[tuple[int, Any]]:
         i = end
 
 
+SURROGATE_REASON = "invalid JSON (unpaired surrogate escape)"
+
+
+def _has_surrogate(obj: Any) -> bool:
+    """A \\uD800–\\uDFFF escape without its pair: json.loads takes it, but it is no character (UTF-8
+    cannot hold it, Parquet neither)."""
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def _jsonl(text: str) -> Iterator[tuple[int, Any]]:
     for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
@@ -181,9 +194,14 @@ def _jsonl(text: str) -> Iterator[tuple[int, Any]]:
             yield number, ValueError(f"line too long ({len(line)} characters, limit {MAX_LINE_CHARS})")
             continue
         try:
-            yield number, json.loads(line)
+            obj = json.loads(line)
         except json.JSONDecodeError as exc:
             yield number, ValueError(f"invalid JSON ({exc.msg})")
+            continue
+        if "\\u" in line and _has_surrogate(obj):
+            yield number, ValueError(SURROGATE_REASON)
+            continue
+        yield number, obj
 
 
 def _csv(text: str) -> Iterator[tuple[int, Any]]:

@@ -91,6 +91,7 @@ def _messy_file(path: Path) -> Path:
         '{"instruction": "\u3000\u3000", "output": "x"}',
         '{"instruction": "Chỉ \\u001f điều khiển \\t tab", "output": "\\"trích\\" \\\\ x"}',
         '{"instruction": "Tiếng Việt", "input": "", "output": "Ổn.", "output": "Ghi đè."}',
+        '{"instruction": "Nửa ký tự", "output": "\\ud800"}',                  # json.loads takes it, UTF-8 cannot
     ]
     for k, special in enumerate(specials):
         lines.insert(5 + 4 * k, special)
