@@ -72,7 +72,7 @@ def cmd_dataset(args) -> int:
         version, report = datasets.import_files(
             args.paths, args.name, test_fraction=args.test_fraction, seed=args.seed,
             general_version=args.mix_general, general_ratio=args.mix_ratio, created_by=_user(),
-            encoding=args.encoding, mapping=args.map,
+            encoding=args.encoding, mapping=args.map, bulk=True if args.bulk else None,
         )
     except datasets.DatasetError as exc:
         return _fail(str(exc))
@@ -90,6 +90,9 @@ def cmd_dataset(args) -> int:
             print(f"  {err['file']}:{err['line']}: {err['reason']}")
         if len(out["errors"]) > 50 or out["rows_rejected"] > len(out["errors"]):
             print(f"  … {out['rows_rejected'] - min(50, len(out['errors']))} more rejected rows")
+        if out.get("bulk"):
+            print("bulk import (DuckDB): " + ", ".join(f"{k} {v:.1f} s" for k, v in out["bulk"]["seconds"].items())
+                  + f"; {out['bulk']['spilled_mb']:,.0f} MB spilled to disk")
         if version:
             print(f"dataset version {version['id']} ({version['rows_train']} train, {version['rows_test']} test)")
     if not version:
@@ -549,6 +552,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--encoding", help="text encoding of the files when not UTF-8 (e.g. cp1258, utf-16)")
     d.add_argument("--map", action="append", metavar="COLUMN=FIELD",
                    help="map a file column to instruction, input or output (repeatable), e.g. --map question=instruction")
+    d.add_argument("--bulk", action="store_true",
+                   help="import in DuckDB SQL (bounded memory, for millions of pairs); automatic for JSONL files "
+                        "over 64 MB")
     d.add_argument("--json", action="store_true")
     d.set_defaults(fn=cmd_dataset)
 

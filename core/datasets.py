@@ -58,8 +58,10 @@ class ImportReport:
     duplicates: list[dict] = field(default_factory=list)
     files: list[dict] = field(default_factory=list)
     columns_mapped: dict[str, str] = field(default_factory=dict)
+    bulk: dict[str, Any] = field(default_factory=dict)  # bulk path only: seconds per stage, MB spilled to disk
 
     def as_dict(self) -> dict:
+        extra = {"bulk": dict(self.bulk)} if self.bulk else {}
         return {
             "rows_read": self.rows_read,
             "rows_kept": self.rows_kept,
@@ -72,6 +74,7 @@ class ImportReport:
             "files": list(self.files),
             "errors": self.errors,
             "duplicates": self.duplicates,
+            **extra,
         }
 
     def failure(self) -> str | None:
@@ -170,6 +173,19 @@ def _json_array(text: str, name: str) -> Iterator[tuple[int, Any]]:
         i = end
 
 
+SURROGATE_REASON = "invalid JSON (unpaired surrogate escape)"
+
+
+def _has_surrogate(obj: Any) -> bool:
+    """A \\uD800–\\uDFFF escape without its pair: json.loads takes it, but it is no character (UTF-8
+    cannot hold it, Parquet neither)."""
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def _jsonl(text: str) -> Iterator[tuple[int, Any]]:
     for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
@@ -178,9 +194,14 @@ def _jsonl(text: str) -> Iterator[tuple[int, Any]]:
             yield number, ValueError(f"line too long ({len(line)} characters, limit {MAX_LINE_CHARS})")
             continue
         try:
-            yield number, json.loads(line)
+            obj = json.loads(line)
         except json.JSONDecodeError as exc:
             yield number, ValueError(f"invalid JSON ({exc.msg})")
+            continue
+        if "\\u" in line and _has_surrogate(obj):
+            yield number, ValueError(SURROGATE_REASON)
+            continue
+        yield number, obj
 
 
 def _csv(text: str) -> Iterator[tuple[int, Any]]:
@@ -406,12 +427,17 @@ def content_hash(train: list[dict], test: list[dict]) -> str:
     return h.hexdigest()
 
 
-def split_rows(rows: list[dict], test_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+def test_count(n_rows: int, test_fraction: float) -> int:
+    """How many of ``n_rows`` kept rows go to the test split (the same for both import engines)."""
     if not 0 < test_fraction < 1:
         raise DatasetError("the test fraction must be between 0 and 1")
+    return max(1, round(n_rows * test_fraction)) if n_rows > 1 else 0
+
+
+def split_rows(rows: list[dict], test_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    n_test = test_count(len(rows), test_fraction)
     order = list(range(len(rows)))
     random.Random(seed).shuffle(order)
-    n_test = max(1, round(len(rows) * test_fraction)) if len(rows) > 1 else 0
     test = [rows[i] for i in sorted(order[:n_test])]
     train = [rows[i] for i in sorted(order[n_test:])]
     return train, test
@@ -428,6 +454,13 @@ def mix_general(train: list[dict], general: list[dict], ratio: float, seed: int)
     return train + [dict(row, source=row.get("source") or "general") for row in picked]
 
 
+def _new_version_folder() -> tuple[str, Path]:
+    version_id = "ds-" + uuid.uuid4().hex[:10]
+    folder = paths.datasets_dir() / version_id
+    folder.mkdir(parents=True)
+    return version_id, folder
+
+
 def _write_version(
     name: str,
     train: list[dict],
@@ -442,21 +475,29 @@ def _write_version(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    version_id = "ds-" + uuid.uuid4().hex[:10]
-    folder = paths.datasets_dir() / version_id
-    folder.mkdir(parents=True)
+    version_id, folder = _new_version_folder()
     for split, rows in (("train", train), ("test", test)):
         cols = {k: [r[k] for r in rows] for k in FIELDS + ("source",)}
         pq.write_table(pa.table(cols), folder / f"{split}.parquet")
+    return _record_version(version_id, folder, name, content_hash=content_hash(train, test),
+                           rows_train=len(train), rows_test=len(test), source=source, parent_id=parent_id,
+                           lineage=lineage, report=report, created_by=created_by)
+
+
+def _record_version(version_id: str, folder: Path, name: str, *, content_hash: str, rows_train: int,
+                    rows_test: int, source: str, parent_id: str | None, lineage: dict, report: dict,
+                    created_by: str | None) -> dict:
+    """The version's record and audit entry, once its ``train.parquet`` and ``test.parquet`` are in
+    ``folder`` (written by pyarrow here, or by DuckDB's COPY in core.bulk_import)."""
     record = {
         "id": version_id,
         "name": name,
         "parent_id": parent_id,
-        "content_hash": content_hash(train, test),
+        "content_hash": content_hash,
         "source": source,
-        "rows_total": len(train) + len(test),
-        "rows_train": len(train),
-        "rows_test": len(test),
+        "rows_total": rows_train + rows_test,
+        "rows_train": rows_train,
+        "rows_test": rows_test,
         "path": str(folder),
         "lineage": json.dumps(lineage, ensure_ascii=False),
         "report": json.dumps(report, ensure_ascii=False),
@@ -486,17 +527,27 @@ def import_files(
     mapping: dict[str, str] | Iterable[str] | None = None,
     source: str = "import",
     extra_lineage: dict | None = None,
+    bulk: bool | None = None,
 ) -> tuple[dict | None, ImportReport]:
     """Import one or more files (or ``datasets`` folders) as a new dataset version.
 
     ``encoding`` names the files' text encoding when it is not UTF-8 (e.g. ``cp1258``, ``utf-16``);
     ``mapping`` maps file columns to fields (``{"question": "instruction"}`` or ``["question=instruction"]``);
     without it, common aliases (question/answer, prompt/response, …) are recognised and reported.
+    ``bulk``: True runs the import in DuckDB SQL (core.bulk_import), False in Python; None (default)
+    picks DuckDB when a JSONL file is over ``bulk_import.BULK_THRESHOLD_BYTES``.
     Returns (version or None when no row was kept, report)."""
     files = [Path(f) for f in files]
     if not name or not name.strip():
         raise DatasetError("a dataset version needs a name")
     mapping = parse_mapping(mapping)
+    from core import bulk_import
+
+    if bulk or (bulk is None and any(bulk_import.wants_bulk(f, encoding) for f in files)):
+        return bulk_import.import_bulk(
+            files, name.strip(), test_fraction=test_fraction, seed=seed, general_version=general_version,
+            general_ratio=general_ratio, created_by=created_by, encoding=encoding, mapping=mapping,
+            source=source, extra_lineage=extra_lineage)
     report = ImportReport()
     rows: list[dict] = []
     for f in files:

@@ -11,9 +11,12 @@ Schema changes are numbered migrations (``_m001_…``), applied in order and rec
 from __future__ import annotations
 
 import json
+import os
 import random
+import shutil
 import threading
 import time
+import uuid
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -297,6 +300,39 @@ def connect() -> Iterator[duckdb.DuckDBPyConnection]:
         yield con
     finally:
         con.close()
+
+
+def _remove_stale_scratch(root: Path) -> None:
+    """Spill folders left by a process that died mid-import (they can hold gigabytes)."""
+    for folder in root.glob("scratch-*") if root.exists() else []:
+        try:
+            pid = int(folder.name.split("-")[1])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except (ValueError, IndexError, PermissionError):
+            continue
+
+
+@contextmanager
+def scratch(memory_limit: str = "1GB", threads: int | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+    """An in-memory DuckDB for heavy SQL over files (bulk import), never the studio database.
+
+    ``memory_limit`` bounds DuckDB's buffer manager: large sorts, joins and aggregates spill to a
+    private ``temp_directory`` under data/tmp/, which is removed when the block ends. Holding it
+    does not lock the studio database, so the app and other commands carry on meanwhile."""
+    root = paths.data_dir() / "tmp"
+    _remove_stale_scratch(root)
+    tmp = root / f"scratch-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    config = {"memory_limit": memory_limit, "threads": int(threads or os.cpu_count() or 1),
+              "temp_directory": str(tmp)}
+    con = duckdb.connect(":memory:", config=config)
+    try:
+        yield con
+    finally:
+        con.close()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ── small helpers used by the core modules ───────────────────────────────────

@@ -64,6 +64,9 @@ with st.expander("Import a file", expanded=not versions):
                         st.dataframe([{"file": d["file"], "line": d["line"], "kind": d["kind"],
                                        "copy of line": (d["of"] or {}).get("line")} for d in r["duplicates"]],
                                      hide_index=True)
+                if r.get("bulk"):
+                    st.caption(f"Bulk import in DuckDB: {r['bulk']['seconds']['total']:.1f} s, "
+                               f"{r['bulk']['spilled_mb']:,.0f} MB spilled to disk.")
                 if version:
                     st.success(f"Created dataset version {version['id']} ({version['rows_train']} train, "
                                f"{version['rows_test']} test).")

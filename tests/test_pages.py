@@ -157,6 +157,23 @@ def test_datasets_page_imports_with_encoding_and_mapping(home):
     assert [e.value for e in at.error] == [f"{home / 'missing.jsonl'}: no such file or folder"]
 
 
+def test_datasets_page_imports_a_large_jsonl_through_the_bulk_path(home, monkeypatch):
+    """A server-side JSONL over the bulk threshold goes through DuckDB; the page shows the same report."""
+    from core import bulk_import
+    from tests.conftest import tiny_pairs, write_jsonl
+
+    path = write_jsonl(home / "large.jsonl", tiny_pairs(30) + ["{hỏng", tiny_pairs(1)[0]])
+    monkeypatch.setattr(bulk_import, "BULK_THRESHOLD_BYTES", 1024)
+    at = _run("datasets")
+    at.text_input[0].input(str(path))
+    at.text_input[1].input("large")
+    at.button[0].click().run()
+    _clean(at)
+    assert [m.value for m in at.metric][:5] == ["32", "30", "1", "1", "0"]
+    assert any(c.value.startswith("Bulk import in DuckDB:") for c in at.caption)
+    assert any(s.value.startswith("Created dataset version") for s in at.success)
+
+
 def test_datasets_page_review_one_pair_at_a_time(home):
     from core import datasets, review
     from tests.conftest import tiny_pairs, write_jsonl
