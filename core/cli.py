@@ -67,7 +67,9 @@ def cmd_dataset(args) -> int:
             return 0
         if args.action == "import-samples":
             version = datasets.import_samples(created_by=_user())
-            print(f"{version['id']} {version['name']}: {version['rows_train']} train, {version['rows_test']} test")
+            others = [datasets.find_by_name(n) for n in datasets.SAMPLE_DOMAINS if n != version["name"]]
+            for v in [version, *others, datasets.find_by_name("general-vi")]:
+                print(f"{v['id']} {v['name']}: {v['rows_train']} train, {v['rows_test']} test")
             return 0
         version, report = datasets.import_files(
             args.paths, args.name, test_fraction=args.test_fraction, seed=args.seed,

@@ -42,8 +42,10 @@ def test_datasets_page_imports_the_samples(home):
     _clean(at)
     from core import datasets
 
-    names = {v["name"] for v in datasets.list_versions()}
-    assert names == {"general-vi", "sample-cskh-hopdong"}
+    versions = datasets.list_versions()
+    assert {v["name"] for v in versions} == {"general-vi", "sample-cskh-hopdong", "sample-ghichu-noibo"}
+    assert versions[0]["name"] == "sample-ghichu-noibo"  # the newest: the one the Train page offers first
+    assert any("sample-ghichu-noibo" in str(s.value) for s in at.success)
 
 
 @pytest.mark.slow
