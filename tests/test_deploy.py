@@ -118,6 +118,16 @@ def test_export_explains_a_bad_config(tmp_path):
         export.loader_for("BertModel")
 
 
+def test_default_quantization_is_q8_0_below_a_billion_parameters(default_model, tmp_path):
+    assert export.parameter_count(str(default_model)) == 268_042_240  # Gemma 3 270M, from its config.json
+    assert export.default_quant(str(default_model)) == "q8_0"
+    big = {"hidden_size": 2560, "intermediate_size": 10240, "num_hidden_layers": 34, "num_attention_heads": 8,
+           "num_key_value_heads": 4, "head_dim": 256, "vocab_size": 262208}  # Gemma 3 4B's text config
+    (tmp_path / "config.json").write_text(json.dumps({"text_config": big}))
+    assert export.default_quant(str(tmp_path)) == "q4_k_m" == export.DEFAULT_QUANT
+    assert export.default_quant("someone/not-downloaded") == "q4_k_m"  # unknown size: the guide's default
+
+
 def test_default_model_architecture(default_model):
     assert export.loader_for(export.architecture(default_model)) == "AutoModelForCausalLM"
 
@@ -192,7 +202,7 @@ def test_preflight_passes_on_the_export_and_blocks_a_drifted_template(pipeline, 
     monkeypatch.setenv("VITUNE_HOME", str(pipeline["home"]))
     monkeypatch.setenv("VITUNE_SLOTS", "cpu")
     run_id, result = pipeline["run"], pipeline["export"]
-    gguf = Path(result["gguf"]["q8_0"])  # q4_k_m of a 270M model trained 20 steps may lose its stop
+    gguf = Path(result["gguf"]["q8_0"])  # the default for the 270M model: q4_k_m loses its stop (test_pipeline)
     from core.models import load_tokenizer
 
     text = modelfile.build(gguf, "chat", load_tokenizer(result["merged_dir"]), system="Bạn là trợ lý CSKH.")
