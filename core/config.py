@@ -91,7 +91,8 @@ DEMO_PRESET = "demo pass (CPU, 40 steps)"
 PRESETS: dict[str, dict[str, Any]] = {
     "guide (r=16)": {},
     # the quick test's settings, twice the steps: on the bundled internal-notes sample the default model
-    # passes the evaluation gate and keeps its stop at q4_k_m (README, Deploy); the Train page's default
+    # passes the evaluation gate, and its q8_0 GGUF answers like the merged model (README, Deploy); the
+    # Train page's default
     DEMO_PRESET: {"max_steps": 40, **_CPU_QUICK},
     "quick test (CPU, 20 steps)": {"max_steps": 20, **_CPU_QUICK},
     "r=8 (fast)": {"lora_r": 8, "lora_alpha": 8},

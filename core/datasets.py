@@ -582,7 +582,7 @@ def import_samples(created_by: str | None = "setup") -> dict:
     """The sample data shipped in data/samples/: general Vietnamese, then each sample domain mixed with 5 %
     of it. Returns the demo domain, ``sample-ghichu-noibo`` (internal notes in the team's shorthand,
     rewritten in full): its answers follow one fixed style, so the default model passes the evaluation
-    gate on it after the 20-step CPU preset (README, Deploy). It is imported last, so that it is the
+    gate on it with the 40-step CPU preset ``config.DEMO_PRESET`` (README, Deploy). It is imported last, so that it is the
     newest version (the one the Train page offers first).
 
     The samples are written by the ViTune team itself, so every version is recorded as reviewed by

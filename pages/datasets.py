@@ -75,7 +75,7 @@ with st.expander("Import a file", expanded=not versions):
 if st.button("Import the sample data (internal notes · customer care + contracts, each with 5 % general Vietnamese)"):
     try:
         v = datasets.import_samples(created_by=user())
-        flash(f"Sample dataset version {v['id']} ({v['name']}) is ready: the quick-test preset passes the gate on it "
+        flash(f"Sample dataset version {v['id']} ({v['name']}) is ready: the demo preset passes the gate on it "
               "with the default model. The customer-care and contract samples are imported beside it.")
         st.rerun()
     except datasets.DatasetError as exc:
