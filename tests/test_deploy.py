@@ -1,5 +1,5 @@
-"""Deploy: Modelfile TEMPLATE vs training prompts, Gemma 4 export branch, ollama commands, preflight,
-release records (delete, rollback) on the default model."""
+"""Deploy: Modelfile TEMPLATE vs training prompts, Gemma 4 export branch, the default quantization, ollama
+commands, preflight verdicts. Deploying the pipeline's run, releases, delete and rollback: test_pipeline."""
 import json
 import re
 import socket
@@ -196,64 +196,18 @@ def test_preflight_judge():
 
 
 @pytest.mark.slow
-def test_preflight_passes_on_the_export_and_blocks_a_drifted_template(pipeline, monkeypatch):
+def test_preflight_blocks_a_drifted_template(pipeline, monkeypatch):
+    """The alpaca-vi TEMPLATE on a chat-trained run renders a different prompt: blocked, with the reason.
+    (A passing preflight on the same export: test_pipeline's CLI deploy.)"""
     from core import jobs
 
     monkeypatch.setenv("VITUNE_HOME", str(pipeline["home"]))
     monkeypatch.setenv("VITUNE_SLOTS", "cpu")
     run_id, result = pipeline["run"], pipeline["export"]
-    gguf = Path(result["gguf"]["q8_0"])  # the default for the 270M model: q4_k_m loses its stop (test_pipeline)
-    from core.models import load_tokenizer
-
-    text = modelfile.build(gguf, "chat", load_tokenizer(result["merged_dir"]), system="Bạn là trợ lý CSKH.")
-    job = jobs.wait(preflight.submit(run_id, gguf, result["merged_dir"], text, n=3, max_tokens=24)["id"])
-    assert job["state"] == "succeeded", job["error"]
-    report = job["result"]
-    assert report["passed"], report["reason"]
-    assert report["n"] == 3 and 0 <= report["exact_match_rate"] <= 1 and 0 <= report["rouge_l"] <= 1
-    assert all(e["prompt_matches_training"] for e in report["examples"])
-    assert sum(bool(e["gguf_answer"]) for e in report["examples"]) >= 2
-    assert report["rouge_l"] > 0.2  # q8_0 answers resemble the merged model's
-    assert json.loads((Path(job["job_dir"]) / preflight.REPORT).read_text())["passed"]
-    # the alpaca-vi TEMPLATE on a chat-trained run renders a different prompt: blocked, with the reason
+    gguf = Path(result["gguf"]["q8_0"])
     drifted = modelfile.build(gguf, "alpaca-vi")
     job = jobs.wait(preflight.submit(run_id, gguf, result["merged_dir"], drifted, n=2, max_tokens=8)["id"])
     assert job["state"] == "succeeded" and not job["result"]["passed"]
     assert "renders a different prompt from the one the run was trained with" in job["result"]["reason"]
-
-
-@pytest.mark.slow
-def test_releases_list_delete_and_rollback_through_the_cli(pipeline, monkeypatch):
-    """A release recorded by deploy (override path, q8_0 from the fixture's export), then deleted and
-    rolled back to; each step recorded."""
-    monkeypatch.setenv("VITUNE_HOME", str(pipeline["home"]))
-    home = pipeline["home"]
-    args = ["deploy", "--run", pipeline["run"], "--name", "vi-rollback:v1", "--quant", "q8_0", "--golden", "2",
-            "--json"]
-    if not pipeline["evaluation"]["passed"]:
-        args += ["--override-reason", "rollback test"]
-    first = json.loads(cli(*args, home=home).stdout)
-    assert first["preflight"]["passed"] and first["preflight"]["n"] == 2
-    row = store.one("SELECT * FROM releases WHERE id = ?", [first["id"]])
-    report = json.loads(row["preflight"])
-    assert report["n"] == 2 and "exact_match_rate" in report and row["quantization"] == "q8_0"
-    assert row["gguf_sha256"] == export.sha256(Path(row["gguf_path"])) and row["state"] == "active"
-    listed = cli("releases", "list", home=home).stdout
-    assert first["id"] in listed and "vi-rollback:v1" in listed
-    deleted = cli("releases", "delete", first["id"], "--json", home=home)
-    assert json.loads(deleted.stdout)["state"] == "deleted"
-    again = cli("releases", "delete", first["id"], home=home, check=False)
-    assert again.returncode == 1 and "already deleted" in again.stderr
-    back = json.loads(cli("releases", "rollback", first["id"], "--json", home=home).stdout)
-    assert back["rollback_of"] == first["id"] and back["state"] == "active"
-    new = store.one("SELECT * FROM releases WHERE id = ?", [back["id"]])
-    assert new["modelfile"] == row["modelfile"] and new["gguf_sha256"] == row["gguf_sha256"]
-    assert json.loads(new["preflight"]) == report
-    actions = [r["action"] for r in store.rows("SELECT action FROM audit_log WHERE action LIKE 'release.%' "
-                                                "ORDER BY id")]
-    assert actions[-3:] == ["release.created", "release.deleted", "release.rollback"]
-    missing = cli("releases", "rollback", "rel-nope", home=home, check=False)
-    assert missing.returncode == 1 and "no release 'rel-nope'" in missing.stderr
-    if deploy.ollama_binary() is None:
-        assert new["ollama_status"] == deploy.NO_BINARY
-        pytest.skip("no ollama binary here: rollback ran up to `ollama create`; the call itself was skipped")
+    assert all(not e["prompt_matches_training"] for e in job["result"]["examples"])
+    assert not json.loads((Path(job["job_dir"]) / preflight.REPORT).read_text())["passed"]
