@@ -67,7 +67,9 @@ def cmd_dataset(args) -> int:
             return 0
         if args.action == "import-samples":
             version = datasets.import_samples(created_by=_user())
-            print(f"{version['id']} {version['name']}: {version['rows_train']} train, {version['rows_test']} test")
+            others = [datasets.find_by_name(n) for n in datasets.SAMPLE_DOMAINS if n != version["name"]]
+            for v in [version, *others, datasets.find_by_name("general-vi")]:
+                print(f"{v['id']} {v['name']}: {v['rows_train']} train, {v['rows_test']} test")
             return 0
         version, report = datasets.import_files(
             args.paths, args.name, test_fraction=args.test_fraction, seed=args.seed,
@@ -675,7 +677,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     x = sub.add_parser("export", help="merge a run and export GGUF with llama.cpp")
     x.add_argument("--run", required=True)
-    x.add_argument("--quant", nargs="+", default=["q4_k_m"], choices=["f16", "q8_0", "q4_k_m"])
+    x.add_argument("--quant", nargs="+", choices=["f16", "q8_0", "q4_k_m"],
+                   help="default: q4_k_m, or q8_0 for a base model under a billion parameters")
     x.add_argument("--timeout", type=float, default=3600)
     x.add_argument("--json", action="store_true")
     x.set_defaults(fn=cmd_export)
@@ -691,7 +694,9 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--run", required=True)
     dp.add_argument("--name", required=True, help="Ollama model name, e.g. gemma3-vi-cskh:v1")
     dp.add_argument("--system")
-    dp.add_argument("--quant", default="q4_k_m", choices=["f16", "q8_0", "q4_k_m"])
+    dp.add_argument("--quant", choices=["f16", "q8_0", "q4_k_m"],
+                    help="default: q4_k_m, or q8_0 for a base model under a billion parameters (q4_k_m loses a "
+                         "short fine-tune of a model that small; the preflight blocks it)")
     dp.add_argument("--override-reason", help="deploy a run that has not passed the gate, recording why")
     dp.add_argument("--ollama-quantize", choices=["q4_K_M", "q4_K_S", "q8_0"],
                     help="let `ollama create --quantize` quantize (only with --quant f16)")

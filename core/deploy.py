@@ -158,13 +158,15 @@ def _wait(job: dict, what: str, on_progress: Callable[[str], None]) -> dict:
     return jobs.wait(job["id"], timeout=3600, on_update=update)
 
 
-def prepare(run_id: str, name: str, *, system: str | None = None, quantization: str = export.DEFAULT_QUANT,
+def prepare(run_id: str, name: str, *, system: str | None = None, quantization: str | None = None,
             override_reason: str | None = None, actor: str | None = None,
             on_progress: Callable[[str], None] = print) -> dict:
-    """Gate (or override), export (or reuse), Modelfile. Nothing reaches Ollama yet."""
+    """Gate (or override), export (or reuse), Modelfile. Nothing reaches Ollama yet. Without a
+    quantization, the run's default (``export.default_quant``: q8_0 under a billion parameters)."""
     modelfile.check_name(name)
     if system:
         system = modelfile.check_system(system)
+    quantization = quantization or export.default_quant_for_run(run_id)
     if quantization not in export.QUANTIZATIONS:
         raise export.ExportError(f"unknown quantization '{quantization}' (one of: {', '.join(export.QUANTIZATIONS)})")
     run = jobs.get_run(run_id)
@@ -217,8 +219,12 @@ def release(prepared: dict, *, modelfile_text: str | None = None, ollama_quantiz
     on_progress(f"preflight: exact match {report['exact_match_rate']:.0%}, ROUGE-L {report['rouge_l']:.3f} "
                 f"against the merged model; {report['reason']}")
     if not report["passed"]:
+        hint = ""
+        if report.get("runaway_answers") and prepared["quantization"] == "q4_k_m":
+            hint = (f"; to check the same run at q8_0: python -m core deploy --run {prepared['run_id']} "
+                    f"--name {name} --quant q8_0 (or choose q8_0 on the Deploy page)")
         raise DeployRefused(f"preflight blocked the release: {report['reason']} "
-                            f"(report: {Path(job['job_dir']) / preflight.REPORT})")
+                            f"(report: {Path(job['job_dir']) / preflight.REPORT}){hint}")
     mf_path = Path(prepared["modelfile_path"])
     mf_path.write_text(text, encoding="utf-8")
     created, message = ollama_create(name, mf_path, on_progress, gguf_quantization=prepared["quantization"],
@@ -234,7 +240,7 @@ def release(prepared: dict, *, modelfile_text: str | None = None, ollama_quantiz
     return {**rec, "modelfile_path": str(mf_path), "ollama_created": created}
 
 
-def deploy(run_id: str, name: str, *, system: str | None = None, quantization: str = export.DEFAULT_QUANT,
+def deploy(run_id: str, name: str, *, system: str | None = None, quantization: str | None = None,
            override_reason: str | None = None, actor: str | None = None, ollama_quantize: str | None = None,
            golden: int = preflight.GOLDEN_SIZE, on_progress: Callable[[str], None] = print) -> dict:
     prepared = prepare(run_id, name, system=system, quantization=quantization, override_reason=override_reason,

@@ -479,19 +479,20 @@ def start_background(interval: float = 2.0):
 
     if _background.get("thread") and _background["thread"].is_alive():
         return _background["thread"]
+    stop = threading.Event()
 
     def loop() -> None:
-        while True:
+        while not stop.is_set():
             try:
                 tick()
                 _background.pop("error", None)
             except Exception as exc:  # keep supervising; the pages show the last error
                 _background["error"] = f"{type(exc).__name__}: {exc}"
-            time.sleep(interval)
+            stop.wait(interval)
 
     thread = threading.Thread(target=loop, name="vitune-supervisor", daemon=True)
     thread.start()
-    _background["thread"] = thread
+    _background.update(thread=thread, stop=stop)
     return thread
 
 
@@ -512,6 +513,15 @@ def supervise(interval: float = 2.0, until_idle: bool = False,
             if not busy["n"]:
                 return ticks
         time.sleep(interval)
+
+
+def stop_background(timeout: float = 30) -> None:
+    """Stop this process's supervisor thread (tests that run app.py in-process; the app never stops it)."""
+    if _background.get("stop"):
+        _background["stop"].set()
+    if _background.get("thread"):
+        _background["thread"].join(timeout)
+    _background.pop("thread", None)
 
 
 def supervisor_error() -> str | None:

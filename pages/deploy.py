@@ -31,7 +31,12 @@ else:
     with st.form("prepare"):
         c1, c2 = st.columns(2)
         name = c1.text_input("Ollama model name", "gemma3-vi-cskh:v1")
-        quant = c2.selectbox("Quantization", list(export.QUANTIZATIONS), index=2)
+        default_quant = export.default_quant_for_run(run_id)
+        quant = c2.selectbox("Quantization", list(export.QUANTIZATIONS),
+                             index=list(export.QUANTIZATIONS).index(default_quant),
+                             help="q4_k_m (the guide's default) for models of a billion parameters and more; q8_0 "
+                                  "below that, where q4_k_m loses a short fine-tune and its stop (the preflight "
+                                  "blocks such a GGUF).")
         system = st.text_area("System text", modelfile.DEFAULT_SYSTEM)
         override = "" if verdict["releasable"] else st.text_input("Override reason (required: the gate has not passed)")
         go = st.form_submit_button("1 · Export and write the Modelfile", type="primary")

@@ -117,13 +117,14 @@ def approve_review(version_id: str, reviewer: str = "tester") -> dict:
 
 @pytest.fixture(scope="session")
 def pipeline(tmp_path_factory, default_model) -> dict:
-    """The whole default pipeline once, through the CLI: samples → train (20 steps) → evaluate (20
-    held-out pairs) → gate → export (f16, q8_0, q4_k_m). Later tests (pages, browser, deploy) reuse it."""
+    """The whole default pipeline once, through the CLI: samples → train the demo sample (internal notes)
+    with the demo preset (40 steps) → evaluate (20 held-out pairs), which passes the gate → export (f16,
+    q8_0, q4_k_m). Later tests (pages, browser, deploy) reuse it; a test that needs a failing run makes its own."""
     home = tmp_path_factory.mktemp("pipeline-home")
     out = {"home": home}
     proc = cli("dataset", "import-samples", home=home)
     out["dataset"] = proc.stdout.split()[0]
-    proc = cli("train", "--dataset", out["dataset"], "--preset", "quick test (CPU, 20 steps)", "--json", home=home)
+    proc = cli("train", "--dataset", out["dataset"], "--preset", "demo pass (CPU, 40 steps)", "--json", home=home)
     train = json.loads(proc.stdout)
     out["run"] = train["run"]
     out["train"] = train

@@ -1,5 +1,5 @@
-"""Deploy: Modelfile TEMPLATE vs training prompts, Gemma 4 export branch, ollama commands, preflight,
-release records (delete, rollback) on the default model."""
+"""Deploy: Modelfile TEMPLATE vs training prompts, Gemma 4 export branch, the default quantization, ollama
+commands, preflight verdicts. Deploying the pipeline's run, releases, delete and rollback: test_pipeline."""
 import json
 import re
 import socket
@@ -118,6 +118,16 @@ def test_export_explains_a_bad_config(tmp_path):
         export.loader_for("BertModel")
 
 
+def test_default_quantization_is_q8_0_below_a_billion_parameters(default_model, tmp_path):
+    assert export.parameter_count(str(default_model)) == 268_042_240  # Gemma 3 270M, from its config.json
+    assert export.default_quant(str(default_model)) == "q8_0"
+    big = {"hidden_size": 2560, "intermediate_size": 10240, "num_hidden_layers": 34, "num_attention_heads": 8,
+           "num_key_value_heads": 4, "head_dim": 256, "vocab_size": 262208}  # Gemma 3 4B's text config
+    (tmp_path / "config.json").write_text(json.dumps({"text_config": big}))
+    assert export.default_quant(str(tmp_path)) == "q4_k_m" == export.DEFAULT_QUANT
+    assert export.default_quant("someone/not-downloaded") == "q4_k_m"  # unknown size: the guide's default
+
+
 def test_default_model_architecture(default_model):
     assert export.loader_for(export.architecture(default_model)) == "AutoModelForCausalLM"
 
@@ -186,64 +196,18 @@ def test_preflight_judge():
 
 
 @pytest.mark.slow
-def test_preflight_passes_on_the_export_and_blocks_a_drifted_template(pipeline, monkeypatch):
+def test_preflight_blocks_a_drifted_template(pipeline, monkeypatch):
+    """The alpaca-vi TEMPLATE on a chat-trained run renders a different prompt: blocked, with the reason.
+    (A passing preflight on the same export: test_pipeline's CLI deploy.)"""
     from core import jobs
 
     monkeypatch.setenv("VITUNE_HOME", str(pipeline["home"]))
     monkeypatch.setenv("VITUNE_SLOTS", "cpu")
     run_id, result = pipeline["run"], pipeline["export"]
-    gguf = Path(result["gguf"]["q8_0"])  # q4_k_m of a 270M model trained 20 steps may lose its stop
-    from core.models import load_tokenizer
-
-    text = modelfile.build(gguf, "chat", load_tokenizer(result["merged_dir"]), system="Bạn là trợ lý CSKH.")
-    job = jobs.wait(preflight.submit(run_id, gguf, result["merged_dir"], text, n=3, max_tokens=24)["id"])
-    assert job["state"] == "succeeded", job["error"]
-    report = job["result"]
-    assert report["passed"], report["reason"]
-    assert report["n"] == 3 and 0 <= report["exact_match_rate"] <= 1 and 0 <= report["rouge_l"] <= 1
-    assert all(e["prompt_matches_training"] for e in report["examples"])
-    assert sum(bool(e["gguf_answer"]) for e in report["examples"]) >= 2
-    assert report["rouge_l"] > 0.2  # q8_0 answers resemble the merged model's
-    assert json.loads((Path(job["job_dir"]) / preflight.REPORT).read_text())["passed"]
-    # the alpaca-vi TEMPLATE on a chat-trained run renders a different prompt: blocked, with the reason
+    gguf = Path(result["gguf"]["q8_0"])
     drifted = modelfile.build(gguf, "alpaca-vi")
     job = jobs.wait(preflight.submit(run_id, gguf, result["merged_dir"], drifted, n=2, max_tokens=8)["id"])
     assert job["state"] == "succeeded" and not job["result"]["passed"]
     assert "renders a different prompt from the one the run was trained with" in job["result"]["reason"]
-
-
-@pytest.mark.slow
-def test_releases_list_delete_and_rollback_through_the_cli(pipeline, monkeypatch):
-    """A release recorded by deploy (override path, q8_0 from the fixture's export), then deleted and
-    rolled back to; each step recorded."""
-    monkeypatch.setenv("VITUNE_HOME", str(pipeline["home"]))
-    home = pipeline["home"]
-    args = ["deploy", "--run", pipeline["run"], "--name", "vi-rollback:v1", "--quant", "q8_0", "--golden", "2",
-            "--json"]
-    if not pipeline["evaluation"]["passed"]:
-        args += ["--override-reason", "rollback test"]
-    first = json.loads(cli(*args, home=home).stdout)
-    assert first["preflight"]["passed"] and first["preflight"]["n"] == 2
-    row = store.one("SELECT * FROM releases WHERE id = ?", [first["id"]])
-    report = json.loads(row["preflight"])
-    assert report["n"] == 2 and "exact_match_rate" in report and row["quantization"] == "q8_0"
-    assert row["gguf_sha256"] == export.sha256(Path(row["gguf_path"])) and row["state"] == "active"
-    listed = cli("releases", "list", home=home).stdout
-    assert first["id"] in listed and "vi-rollback:v1" in listed
-    deleted = cli("releases", "delete", first["id"], "--json", home=home)
-    assert json.loads(deleted.stdout)["state"] == "deleted"
-    again = cli("releases", "delete", first["id"], home=home, check=False)
-    assert again.returncode == 1 and "already deleted" in again.stderr
-    back = json.loads(cli("releases", "rollback", first["id"], "--json", home=home).stdout)
-    assert back["rollback_of"] == first["id"] and back["state"] == "active"
-    new = store.one("SELECT * FROM releases WHERE id = ?", [back["id"]])
-    assert new["modelfile"] == row["modelfile"] and new["gguf_sha256"] == row["gguf_sha256"]
-    assert json.loads(new["preflight"]) == report
-    actions = [r["action"] for r in store.rows("SELECT action FROM audit_log WHERE action LIKE 'release.%' "
-                                                "ORDER BY id")]
-    assert actions[-3:] == ["release.created", "release.deleted", "release.rollback"]
-    missing = cli("releases", "rollback", "rel-nope", home=home, check=False)
-    assert missing.returncode == 1 and "no release 'rel-nope'" in missing.stderr
-    if deploy.ollama_binary() is None:
-        assert new["ollama_status"] == deploy.NO_BINARY
-        pytest.skip("no ollama binary here: rollback ran up to `ollama create`; the call itself was skipped")
+    assert all(not e["prompt_matches_training"] for e in job["result"]["examples"])
+    assert not json.loads((Path(job["job_dir"]) / preflight.REPORT).read_text())["passed"]

@@ -26,14 +26,23 @@ def test_every_page_renders_on_an_empty_studio(home, page):
 
 
 def test_app_navigation_and_demo_mode(home):
-    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=60).run()
-    _clean(at)
-    assert at.title[0].value == "Datasets"
-    demo = AppTest.from_file(str(REPO / "app.py"), default_timeout=60)
-    demo.query_params["demo"] = "1"
-    demo.run()
-    _clean(demo)
-    assert demo.title[0].value.startswith("Playground")
+    from core import jobs
+
+    try:
+        at = AppTest.from_file(str(REPO / "app.py"), default_timeout=60).run()
+        _clean(at)
+        assert at.title[0].value == "Datasets"
+        demo = AppTest.from_file(str(REPO / "app.py"), default_timeout=60)
+        demo.query_params["demo"] = "1"
+        demo.run()
+        _clean(demo)
+        assert demo.title[0].value.startswith("Playground")
+        assert jobs._background["thread"].is_alive()  # app.py started its supervisor in this process
+    finally:
+        # otherwise it would tick on in the test process, for whatever VITUNE_HOME later tests set, and
+        # start the jobs they mean to leave queued (workers that outlive the test session)
+        jobs.stop_background()
+    assert "thread" not in jobs._background
 
 
 def test_datasets_page_imports_the_samples(home):
@@ -42,8 +51,10 @@ def test_datasets_page_imports_the_samples(home):
     _clean(at)
     from core import datasets
 
-    names = {v["name"] for v in datasets.list_versions()}
-    assert names == {"general-vi", "sample-cskh-hopdong"}
+    versions = datasets.list_versions()
+    assert {v["name"] for v in versions} == {"general-vi", "sample-cskh-hopdong", "sample-ghichu-noibo"}
+    assert versions[0]["name"] == "sample-ghichu-noibo"  # the newest: the one the Train page offers first
+    assert any("sample-ghichu-noibo" in str(s.value) for s in at.success)
 
 
 @pytest.mark.slow
@@ -242,9 +253,8 @@ def test_deploy_page_exports_shows_the_modelfile_preflights_and_manages_releases
     monkeypatch.setenv("VITUNE_SLOTS", "cpu")
     at = _run("deploy")
     at.text_input[0].set_value("vi-page:v1")
-    at.selectbox[1].set_value("q8_0")
-    if not pipeline["evaluation"]["passed"]:
-        at.text_input[1].set_value("page test")
+    assert at.selectbox[1].label == "Quantization" and at.selectbox[1].value == "q8_0"  # the 270M model's default
+    assert pipeline["evaluation"]["passed"] and len(at.text_input) == 1  # releasable: no override field
     next(b for b in at.button if b.label.startswith("1 ·")).click().run()
     _clean(at)
     modelfile = next(t for t in at.text_area if t.label == "Modelfile (editable)")
@@ -257,6 +267,7 @@ def test_deploy_page_exports_shows_the_modelfile_preflights_and_manages_releases
 
     rel = deploy.get_release(at.session_state["last_release"])
     assert "PARAMETER temperature 0.2" in rel["modelfile"] and rel["preflight"]["n"] == 2
+    assert rel["override_reason"] is None and rel["quantization"] == "q8_0" and rel["evaluation_id"]
     assert any(m.label == "Preflight" and m.value == "passed" for m in at.metric)
     at.selectbox[-1].set_value(rel["id"])
     next(b for b in at.button if b.label.startswith("Delete")).click().run()

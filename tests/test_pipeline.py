@@ -19,12 +19,12 @@ PROMPTS = [
 ]
 
 
-def test_training_ran_twenty_steps_and_the_loss_fell(pipeline, monkeypatch):
+def test_training_ran_forty_steps_and_the_loss_fell(pipeline, monkeypatch):
     monkeypatch.setenv("VITUNE_HOME", str(pipeline["home"]))
-    assert pipeline["train"]["state"] == "succeeded" and pipeline["train"]["result"]["steps"] == 20
+    assert pipeline["train"]["state"] == "succeeded" and pipeline["train"]["result"]["steps"] == 40
     losses = [r["loss"] for r in store.rows("SELECT loss FROM metrics WHERE run_id = ? ORDER BY step",
                                             [pipeline["run"]])]
-    assert len(losses) == 20
+    assert len(losses) == 40
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
 
 
@@ -32,6 +32,8 @@ def test_evaluation_is_stored_with_every_example(pipeline, monkeypatch):
     monkeypatch.setenv("VITUNE_HOME", str(pipeline["home"]))
     ev = pipeline["evaluation"]
     assert ev["n"] == 20 and 0 <= ev["bleu"] <= 1 and 0 <= ev["rouge_l"] <= 1
+    # the demo sample's held-out notes are learned: the default model passes the default gate
+    assert ev["passed"] and ev["bleu"] > 0.35 and ev["rouge_l"] > 0.45, ev
     row = store.one("SELECT * FROM evaluations WHERE id = ?", [ev["evaluation"]])
     assert row["run_id"] == pipeline["run"] and row["passed"] == ev["passed"]
     assert json.loads(row["thresholds"]) == {"bleu": 0.35, "rouge_l": 0.45}
@@ -75,29 +77,102 @@ def test_f16_q8_0_and_q4_k_m_ggufs_answer_in_llama_cpp(pipeline):
     assert sizes["q4_k_m"] < sizes["q8_0"] < sizes["f16"] and sizes["q8_0"] < sizes["f16"] * 0.6
 
 
-def test_deploy_refuses_without_gate_then_records_an_override(pipeline, monkeypatch):
+def test_deploy_the_passing_run_through_the_cli_then_delete_and_roll_back(pipeline, monkeypatch):
+    """`python -m core deploy --run RUN --name NAME` on the fixture's passing run: no override, the default
+    quantization for a model this small (q8_0, the fixture's export reused), a passing preflight, and a
+    release that names the evaluation it rests on; then the release is listed, deleted and rolled back to,
+    each step recorded."""
     monkeypatch.setenv("VITUNE_HOME", str(pipeline["home"]))
-    home = pipeline["home"]
-    if pipeline["evaluation"]["passed"]:
-        pytest.skip("this run passed the gate; the refusal path needs a failing run")
-    refused = cli("deploy", "--run", pipeline["run"], "--name", "vi-cskh:v1", home=home, check=False)
-    assert refused.returncode == 1 and "not releasable" in refused.stderr
-    bad = cli("deploy", "--run", pipeline["run"], "--name", "Bad Name", "--override-reason", "demo", home=home,
-              check=False)
+    home, run_id = pipeline["home"], pipeline["run"]
+    assert pipeline["evaluation"]["passed"]
+    done = cli("deploy", "--run", run_id, "--name", "gemma3-vi-ghichu:v1", "--golden", "3", "--json", home=home)
+    release = json.loads(done.stdout)
+    assert "reusing export job" in done.stderr and "checksum verified" in done.stderr
+    assert release["quantization"] == export.default_quant_for_run(run_id) == "q8_0"
+    assert release["preflight"]["passed"], release["preflight"]["reason"]
+    row = store.one("SELECT * FROM releases WHERE id = ?", [release["id"]])
+    assert row["override_reason"] is None and row["run_id"] == run_id and row["tag"] == "v1"
+    assert row["evaluation_id"] == pipeline["evaluation"]["evaluation"] and row["state"] == "active"
+    assert json.loads(row["thresholds"]) == {"bleu": 0.35, "rouge_l": 0.45}
+    assert row["gguf_sha256"] == export.sha256(Path(release["gguf_path"])) == pipeline["export"]["sha256"]["q8_0"]
+    modelfile_text = Path(release["modelfile_path"]).read_text()
+    assert modelfile_text.startswith(f"FROM {release['gguf_path']}") and "<start_of_turn>" in modelfile_text
+    report = json.loads(row["preflight"])
+    assert report["n"] == 3 and all(e["prompt_matches_training"] for e in report["examples"])
+    # the q8_0 GGUF keeps its stop and answers like the merged model
+    assert report["runaway_answers"] == 0 and report["empty_answers"] == 0, report["examples"]
+    assert report["rouge_l"] > 0.8 and report["exact_match_rate"] >= 1 / 3, report["examples"]
+    assert release["preflight"]["exact_match_rate"] == report["exact_match_rate"]
+    audit = store.rows("SELECT action FROM audit_log WHERE subject = ?", [run_id])
+    assert {"action": "gate.override"} not in audit
+
+    listed = cli("releases", "list", home=home).stdout
+    assert release["id"] in listed and "gemma3-vi-ghichu:v1" in listed
+    deleted = cli("releases", "delete", release["id"], "--json", home=home)
+    assert json.loads(deleted.stdout)["state"] == "deleted"
+    again = cli("releases", "delete", release["id"], home=home, check=False)
+    assert again.returncode == 1 and "already deleted" in again.stderr
+    back = json.loads(cli("releases", "rollback", release["id"], "--json", home=home).stdout)
+    assert back["rollback_of"] == release["id"] and back["state"] == "active"
+    new = store.one("SELECT * FROM releases WHERE id = ?", [back["id"]])
+    assert new["modelfile"] == row["modelfile"] and new["gguf_sha256"] == row["gguf_sha256"]
+    assert json.loads(new["preflight"]) == report and new["override_reason"] is None
+    actions = [r["action"] for r in store.rows("SELECT action FROM audit_log WHERE action LIKE 'release.%' "
+                                                "ORDER BY id")]
+    assert actions[-3:] == ["release.created", "release.deleted", "release.rollback"]
+    missing = cli("releases", "rollback", "rel-nope", home=home, check=False)
+    assert missing.returncode == 1 and "no release 'rel-nope'" in missing.stderr
+    if deploy.ollama_binary() is None:
+        assert row["ollama_status"].startswith("ollama is not installed") and new["ollama_status"] == deploy.NO_BINARY
+        pytest.skip("no ollama binary here: deploy and rollback ran up to `ollama create`; the call itself was skipped")
+
+
+def test_q4_k_m_of_the_passing_run_is_blocked_by_the_preflight(pipeline, monkeypatch):
+    """Why the default is q8_0 for this model: at q4_k_m the same run loses its stop (and the preflight
+    says so, and how to check at q8_0); nothing is released."""
+    monkeypatch.setenv("VITUNE_HOME", str(pipeline["home"]))
+    home, run_id = pipeline["home"], pipeline["run"]
+    before = len(deploy.list_releases())
+    blocked = cli("deploy", "--run", run_id, "--name", "gemma3-vi-ghichu:q4", "--quant", "q4_k_m", "--golden", "2",
+                  home=home, check=False)
+    assert blocked.returncode == 1, blocked.stdout
+    assert "preflight blocked the release" in blocked.stderr and "quantization is the likely cause" in blocked.stderr
+    assert f"--run {run_id} --name gemma3-vi-ghichu:q4 --quant q8_0" in blocked.stderr
+    assert len(deploy.list_releases()) == before
+
+
+def test_deploy_refuses_a_failing_run_then_records_an_override(home):
+    """A run that fails the gate (1 step on the customer-care + contracts sample, still in its warm-up, so
+    the adapter leaves the base model as it was): deploy refuses it, then records the override reason."""
+    from core import datasets
+
+    cli("dataset", "import-samples", home=home)
+    version = datasets.find_by_name("sample-cskh-hopdong")["id"]
+    train = json.loads(cli("train", "--dataset", version, "--preset", "quick test (CPU, 20 steps)", "--max-steps",
+                           "1", "--json", home=home).stdout)
+    run_id = train["run"]
+    ev = json.loads(cli("evaluate", "--run", run_id, "--limit", "2", "--max-new-tokens", "16", "--json",
+                        home=home).stdout)
+    assert not ev["passed"], ev
+    refused = cli("deploy", "--run", run_id, "--name", "vi-cskh:v1", home=home, check=False)
+    assert refused.returncode == 1 and "not releasable" in refused.stderr and ev["evaluation"] in refused.stderr
+    bad = cli("deploy", "--run", run_id, "--name", "Bad Name", "--override-reason", "demo", home=home, check=False)
     assert bad.returncode == 1 and "not a valid Ollama model name" in bad.stderr
-    done = cli("deploy", "--run", pipeline["run"], "--name", "vi-cskh:v1", "--quant", "q8_0", "--golden", "3",
+    done = cli("deploy", "--run", run_id, "--name", "vi-cskh:v1", "--golden", "2",
                "--override-reason", "client demo only, not production", "--json", home=home)
     release = json.loads(done.stdout)
     modelfile_text = Path(release["modelfile_path"]).read_text()
     assert modelfile_text.startswith(f"FROM {release['gguf_path']}") and "<start_of_turn>" in modelfile_text
     row = store.one("SELECT * FROM releases WHERE id = ?", [release["id"]])
     assert row["override_reason"] == "client demo only, not production" and row["tag"] == "v1"
+    assert row["quantization"] == "q8_0"  # the default for this model, override or not
+    assert row["evaluation_id"] == ev["evaluation"]
     assert row["gguf_sha256"] == export.sha256(Path(release["gguf_path"]))
     preflight = json.loads(row["preflight"])
-    assert preflight["passed"] and release["preflight"]["exact_match_rate"] == preflight["exact_match_rate"]
-    assert len(preflight["examples"]) == 3 and all(e["prompt_matches_training"] for e in preflight["examples"])
-    audit = store.rows("SELECT action FROM audit_log WHERE subject = ?", [pipeline["run"]])
-    assert {"action": "gate.override"} in audit
+    assert release["preflight"]["exact_match_rate"] == preflight["exact_match_rate"]
+    assert len(preflight["examples"]) == 2 and all(e["prompt_matches_training"] for e in preflight["examples"])
+    audit = store.rows("SELECT action, detail FROM audit_log WHERE subject = ? AND action = 'gate.override'", [run_id])
+    assert len(audit) == 1 and json.loads(audit[0]["detail"])["reason"] == "client demo only, not production"
     if deploy.ollama_binary() is None:
         assert row["ollama_status"].startswith("ollama is not installed")
         pytest.skip("no ollama binary here: everything up to `ollama create` ran; the call itself was skipped")
