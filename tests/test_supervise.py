@@ -7,7 +7,7 @@ import pytest
 from core import jobs
 from tests.conftest import cli, free_port, start_studio
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.extended]
 
 
 def _queue(home, dataset: str) -> int:
