@@ -206,15 +206,18 @@ def child_pandas(path: str, out: str) -> dict:
 
 def explain(path: Path) -> None:
     """Where the per-line SQL spends its time: EXPLAIN ANALYZE on the first 100k lines, one thread."""
-    import re
-
-    import duckdb
     import pyarrow as pa
 
     sys.path.insert(0, str(REPO))
-    from core import bulk_import
+    from core import bulk_import, store
 
-    con = duckdb.connect(config={"threads": 1})  # a throwaway in-memory database, for the profile only
+    with store.scratch(threads=1) as con:  # the importer's own in-memory database, one thread for the profile
+        _explain(con, path, bulk_import, pa)
+
+
+def _explain(con, path: Path, bulk_import, pa) -> None:
+    import re
+
     con.execute(bulk_import._MACROS)
     con.execute(bulk_import._PARSED)
     batches, n = [], 0
@@ -325,6 +328,7 @@ def main() -> int:
             print(f"{label} CPU seconds per thread (≥ 0.5 s): {r['thread_cpu_s']} — with a free core per "
                   f"thread the wall time would approach the busiest thread's")
     if args.explain:
+        os.environ["VITUNE_HOME"] = str(tmp / "home")  # the scratch database spills under the bench's own home
         explain(src)
     print(f"load average after: {' '.join(f'{x:.2f}' for x in load_after)}")
     if not args.keep:
