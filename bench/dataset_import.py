@@ -9,7 +9,7 @@ Vietnamese words, with ~1 % bad lines (invalid JSON, missing field, numbers, not
 copies and ~3 % exact copies of earlier rows, whitespace junk (double spaces, zero-width spaces, CRLF,
 trailing spaces) and blank lines. Then, each in its own process with a fresh VITUNE_HOME:
 
-* studio: ``core.datasets.import_files`` (the automatic bulk path: validate with line numbers, clean,
+* studio: ``core.datasets.importer.import_files`` (the automatic bulk path: validate with line numbers, clean,
   dedup, split, write Parquet, record the version), its per-stage timings printed;
 * pandas: read_json(lines=True) in chunks (a chunk with a bad line is parsed line by line), the same
   clean-up with unicodedata/re through ``Series.map``, drop_duplicates exact and normalised, a seeded
@@ -110,14 +110,14 @@ def watch_threads(seen: dict, stop: threading.Event) -> None:
 
 
 def child_studio(path: str) -> dict:
-    from core import datasets
+    from core.datasets import importer
 
     seen: dict = {}
     stop = threading.Event()
     watcher = threading.Thread(target=watch_threads, args=(seen, stop), daemon=True)
     watcher.start()
     t0 = time.perf_counter()
-    version, report = datasets.import_files([path], "bench-import", created_by="bench", bulk=True)
+    version, report = importer.import_files([path], "bench-import", created_by="bench", bulk=True)
     wall = time.perf_counter() - t0
     stop.set()
     watcher.join()
@@ -209,25 +209,26 @@ def explain(path: Path) -> None:
     import pyarrow as pa
 
     sys.path.insert(0, str(REPO))
-    from core import bulk_import, store
+    from core import store
+    from core.datasets import bulk
 
     with store.scratch(threads=1) as con:  # the importer's own in-memory database, one thread for the profile
-        _explain(con, path, bulk_import, pa)
+        _explain(con, path, bulk, pa)
 
 
-def _explain(con, path: Path, bulk_import, pa) -> None:
+def _explain(con, path: Path, bulk, pa) -> None:
     import re
 
-    con.execute(bulk_import._MACROS)
-    con.execute(bulk_import._PARSED)
+    con.execute(bulk._MACROS)
+    con.execute(bulk._PARSED)
     batches, n = [], 0
-    for batch in bulk_import._Lines(path, None).batches():
+    for batch in bulk._Lines(path, None).batches():
         batches.append(batch.slice(0, 100_000 - n))
         n += batches[-1].num_rows
         break
     src = pa.Table.from_batches([b for b in batches]).combine_chunks()  # noqa: F841 (read by DuckDB)
     con.execute("CREATE TABLE lines AS SELECT * FROM src")
-    out = con.execute("EXPLAIN ANALYZE " + bulk_import._parse_sql(0, "x", {}).replace("FROM src", "FROM lines")
+    out = con.execute("EXPLAIN ANALYZE " + bulk._parse_sql(0, "x", {}).replace("FROM src", "FROM lines")
                       ).fetchall()[0][1]
     print(f"\nper-line SQL on the first {n:,} lines, one thread (operator: seconds, what it computes):")
     for block in out.split("╭─")[1:]:

@@ -9,7 +9,7 @@ same greedy settings and the same stop tokens:
 
 - loop: the guide's ``ask_vi`` pattern — one ``tokenizer(prompt)`` and one ``model.generate`` per
   prompt, batch 1 (with the KV cache, as ``generate`` always uses it);
-- batched: ``core.inference.generate`` — prompts sorted by length, left-padded batches, KV cache.
+- batched: ``core.evaluation.inference.generate`` — prompts sorted by length, left-padded batches, KV cache.
 
 Prints a table (seconds, examples/s, generated tokens/s, speed-up over the loop) and how many
 answers are identical between the two modes (greedy decoding; padding may change a rare token in
@@ -26,8 +26,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from core import inference, paths, prompt_format  # noqa: E402
-from core.inference import Decoding  # noqa: E402
+from core import paths, prompt_format
+from core.evaluation import inference
+from core.evaluation.inference import Decoding  # noqa: E402
 
 
 def sample_pairs(n: int) -> list[dict]:
@@ -72,6 +73,10 @@ def main() -> int:
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 16, 32])
     ap.add_argument("--max-new-tokens", type=int, default=48)
+    ap.add_argument("--engine", default="dynamic", choices=["dynamic", "static"],
+                    help="the batched path's engine (static: fixed shapes and a compiled step; batch 0 = chosen)")
+    ap.add_argument("--repeat", type=int, default=1, help="time the batched path this many times (the first compiles)")
+    ap.add_argument("--no-loop", action="store_true", help="skip the one-prompt-at-a-time loop")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
 
@@ -86,34 +91,50 @@ def main() -> int:
     decoding = Decoding(max_new_tokens=args.max_new_tokens)
     count = lambda answers: sum(len(loaded.tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers)
 
-    inference.generate(loaded, prompts[:2], Decoding(max_new_tokens=4, batch_size=2))  # warm-up
+    if args.engine == "dynamic":   # the static engine's first timed call is its warm-up (and compile), on purpose
+        inference.generate(loaded, prompts[:2], Decoding(max_new_tokens=4, batch_size=2), engine="dynamic")
     results = []
-    sync(args.device)
-    t = time.perf_counter()
-    reference = loop(loaded, prompts, decoding)
-    sync(args.device)
-    loop_s = time.perf_counter() - t
-    results.append({"mode": "loop (guide)", "batch": 1, "seconds": loop_s, "tokens": count(reference),
-                    "identical": len(prompts)})
-    for bs in args.batch_sizes:
-        decoding.batch_size = bs
+    reference = None
+    loop_s = None
+    if not args.no_loop:
         sync(args.device)
         t = time.perf_counter()
-        answers = inference.generate(loaded, prompts, decoding)
+        reference = loop(loaded, prompts, decoding)
         sync(args.device)
-        results.append({"mode": "batched (studio)", "batch": bs, "seconds": time.perf_counter() - t,
-                        "tokens": count(answers), "identical": sum(a == b for a, b in zip(answers, reference))})
+        loop_s = time.perf_counter() - t
+        results.append({"mode": "loop (guide)", "batch": 1, "seconds": loop_s, "tokens": count(reference),
+                        "identical": len(prompts), "answers": reference})
+    for bs in args.batch_sizes:
+        decoding.batch_size = bs
+        for k in range(args.repeat):
+            sync(args.device)
+            t = time.perf_counter()
+            info: dict = {}
+            answers = inference.generate(loaded, prompts, decoding, engine=args.engine, info=info)
+            sync(args.device)
+            plan = info.get("plan") or {}
+            results.append({"mode": f"batched, {info.get('engine')} engine" + (" (first call)" if args.repeat > 1 and k == 0 else ""),
+                            "engine": info.get("engine"), "call": k + 1, "batch": plan.get("batch", bs),
+                            "plan": plan or None, "fallback": info.get("fallback"),
+                            # generated ids, not the answers re-tokenized: a random-weight model's ids may decode to nothing
+                            "seconds": time.perf_counter() - t, "tokens": sum(map(len, info["new_ids"])),
+                            "answers": answers, "ids": info["new_ids"],
+                            "identical": sum(a == b for a, b in zip(answers, reference)) if reference else None})
     print(f"\n{len(prompts)} prompts, greedy, max {args.max_new_tokens} new tokens, {args.device}\n")
     print(f"| mode | batch | seconds | examples/s | generated tokens/s | speed-up | answers identical to the loop |")
     print(f"|---|---|---|---|---|---|---|")
     for r in results:
         r["examples_per_s"] = len(prompts) / r["seconds"]
         r["tokens_per_s"] = r["tokens"] / r["seconds"]
-        r["speedup"] = loop_s / r["seconds"]
-        print(f"| {r['mode']} | {r['batch']} | {r['seconds']:.1f} | {r['examples_per_s']:.2f} | "
-              f"{r['tokens_per_s']:.0f} | {r['speedup']:.2f}× | {r['identical']}/{len(prompts)} |")
+        r["speedup"] = loop_s / r["seconds"] if loop_s else None
+        print(f"| {r['mode']} | {r['batch']} | {r['seconds']:.2f} | {r['examples_per_s']:.2f} | "
+              f"{r['tokens_per_s']:.0f} | " + (f"{r['speedup']:.2f}×" if r["speedup"] else "–") + " | "
+              + (f"{r['identical']}/{len(prompts)}" if r["identical"] is not None else "–") + " |")
+    params = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
+        Path(args.json).write_text(json.dumps({"args": vars(args), "results": results, "weight_bytes": params,
+                                               "dtype": str(next(loaded.model.parameters()).dtype)},
+                                              indent=2, ensure_ascii=False))
     return 0
 
 

@@ -3,7 +3,7 @@
     .venv/bin/python bench/pipeline_cpu.py
 
 Runs, in a temporary studio home, through the CLI: sample import → train the demo sample (internal
-notes) with the demo preset (40 steps) → evaluate 20 held-out pairs (the gate passes) → export f16 +
+notes) with the demo preset (40 steps) → evaluate the 22 held-out pairs (the gate passes) → export f16 +
 q8_0 (the default for the 270M model) → Modelfile. Target: ≤ 5 min on 2 cores.
 """
 from __future__ import annotations
@@ -54,7 +54,7 @@ def main() -> int:
     start = time.perf_counter()
     dataset = run("import samples", "dataset", "import-samples").split()[0]
     train = json.loads(run("train (40 steps)", "train", "--dataset", dataset, "--preset", "demo pass (CPU, 40 steps)", "--json"))
-    ev = json.loads(run("evaluate (20 pairs)", "evaluate", "--run", train["run"], "--limit", "20", "--max-new-tokens", "48", "--json"))
+    ev = json.loads(run("evaluate (22 pairs)", "evaluate", "--run", train["run"], "--max-new-tokens", "48", "--json"))
     exp = json.loads(run("export (f16 + q8_0)", "export", "--run", train["run"], "--quant", "f16", "q8_0", "--json"))
     run("modelfile", "modelfile", "--gguf", exp["gguf"]["q8_0"], "--system", "Bạn là trợ lý CSKH.")
     total = time.perf_counter() - start

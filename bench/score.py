@@ -20,7 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from core import scoring  # noqa: E402
+from core.evaluation import scoring
 
 
 def syllables() -> list[str]:

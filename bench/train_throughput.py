@@ -84,18 +84,20 @@ def training_rows(n: int = 4000) -> list[dict]:
     return [rnd.choice(rows) for _ in range(n)]
 
 
-def run_worker(model_dir: Path, backend: str, steps: int, work: Path, timeout: float) -> dict:
+def run_worker(model_dir: Path, backend: str, steps: int, work: Path, timeout: float, extra: dict | None = None) -> dict:
+    """One training job through ``python -m core.worker`` (``extra``: more settings of its config)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from core.config import TrainConfig
+    from core.training.config import TrainConfig
 
     job_dir = work / f"job-{backend}-{time.time_ns()}"
     job_dir.mkdir(parents=True, exist_ok=True)
     rows = training_rows()
     pq.write_table(pa.table({k: [r[k] for r in rows] for k in ("instruction", "input", "output")}),
                    job_dir / "train.parquet")
-    cfg = TrainConfig(base_model=str(model_dir), max_steps=steps, backend=backend, save_steps=10_000, logging_steps=1)
+    cfg = TrainConfig(base_model=str(model_dir), max_steps=steps, backend=backend, save_steps=10_000, logging_steps=1,
+                      **(extra or {}))
     (job_dir / "job.json").write_text(json.dumps({"kind": "train", "job_id": backend, "run_id": backend,
                                                   "config": cfg.to_dict(), "train_file": str(job_dir / "train.parquet")}))
     t0 = time.time()
@@ -110,19 +112,22 @@ def run_worker(model_dir: Path, backend: str, steps: int, work: Path, timeout: f
     if status.get("state") != "succeeded":
         return {"backend": f"studio {backend}", "error": status.get("error"), "log": (proc.stdout + proc.stderr)[-3000:]}
     metrics = [json.loads(l) for l in (job_dir / "metrics.jsonl").read_text().splitlines()]
-    return summarise(f"studio worker ({backend})", metrics, time.time() - t0)
+    result = status.get("result") or {}
+    batch, accumulation = result.get("per_device_train_batch_size", 2), result.get("gradient_accumulation_steps", 4)
+    out = summarise(f"studio worker ({backend})", metrics, time.time() - t0, batch * accumulation * cfg.max_seq_length)
+    out.update(batch=batch, accumulation=accumulation, compile_s=status.get("compile_s"), fit=status.get("fit"),
+               first_step_s=round(metrics[0]["ts"] - t0, 1), metrics=metrics)
+    return out
 
 
-def summarise(label: str, metrics: list[dict], wall: float) -> dict:
+def summarise(label: str, metrics: list[dict], wall: float, per_step: int = 2 * 4 * 2048) -> dict:
+    """tokens/s over steps 5…N: a step is ``per_step`` tokens (batch × accumulation × seq, packed rows)."""
     steady = [m for m in metrics if m["step"] >= 5]
-    tokens = sum(m.get("tokens", 0) for m in steady)
     span = steady[-1]["ts"] - steady[0]["ts"] if len(steady) > 1 else 0
-    # tokens per step are fixed by packing (batch × accumulation × seq)
-    per_step = 2 * 4 * 2048
     tps = per_step * (len(steady) - 1) / span if span else float("nan")
     step_s = [round(b["ts"] - a["ts"], 3) for a, b in zip(metrics, metrics[1:])]
-    return {"backend": label, "tokens_per_s": tps, "step_s": step_s, "peak_gib": max(m.get("gpu_mem_gib", 0) for m in metrics),
-            "final_loss": metrics[-1]["loss"], "wall_s": wall}
+    return {"backend": label, "tokens_per_s": tps, "tokens_per_step": per_step, "step_s": step_s,
+            "peak_gib": max(m.get("gpu_mem_gib", 0) for m in metrics), "final_loss": metrics[-1]["loss"], "wall_s": wall}
 
 
 RAW = r'''

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +31,29 @@ GEMMA_NOTICE = (
 
 class ModelError(RuntimeError):
     pass
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def check_base_model(name: str) -> str:
+    """A base model the studio can load: a local model folder (one with config.json), or a model hub name
+    (``org/name``, fetched where the hub is reachable); ValueError naming what is wrong otherwise. ``""``
+    is the embedded default."""
+    if not name:
+        return name
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"{name}: a folder without config.json is not a model (give a model folder, e.g. "
+                             f"{paths.default_base_model_dir()}, or a model hub name such as "
+                             "unsloth/gemma-4-E4B-it)")
+        return name
+    if path.exists():
+        raise ValueError(f"{name}: a file, not a model folder or a model hub name")
+    if not _HUB_ID.match(name):
+        raise ValueError(f"{name}: no such model folder (and not a model hub name like unsloth/gemma-4-E4B-it)")
+    return name
 
 
 def default_ready() -> bool:
@@ -66,6 +90,17 @@ def gguf_path(log: Callable[[str], None] = print) -> Path:
     except (FileExistsError, ValueError):
         log("The cached GGUF did not match its checksum; reassembling it.")
         return Path(pkg.assemble(target, overwrite=True))
+
+
+def cached_gguf() -> Path | None:
+    """The default model's GGUF where it has been assembled already (the setup does), else None."""
+    meta = paths.default_base_model_dir() / MARKER
+    try:
+        name = json.loads(meta.read_text())["gguf"]
+    except (OSError, ValueError, KeyError):
+        return None
+    path = paths.REPO_ROOT / ".cache" / name
+    return path if path.is_file() else None
 
 
 def terms_notice() -> str:

@@ -11,7 +11,7 @@ so do llama.cpp and Ollama, so a rendered prompt never carries two.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 FORMATS = ("chat", "alpaca-vi")
 DEFAULT_FORMAT = "chat"
@@ -49,6 +49,41 @@ class FormatError(ValueError):
     pass
 
 
+GGUF_MAGIC = b"GGUF"
+GGUF_HEADER_BYTES = 24   # magic, version, tensor count, metadata count (GGUF v2 and v3)
+
+
+def check_gguf(path) -> None:
+    """A file that can be a GGUF: it exists, is a file, and starts with the GGUF magic and a version
+    (what llama.cpp checks first); FormatError with the file and what to do otherwise."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.exists():
+        raise FormatError(f"{path}: no such file")
+    if not path.is_file():
+        raise FormatError(f"{path}: a folder, not a GGUF file")
+    import struct
+
+    with path.open("rb") as fh:
+        head = fh.read(GGUF_HEADER_BYTES + 1)
+    if len(head) < 8:
+        raise FormatError(f"{path}: {'empty' if not head else 'too short to be a GGUF'} ({len(head)} bytes); "
+                          "export the run again (`python -m core export --run RUN`)")
+    if head[:4] != GGUF_MAGIC:
+        raise FormatError(f"{path}: not a GGUF file (it starts with {head[:4]!r}, not b'GGUF'); give the .gguf "
+                          "that `python -m core export` wrote")
+    version = struct.unpack("<I", head[4:8])[0]
+    if not 1 <= version <= 3:
+        raise FormatError(f"{path}: GGUF version {version}, which llama.cpp does not read (1 to 3); export the "
+                          "run again")
+    if len(head) <= GGUF_HEADER_BYTES:   # the header and nothing after it: no metadata, no tensors
+        tensors, entries = (struct.unpack("<QQ", head[8:24]) if len(head) == GGUF_HEADER_BYTES else ("?", "?"))
+        raise FormatError(f"{path}: truncated: the file ends after its {len(head)}-byte header (which announces "
+                          f"{tensors} tensors and {entries} metadata entries); export the run again "
+                          "(`python -m core export --run RUN`)")
+
+
 def check_format(fmt: str) -> str:
     if fmt not in FORMATS:
         raise FormatError(f"unknown prompt format '{fmt}' (choose one of: {', '.join(FORMATS)})")
@@ -80,35 +115,79 @@ def _chat(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:
 
 
 def _alpaca_prompt(pair: Mapping[str, Any], system: str | None = None) -> str:
-    instruction = (pair.get("instruction") or "").strip()
-    extra = (pair.get("input") or "").strip()
-    text = f"{system.strip()}\n\n" if system else ""
-    text += f"{ALPACA_INSTRUCTION}{instruction}\n\n"
-    if extra:
-        text += f"{ALPACA_INPUT}{extra}\n\n"
-    return text + ALPACA_RESPONSE
+    return render_messages([{"role": "user", "content": pair.get("instruction") or "", "input": pair.get("input")}],
+                           "alpaca-vi", None, system=system)
+
+
+ROLES = ("user", "assistant")
+
+
+def check_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """A conversation as the renderer takes it: turns alternating user / assistant, starting with the
+    user (a system text travels apart, as ``system``); each ``content`` a text (a user turn may carry
+    an ``input``, the pair's context). FormatError otherwise."""
+    out = []
+    for n, m in enumerate(messages):
+        if not isinstance(m, Mapping):
+            raise FormatError(f"turn {n + 1} is not a message ({{'role', 'content'}})")
+        role, content = m.get("role"), m.get("content")
+        want = ROLES[n % 2]
+        if role != want:
+            raise FormatError(f"turn {n + 1} is '{role}', expected '{want}' (turns alternate user / assistant, "
+                              "starting with the user; the system text goes apart)")
+        if not isinstance(content, str):
+            raise FormatError(f"turn {n + 1}: content must be a text")
+        turn = {"role": role, "content": content}
+        if role == "user" and m.get("input"):
+            turn["input"] = str(m["input"])
+        out.append(turn)
+    if not out:
+        raise FormatError("the conversation is empty")
+    return out
+
+
+def render_messages(messages: Sequence[Mapping[str, Any]], fmt: str, tokenizer, system: str | None = None,
+                    add_generation_prompt: bool = True) -> str:
+    """A whole conversation as the model sees it: every earlier turn, then (with
+    ``add_generation_prompt``) the opening of the model's answer to the last user turn. Training
+    renders its pairs with this too (one user turn, one assistant turn, no generation prompt), so a
+    chat in the playground is the format the model was tuned on."""
+    check_format(fmt)
+    turns = check_messages(messages)
+    if add_generation_prompt and turns[-1]["role"] != "user":
+        raise FormatError("the conversation must end with a user turn for the model to answer")
+    if fmt == "alpaca-vi":
+        text = f"{system.strip()}\n\n" if system else ""
+        for n, turn in enumerate(turns):
+            content = turn["content"].strip()
+            if turn["role"] == "user":
+                text += f"{ALPACA_INSTRUCTION}{content}\n\n"
+                extra = (turn.get("input") or "").strip()
+                if extra:
+                    text += f"{ALPACA_INPUT}{extra}\n\n"
+                if n + 1 < len(turns) or add_generation_prompt:
+                    text += ALPACA_RESPONSE
+            else:
+                text += content + ("\n\n" if n + 1 < len(turns) else "")
+        return text
+    chat = [{"role": "system", "content": system}] if system else []
+    chat += [{"role": t["role"], "content": user_message({"instruction": t["content"], "input": t.get("input")})
+              if t["role"] == "user" else t["content"].strip()} for t in turns]
+    return _chat(tokenizer, chat, add_generation_prompt=add_generation_prompt)
 
 
 def render_prompt(pair: Mapping[str, Any], fmt: str, tokenizer, system: str | None = None) -> str:
     """What the model sees before it answers."""
-    check_format(fmt)
-    if fmt == "alpaca-vi":
-        return _alpaca_prompt(pair, system)
-    messages = [{"role": "system", "content": system}] if system else []
-    messages.append({"role": "user", "content": user_message(pair)})
-    return _chat(tokenizer, messages, add_generation_prompt=True)
+    return render_messages([{"role": "user", "content": pair.get("instruction") or "", "input": pair.get("input")}],
+                           fmt, tokenizer, system=system)
 
 
 def render_training_text(pair: Mapping[str, Any], fmt: str, tokenizer) -> str:
     """Prompt and answer as one training text. The trainer appends the EOS token."""
-    check_format(fmt)
-    output = (pair.get("output") or "").strip()
-    if fmt == "alpaca-vi":
-        return _alpaca_prompt(pair) + output
-    return _chat(
-        tokenizer,
-        [{"role": "user", "content": user_message(pair)}, {"role": "assistant", "content": output}],
-        add_generation_prompt=False,
+    return render_messages(
+        [{"role": "user", "content": pair.get("instruction") or "", "input": pair.get("input")},
+         {"role": "assistant", "content": (pair.get("output") or "").strip()}],
+        fmt, tokenizer, add_generation_prompt=False,
     )
 
 
@@ -242,12 +321,17 @@ class TemplateTokenizer:
     @classmethod
     def from_gguf(cls, path) -> "TemplateTokenizer":
         """Read the chat template and BOS text from a GGUF's metadata (llama.cpp, vocabulary only)."""
+        check_gguf(path)
         import llama_cpp
 
         from core.native import quiet_stderr
 
-        with quiet_stderr():
-            llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+        try:
+            with quiet_stderr():
+                llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+        except (ValueError, OSError, RuntimeError) as exc:
+            raise FormatError(f"{path}: llama.cpp cannot read this GGUF (it is truncated or damaged: "
+                              f"{type(exc).__name__}); export the run again") from None
         template = llm.metadata.get("tokenizer.chat_template")
         if not template:
             raise FormatError(f"{path}: the GGUF carries no chat template; use the alpaca-vi format")

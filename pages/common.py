@@ -1,43 +1,231 @@
-"""Small helpers shared by the pages (widgets only; the work is in core/)."""
+"""Small helpers shared by the pages: who is signed in, the chosen project, messages (widgets only;
+the work, the access checks included, is in core/)."""
 from __future__ import annotations
+
+import logging
+import re
+from urllib.parse import quote, urlsplit
 
 import streamlit as st
 
-from core import jobs
+from core import i18n, paths
+from core.access import accounts, binding, demo_links, projects
+from core.access import principal as access
+from core.access.principal import DEFAULT_PROJECT, Principal
+from core.access.web import COOKIE
+from core.jobs import queue
+from core.training import runs as train_runs
+
+log = logging.getLogger("vitune.pages")
 
 
-def user() -> str:
-    return st.session_state.get("user") or "team"
+def auth_configured() -> bool:
+    """Whether ``[auth]`` (OIDC for ``st.login``) is in .streamlit/secrets.toml."""
+    try:
+        return "auth" in st.secrets
+    except Exception:  # no secrets file
+        return False
+
+
+def resolve() -> tuple[Principal | None, str | None]:
+    """Who this browser session is, and why nobody when nobody: a demo link, an OIDC identity with an
+    account, a signed-in local account, or — on loopback while no account exists — the operator."""
+    token = st.query_params.get("demo")
+    if token is None:   # the address lost its ?demo= (Streamlit drops it on its way to the default page)
+        token = st.session_state.get("demo_token")
+    if token is not None:
+        st.session_state["demo_token"] = token
+        who = demo_links.resolve(token)   # checked on every run: a revoked or expired link stops at once
+        return who, None if who else "demo"
+    if auth_configured() and st.user.is_logged_in:
+        who = accounts.from_oidc(st.user.get("email"))
+        return who, None if who else "oidc"
+    who = accounts.from_session(st.context.cookies.get(COOKIE))
+    if who:
+        return who, None
+    if not accounts.any_account():
+        if binding.is_loopback(st.get_option("server.address") or "127.0.0.1"):
+            return access.operator(), None
+        return None, "no-account"
+    return None, "signed-out"
+
+
+def sign_in_page(why: str) -> None:
+    """What a browser without an identity sees, on every page address."""
+    st.title(_("ViTune Studio"))
+    if why == "demo":
+        st.error(_("This demo link is not valid: it has expired or been revoked. Ask the team for a new one."))
+        st.stop()
+    if why == "oidc":
+        st.error(_("{email} has no access to this studio. Ask an admin to add your account "
+                   "(python -m core users add {email} --oidc --role viewer).").format(email=st.user.get("email")))
+        st.button(_("Sign out"), on_click=st.logout)
+        st.stop()
+    if why == "no-account":
+        st.error(_("No account exists yet, and the studio is served beyond this machine: create the first admin on "
+                   "the server with `python -m core users add NAME --role admin`."))
+        st.stop()
+    st.write(_("Sign in to continue."))
+    here = urlsplit(getattr(st.context, "url", None) or "/").path or "/"
+    label = _("Sign in with a studio account")   # outside the f-string, where the catalogue's extraction finds it
+    st.html(f'<a href="/auth/signin?next={quote(here)}" target="_self" id="signin-link">{label}</a>')
+    if auth_configured():
+        st.button(_("Sign in with your company account"), on_click=st.login)
+    st.stop()
+
+
+def lang() -> str:
+    """This session's interface language: the signed-in person's choice, read once per session and
+    person (Vietnamese unless they chose English; always Vietnamese on a demo link)."""
+    who = st.session_state.get("principal")
+    name = (getattr(who, "kind", None), getattr(who, "name", None))
+    if st.session_state.get("lang_for") != name or "lang" not in st.session_state:
+        st.session_state["lang"] = i18n.language_of(who if isinstance(who, Principal) else None)
+        st.session_state["lang_for"] = name
+    return st.session_state["lang"]
+
+
+def _(message: str) -> str:
+    """``message`` (English, as written in the page) in this session's language, from the gettext catalogue."""
+    return i18n.translate(message, lang())
+
+
+def choose_language() -> None:
+    """The sidebar's language choice, kept as the signed-in person's setting."""
+    who = actor()
+    current = lang()
+    codes = list(i18n.LANGUAGES)
+    picked = st.selectbox("Ngôn ngữ / Language", codes, index=codes.index(current), format_func=i18n.LANGUAGES.get,
+                          key="language-choice")
+    if picked != current:
+        i18n.set_language(who, picked)
+        st.session_state["lang"] = picked
+        st.rerun()
+
+
+def actor() -> Principal:
+    who = st.session_state.get("principal")
+    if not isinstance(who, Principal):
+        st.error(_("Nobody is signed in."))
+        st.stop()
+    return who
+
+
+def can(action: str) -> bool:
+    return actor().may(action)
+
+
+def project() -> str:
+    """The project chosen in the sidebar (every listing shows its rows; new work goes into it)."""
+    who = actor()
+    if who.kind == "demo":
+        return who.grant["project"]
+    return st.session_state.get("project") or (DEFAULT_PROJECT if who.sees(DEFAULT_PROJECT)
+                                                 else sorted(who.projects or [DEFAULT_PROJECT])[0])
+
+
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|~$:])")
+
+
+def md(text) -> str:
+    """Text from data (a dataset's name or rows, a model's answer) for a widget that renders markdown: every
+    markdown character escaped, so a link or an image in the data shows as the text it is."""
+    return _MARKDOWN.sub(r"\\\1", str(text))
 
 
 def fail(exc: Exception) -> None:
-    """A clear message instead of a traceback."""
-    st.error(f"{exc}")
+    """A clear message instead of a traceback, for an error the studio foresees (its text is the message)."""
+    # the log stays in English; log.log, not log.info: the i18n check reads any .info()/.error() call as page text
+    log.log(logging.INFO, "shown to the user: %s: %s", type(exc).__name__, exc)
+    text = exc.for_page() if hasattr(exc, "for_page") else str(exc)
+    st.error(text)
+
+
+def unexpected(exc: Exception, where: str) -> None:
+    """The page's edge: an error nobody foresaw shows one line; its trace goes to the error log."""
+    from core import errors
+
+    line = errors.report(exc, where)
+    log.log(logging.ERROR, "unexpected error on %s: %s", where, line)   # the log, in English
+    st.error(line)
+
+
+def upload_limit_mb() -> int:
+    """The largest upload the server takes, in MB (``server.maxUploadSize`` in .streamlit/config.toml)."""
+    return int(st.get_option("server.maxUploadSize"))
+
+
+# ── live views ───────────────────────────────────────────────────────────────
+# What the pages' live fragments poll is read once per LIVE_TTL_S for every browser session of this
+# server (st.cache_data is shared by all sessions), not once per open tab: eight tabs on the Train
+# page cost the studio database what one costs. The key is what a listing's rows depend on: the
+# studio home, and the projects the signed-in principal may see (projects.where), not who it is.
+
+LIVE_TTL_S = 2.0
+
+
+def _scope(who: Principal, here: str | None) -> str:
+    return repr(projects.where(who, here))
+
+
+@st.cache_data(ttl=LIVE_TTL_S, show_spinner=False, max_entries=500)
+def _live_jobs(home: str, scope: str, limit: int, kind: str | None, _who: Principal, here: str | None) -> list[dict]:
+    rows = queue.list_jobs(limit, kind, actor=_who, project=here)
+    for job in rows:
+        if job["state"] in ("queued", "running"):
+            job["status"] = queue.status(job)
+    return rows
+
+
+@st.cache_data(ttl=LIVE_TTL_S, show_spinner=False, max_entries=500)
+def _live_runs(home: str, scope: str, limit: int, _who: Principal, here: str | None) -> list[dict]:
+    return train_runs.list_runs(_who, here, limit=limit)
+
+
+@st.cache_data(ttl=LIVE_TTL_S, show_spinner=False, max_entries=500)
+def _live_run(home: str, run_id: str, job_id: int) -> dict:
+    return {"metrics": train_runs.run_metrics(run_id), "job": queue.get_job(job_id)}
+
+
+def live_jobs(limit: int = 20, kind: str | None = None) -> list[dict]:
+    """The newest jobs of the chosen project (of ``kind``), each queued or running one with its progress."""
+    who, here = actor(), project()
+    return _live_jobs(str(paths.home()), _scope(who, here), limit, kind, who, here)
+
+
+def live_runs(limit: int) -> list[dict]:
+    """The ``limit`` newest runs of the chosen project, with their job's state."""
+    who, here = actor(), project()
+    return _live_runs(str(paths.home()), _scope(who, here), limit, who, here)
+
+
+def live_run(run: dict) -> dict:
+    """A run's metrics (a DataFrame) and its job (a run from ``live_runs``)."""
+    return _live_run(str(paths.home()), run["id"], int(run["job_id"]))
+
+
+def refresh_live() -> None:
+    """After an action that changes jobs or runs: the next read of the live views goes to the database."""
+    for cached in (_live_jobs, _live_runs, _live_run):
+        cached.clear()
 
 
 def job_progress(job: dict) -> None:
-    p = jobs.progress(job) or {}
-    total = p.get("total") or 0
-    done = p.get("done") or 0
-    label = f"job {job['id']} ({job['kind']}): {job['state']}"
-    if total:
-        label += f" — {done}/{total} {p.get('label', '')}"
-        if p.get("per_s"):
-            label += f" ({p['per_s']:.2f}/s)"
-        eta = jobs.eta_seconds(job)
-        if eta is not None:
-            label += f", about {int(eta // 60)} min {int(eta % 60):02d} s left"
-    st.progress(min(done / total, 1.0) if total else 0.0, text=label)
+    known = job["status"] if "status" in job else queue.status(job)
+    p = known.get("progress") or {}
+    total, done = p.get("total") or 0, p.get("done") or 0
+    st.progress(min(done / total, 1.0) if total else 0.0, text=queue.describe(job, known))
 
 
 def jobs_table(kind: str | None = None, limit: int = 20):
-    rows = jobs.list_jobs(limit, kind)
+    rows = live_jobs(limit, kind)
     if not rows:
-        st.caption("No jobs yet.")
+        st.caption(_("No jobs yet."))
         return rows
     st.dataframe(
-        [{"job": j["id"], "kind": j["kind"], "state": j["state"], "run": j["run_id"], "owner": j["owner"],
-          "slot": j["slot"], "queued": j["created_at"], "finished": j["finished_at"], "error": j["error"]}
+        [{_("job"): j["id"], _("kind"): j["kind"], _("state"): j["state"], _("run"): j["run_id"],
+          _("owner"): j["owner"], _("slot"): j["slot"], _("queued"): j["created_at"],
+          _("finished"): j["finished_at"], _("error"): j["error"]}
          for j in rows],
         hide_index=True,
     )

@@ -1,52 +1,60 @@
 import pandas as pd
 import streamlit as st
 
-from core import deploy, evaluate, export, jobs, modelfile, preflight, prompt_format
-from pages.common import fail, flash, user
+from core import prompt_format
+from core.deploy import exporter, exports, modelfile, ollama, preflight, releases
+from core.evaluation import gate
+from core.jobs import queue
+from core.training import runs as train_runs
+from pages.common import _, actor, can, fail, flash, project
 
-ERRORS = (deploy.DeployRefused, modelfile.ModelfileError, export.ExportError, jobs.JobError,
-          preflight.PreflightError, prompt_format.FormatError)
+ERRORS = (releases.DeployRefused, ollama.OllamaError, modelfile.ModelfileError, exporter.ExportError, queue.JobError,
+          preflight.PreflightError, prompt_format.FormatError, PermissionError)
 
-st.title("Deploy")
-st.caption("Merge the adapter, export GGUF with llama.cpp's own converter and quantizer, write a Modelfile whose "
-           "template matches training, check the GGUF on held-out prompts (preflight), `ollama create` it, and "
-           "record the release.")
+st.title(_("Deploy"))
+st.caption(_("Merge the adapter, export GGUF with llama.cpp's own converter and quantizer, write a Modelfile whose "
+             "template matches training, check the GGUF on held-out prompts (preflight), `ollama create` it, and "
+             "record the release."))
 flash()
 
-runs = [r for r in jobs.list_runs() if r["state"] == "succeeded"]
-if not deploy.ollama_binary():
-    st.info("No `ollama` binary on this machine: the studio still exports the GGUF, writes the Modelfile and runs "
-            "the preflight, ready to download and `ollama create` where Ollama runs.")
+who, here = actor(), project()
+RUNS_SHOWN = 200   # the newest finished runs (any run: `python -m core deploy --run RUN`)
+runs = train_runs.list_runs(who, here, state="succeeded", limit=RUNS_SHOWN)
+if not ollama.ollama_binary():
+    st.info(_("No `ollama` binary on this machine: the studio still exports the GGUF, writes the Modelfile and runs "
+              "the preflight, ready to download and `ollama create` where Ollama runs."))
 
 if not runs:
-    st.info("Train and evaluate a run first.")
+    st.info(_("Train and evaluate a run first."))
 else:
-    run_id = st.selectbox("Run", [r["id"] for r in runs])
-    verdict = evaluate.verdict(run_id)
+    by_id = {r["id"]: r for r in runs}
+    run_id = st.selectbox(_("Run"), list(by_id))
+    verdict = gate.verdicts([by_id[run_id]])[run_id]
     if verdict["releasable"]:
-        st.success(f"Releasable: {verdict['reason']}.")
+        st.success(_("Releasable: {reason}.").format(reason=verdict["reason"]))
     else:
-        st.warning(f"Not releasable: {verdict['reason']}. Deploying needs an override reason, which is recorded.")
+        st.warning(_("Not releasable: {reason}. Deploying needs an override reason, recorded under your "
+                     "account ({name}).").format(reason=verdict["reason"], name=who.name))
 
     with st.form("prepare"):
         c1, c2 = st.columns(2)
-        name = c1.text_input("Ollama model name", "gemma3-vi-cskh:v1")
-        default_quant = export.default_quant_for_run(run_id)
-        quant = c2.selectbox("Quantization", list(export.QUANTIZATIONS),
-                             index=list(export.QUANTIZATIONS).index(default_quant),
-                             help="q4_k_m (the guide's default) for models of a billion parameters and more; q8_0 "
-                                  "below that, where q4_k_m loses a short fine-tune and its stop (the preflight "
-                                  "blocks such a GGUF).")
-        system = st.text_area("System text", modelfile.DEFAULT_SYSTEM)
-        override = "" if verdict["releasable"] else st.text_input("Override reason (required: the gate has not passed)")
-        go = st.form_submit_button("1 · Export and write the Modelfile", type="primary")
+        name = c1.text_input(_("Ollama model name"), "gemma3-vi-cskh:v1")
+        default_quant = exports.default_quant(by_id[run_id]["base_model"])
+        quant = c2.selectbox(_("Quantization"), list(exporter.QUANTIZATIONS),
+                             index=list(exporter.QUANTIZATIONS).index(default_quant),
+                             help=_("q4_k_m (the guide's default) for models of a billion parameters and more; q8_0 "
+                                    "below that, where q4_k_m loses a short fine-tune and its stop (the preflight "
+                                    "blocks such a GGUF)."))
+        system = st.text_area(_("System text"), modelfile.DEFAULT_SYSTEM)
+        override = "" if verdict["releasable"] else st.text_input(_("Override reason (required: the gate has not passed)"))
+        go = st.form_submit_button(_("1 · Export and write the Modelfile"), type="primary")
 
     if go:
         try:
-            with st.status("Exporting …", expanded=True) as box:
-                prepared = deploy.prepare(run_id, name, system=system, quantization=quant,
-                                          override_reason=override or None, actor=user(), on_progress=box.write)
-                box.update(label=f"GGUF ready: {prepared['gguf']}", state="complete")
+            with st.status(_("Exporting …"), expanded=True) as box:
+                prepared = releases.prepare(run_id, name, system=system, quantization=quant,
+                                          override_reason=override or None, actor=who, on_progress=box.write)
+                box.update(label=_("GGUF ready: {gguf}").format(gguf=prepared["gguf"]), state="complete")
             st.session_state["prepared"] = prepared
         except ERRORS as exc:
             fail(exc)
@@ -54,66 +62,70 @@ else:
     prepared = st.session_state.get("prepared")
     if prepared and prepared["run_id"] == run_id:
         st.subheader("Modelfile")
-        st.caption(f"GGUF {prepared['gguf']} · sha256 {prepared['gguf_sha256'][:16]}… · the TEMPLATE renders the "
-                   f"prompt format this run was trained with. Edit SYSTEM or PARAMETER lines if you need to; FROM "
-                   "and TEMPLATE are checked again by the preflight.")
-        edited = st.text_area("Modelfile (editable)", prepared["modelfile"], height=300, key="modelfile_text")
-        st.download_button("Download Modelfile", edited, file_name="Modelfile")
+        st.caption(_("GGUF {gguf} · sha256 {sha256}… · the TEMPLATE renders the prompt format this run was trained "
+                     "with. Edit SYSTEM or PARAMETER lines if you need to; FROM and TEMPLATE are checked again by the "
+                     "preflight.").format(gguf=prepared["gguf"], sha256=prepared["gguf_sha256"][:16]))
+        edited = st.text_area(_("Modelfile (editable)"), prepared["modelfile"], height=300, key="modelfile_text")
+        st.download_button(_("Download Modelfile"), edited, file_name="Modelfile")
         c1, c2 = st.columns(2)
-        golden = c1.number_input("Golden held-out prompts in the preflight", 2, 64, preflight.GOLDEN_SIZE)
+        golden = c1.number_input(_("Golden held-out prompts in the preflight"), 2, 64, preflight.GOLDEN_SIZE)
         oq = None
         if prepared["quantization"] == "f16":
-            choice = c2.selectbox("Let Ollama quantize (`ollama create --quantize`)", ["no", "q4_K_M", "q8_0"])
+            choice = c2.selectbox(_("Let Ollama quantize (`ollama create --quantize`)"), ["no", "q4_K_M", "q8_0"],
+                                  format_func=lambda o: _("no") if o == "no" else o)
             oq = None if choice == "no" else choice
-        if st.button("2 · Preflight, create in Ollama and record the release", type="primary"):
+        if st.button(_("2 · Preflight, create in Ollama and record the release"), type="primary"):
             try:
-                with st.status("Preflight …", expanded=True) as box:
-                    rel = deploy.release(prepared, modelfile_text=edited, ollama_quantize=oq, actor=user(),
+                with st.status(_("Preflight …"), expanded=True) as box:
+                    rel = releases.release(prepared, modelfile_text=edited, ollama_quantize=oq, actor=who,
                                          golden=int(golden), on_progress=box.write)
-                    box.update(label=f"Release {rel['id']} recorded", state="complete")
+                    box.update(label=_("Release {release} recorded").format(release=rel["id"]), state="complete")
                 st.session_state["last_release"] = rel["id"]
             except ERRORS as exc:
                 fail(exc)
 
 last = st.session_state.get("last_release")
 if last:
-    rel = deploy.get_release(last)
+    rel = releases.get_release(last, who)
     pf = rel["preflight"] or {}
-    st.subheader(f"Release {rel['id']}: {rel['name']}:{rel['tag']}")
+    st.subheader(_("Release {release}: {name}:{tag}").format(release=rel["id"], name=rel["name"], tag=rel["tag"]))
     c1, c2, c3 = st.columns(3)
-    c1.metric("Preflight", "passed" if pf.get("passed") else "blocked")
-    c2.metric("Exact match vs merged model", f"{pf.get('exact_match_rate', 0):.0%}")
-    c3.metric("ROUGE-L vs merged model", f"{pf.get('rouge_l', 0):.3f}")
-    st.caption(f"Ollama: {rel['ollama_status']}")
+    c1.metric(_("Preflight"), _("passed") if pf.get("passed") else _("blocked"))
+    c2.metric(_("Exact match vs merged model"), f"{pf.get('exact_match_rate', 0):.0%}")
+    c3.metric(_("ROUGE-L vs merged model"), f"{pf.get('rouge_l', 0):.3f}")
+    st.caption(_("Ollama: {status}").format(status=rel["ollama_status"]))
     if pf.get("examples"):
-        st.dataframe(pd.DataFrame([{k: e[k] for k in ("instruction", "reference_answer", "gguf_answer",
-                                                        "exact_match", "rouge_l")} for e in pf["examples"]]),
+        st.dataframe(pd.DataFrame([{_("instruction"): e["instruction"], _("reference_answer"): e["reference_answer"],
+                                    _("gguf_answer"): e["gguf_answer"], _("exact_match"): e["exact_match"],
+                                    _("rouge_l"): e["rouge_l"]} for e in pf["examples"]]),
                      hide_index=True)
 
-st.subheader("Releases")
-releases = deploy.list_releases()
-if not releases:
-    st.caption("No releases yet.")
+st.subheader(_("Releases"))
+listed = releases.list_releases(who, here)
+if not listed:
+    st.caption(_("No releases yet."))
 else:
-    st.dataframe([{"release": r["id"], "name": f"{r['name']}:{r['tag']}", "state": r["state"], "run": r["run_id"],
-                   "quant": r["quantization"], "evaluation": r["evaluation_id"],
-                   "preflight": (r["preflight"] or {}).get("reason"), "override": r["override_reason"],
-                   "rollback of": r["rollback_of"], "ollama": r["ollama_status"], "by": r["created_by"],
-                   "when": r["created_at"]} for r in releases], hide_index=True)
+    st.dataframe([{_("release"): r["id"], _("name"): f"{r['name']}:{r['tag']}", _("state"): r["state"],
+                   _("run"): r["run_id"], _("quant"): r["quantization"], _("evaluation"): r["evaluation_id"],
+                   _("preflight"): (r["preflight"] or {}).get("reason"), _("override"): r["override_reason"],
+                   _("rollback of"): r["rollback_of"], _("ollama"): r["ollama_status"], _("by"): r["created_by"],
+                   _("when"): r["created_at"]} for r in listed], hide_index=True)
     with st.form("manage"):
-        chosen = st.selectbox("Release", [r["id"] for r in releases])
+        chosen = st.selectbox(_("Release"), [r["id"] for r in listed])
         c1, c2 = st.columns(2)
-        delete = c1.form_submit_button("Delete (ollama rm; the record is kept)")
-        back = c2.form_submit_button("Roll back to this release")
+        delete = c1.form_submit_button(_("Delete (ollama rm; the record is kept)"), disabled=not can("release.delete"),
+                                       help=None if can("release.delete") else _("Deleting a release needs an admin."))
+        back = c2.form_submit_button(_("Roll back to this release"))
     if delete or back:
         try:
             if delete:
-                done = deploy.delete_release(chosen, actor=user())
-                flash(f"Release {chosen} deleted: {done['ollama_status']}")
+                done = releases.delete_release(chosen, actor=who)
+                flash(_("Release {release} deleted: {status}").format(release=chosen, status=done["ollama_status"]))
             else:
-                with st.status("Rolling back …", expanded=True) as box:
-                    done = deploy.rollback(chosen, actor=user(), on_progress=box.write)
-                flash(f"Rolled back to {chosen} as release {done['id']}: {done['ollama_status']}")
+                with st.status(_("Rolling back …"), expanded=True) as box:
+                    done = releases.rollback(chosen, actor=who, on_progress=box.write)
+                flash(_("Rolled back to {chosen} as release {release}: {status}").format(chosen=chosen, release=done["id"],
+                                                                                       status=done["ollama_status"]))
             st.rerun()
         except ERRORS as exc:
             fail(exc)

@@ -1,171 +1,242 @@
 import streamlit as st
 
-from core import charts, evaluate, jobs, models, report
-from core.inference import Decoding, parse_stop
-from pages.common import fail, job_progress, user
+from core import charts, models
+from core.evaluation import evaluations, gate, report, votes, words
+from core.jobs import queue
+from core.training import runs as train_runs
+from core.evaluation.inference import Decoding, parse_stop
+from pages.common import _, actor, can, fail, job_progress, live_jobs, project, refresh_live
 
-st.title("Evaluate")
-th = evaluate.thresholds()
-st.caption(f"Batched generation on the held-out split (greedy unless you set a temperature), scored on Vietnamese "
-           f"syllables (BLEU-4 corpus, ROUGE-L F1). Release gate: BLEU > {th['bleu']} and ROUGE-L > {th['rouge_l']}.")
+RUNS_SHOWN = 200      # finished runs offered for a new evaluation (the newest)
+BOARD_ROWS = 50       # leaderboard rows a page
+PICKABLE = 200        # evaluations offered in Compare and Examples (the newest; any one: `evaluate show ID`)
 
-runs = [r for r in jobs.list_runs() if r["state"] == "succeeded"]
-with st.form("evaluate"):
-    options = {f"{r['id']} (tuned)": r["id"] for r in runs}
-    options |= {f"{models.display_name(r['base_model'])} without adapter, on {r['dataset_version_id']}": f"base::{r['id']}"
-                for r in runs[:5]}
-    choice = st.selectbox("What to evaluate", list(options) or ["(no finished runs yet)"])
-    c1, c2, c3, c4 = st.columns(4)
-    limit = c1.number_input("Examples (0: the whole split)", 0, 100000, 20)
-    split = c2.selectbox("Split", ["test", "train"], help="Only the held-out test split counts for the release gate.")
-    max_new = c3.number_input("Max new tokens", 1, 8192, 96)
-    batch = c4.number_input("Batch size", 1, 1024, 8)
-    d1, d2, d3 = st.columns([1, 1, 2])
-    temperature = d1.number_input("Temperature (0: greedy)", 0.0, 5.0, 0.0, 0.05)
-    top_p = d2.number_input("Top-p", 0.01, 1.0, 1.0, 0.05)
-    stops = d3.text_area("Stop strings (one per line; \\n is a newline)", "", height=68)
-    go = st.form_submit_button("Queue evaluation", type="primary", disabled=not runs)
-if go and runs:
-    try:
-        target = options[choice]
-        decoding = Decoding(max_new_tokens=int(max_new), batch_size=int(batch), temperature=float(temperature),
-                            top_p=float(top_p), stop=parse_stop(stops))
-        if target.startswith("base::"):
-            run = jobs.get_run(target.split("::", 1)[1])
-            job = evaluate.submit(None, base_model=run["base_model"], dataset_version_id=run["dataset_version_id"],
-                                  split=split, limit=int(limit) or None, decoding=decoding, owner=user(),
-                                  prompt_format_name=run["prompt_format"])
-        else:
-            job = evaluate.submit(target, split=split, limit=int(limit) or None, decoding=decoding, owner=user())
-        st.success(f"Queued evaluation job {job['id']}.")
-    except (ValueError, jobs.JobError) as exc:
-        fail(exc)
+st.title(_("Evaluate"))
+gate_settings = gate.settings()
+th = gate_settings["thresholds"]
+st.caption(_("Batched generation on the held-out split (greedy unless you set a temperature), scored on Vietnamese "
+             "syllables (BLEU-4 corpus, ROUGE-L F1). Release gate: BLEU > {bleu} and ROUGE-L > {rouge_l}.")
+           .format(bleu=th["bleu"], rouge_l=th["rouge_l"]))
+
+who, here = actor(), project()
+if can("evaluate.submit"):
+    runs = train_runs.list_runs(who, here, state="succeeded", limit=RUNS_SHOWN)
+    with st.form("evaluate"):
+        options = {_("{run} (tuned)").format(run=r["id"]): r["id"] for r in runs}
+        options |= {_("{model} without adapter, on {dataset}").format(model=models.display_name(r["base_model"]),
+                                                                     dataset=r["dataset_version_id"]): f"base::{r['id']}"
+                    for r in runs[:5]}
+        choice = st.selectbox(_("What to evaluate"), list(options) or [_("(no finished runs yet)")])
+        c1, c2, c3, c4 = st.columns(4)
+        limit = c1.number_input(_("Examples (0: the whole split, which the release gate needs)"), 0, 100000, 0)
+        split = c2.selectbox(_("Split"), ["test", "train"], help=_("Only the held-out test split counts for the release gate."))
+        max_new = c3.number_input(_("Max new tokens"), 1, 8192, 96)
+        batch = c4.number_input(_("Batch size (0: fit to the GPU)"), 0, 1024, 0,
+                                help=_("0 lets the evaluation job choose it from the GPU's free memory (8 on a CPU)."))
+        d1, d2, d3 = st.columns([1, 1, 2])
+        temperature = d1.number_input(_("Temperature (0: greedy)"), 0.0, 5.0, 0.0, 0.05)
+        top_p = d2.number_input("Top-p", 0.01, 1.0, 1.0, 0.05)
+        stops = d3.text_area(_("Stop strings (one per line; \\n is a newline)"), "", height=68)
+        go = st.form_submit_button(_("Queue evaluation"), type="primary", disabled=not runs)
+    if go and runs:
+        try:
+            target = options[choice]
+            decoding = Decoding(max_new_tokens=int(max_new), batch_size=int(batch), temperature=float(temperature),
+                                top_p=float(top_p), stop=parse_stop(stops))
+            if target.startswith("base::"):
+                run = train_runs.get_run(target.split("::", 1)[1], who)
+                job = evaluations.submit(None, base_model=run["base_model"], dataset_version_id=run["dataset_version_id"],
+                                         split=split, limit=int(limit) or None, decoding=decoding, actor=who,
+                                         prompt_format_name=run["prompt_format"])
+            else:
+                job = evaluations.submit(target, split=split, limit=int(limit) or None, decoding=decoding, actor=who)
+            refresh_live()
+            st.success(_("Queued evaluation job {job}.").format(job=job["id"]))
+        except (ValueError, queue.JobError, PermissionError) as exc:
+            fail(exc)
 
 
 @st.fragment(run_every="2s")
 def active() -> None:
-    for job in jobs.list_jobs(10, "evaluate"):
+    for job in live_jobs(10, "evaluate"):
         if job["state"] in ("queued", "running"):
             job_progress(job)
         elif job["state"] == "failed":
-            st.error(f"Evaluation job {job['id']} failed: {job['error']}")
+            st.error(_("Evaluation job {job} failed: {error}").format(job=job["id"], error=job["error"]))
             break
 
 
 active()
 
-evals = evaluate.list_evaluations()
+filters = evaluations.board_filters(who, here)
+evals = evaluations.list_evaluations(who, project=here, limit=PICKABLE) if filters["n"] else []
 if not evals:
-    st.info("No evaluations yet.")
+    st.info(_("No evaluations yet."))
 labels = {e["id"]: e["label"] for e in evals}
-board_tab, compare_tab, drill_tab, gate_tab = st.tabs(["Leaderboard", "Compare", "Examples", "Gate thresholds"])
+board_tab, compare_tab, drill_tab, votes_tab, gate_tab = st.tabs(
+    [_("Leaderboard"), _("Compare"), _("Examples"), _("Preference votes"), _("Gate thresholds")])
 
 with board_tab:
     if evals:
-        f1, f2 = st.columns(2)
-        versions = ["(all)"] + sorted({e["dataset_version_id"] for e in evals})
-        bases = ["(all)"] + sorted({e["base_model"] for e in evals})
-        version = f1.selectbox("Dataset version", versions)
-        base = f2.selectbox("Base model", bases, format_func=lambda b: b if b == "(all)" else models.display_name(b))
-        board = evaluate.leaderboard(None if version == "(all)" else version, None if base == "(all)" else base)
+        f1, f2, f3 = st.columns([2, 2, 1])
+        versions = ["(all)"] + filters["versions"]
+        bases = ["(all)"] + filters["bases"]
+        version = f1.selectbox(_("Dataset version"), versions, format_func=lambda v: _("(all)") if v == "(all)" else v)
+        base = f2.selectbox(_("Base model"), bases,
+                            format_func=lambda b: _("(all)") if b == "(all)" else models.display_name(b))
+        pages = max(1, (filters["n"] + BOARD_ROWS - 1) // BOARD_ROWS)
+        page = f3.number_input(_("Page"), 1, pages, 1, help=_("{n} evaluations a page, best first").format(n=BOARD_ROWS)) if pages > 1 else 1
+        board = evaluations.leaderboard(who, None if version == "(all)" else version, None if base == "(all)" else base,
+                                        project=here, limit=BOARD_ROWS, offset=(page - 1) * BOARD_ROWS)
         st.dataframe(
-            [{"#": e["rank"], "evaluation": e["id"], "run": e["run_id"] or "(base model)",
-              "base model": models.display_name(e["base_model"]), "dataset": e["dataset_version_id"],
-              "split": e["split"], "n": e["n"], "BLEU": round(e["bleu"], 4), "ROUGE-L": round(e["rouge_l"], 4),
-              "gate": "PASS" if e["passed"] else "FAIL",
-              "decoding": f"T={e['decoding'].get('temperature', 0)}, max {e['decoding'].get('max_new_tokens')}",
-              "examples/s": round(e["examples_per_s"], 2) if e.get("examples_per_s") else None,
-              "when": e["created_at"]} for e in board],
+            [{"#": e["rank"], _("evaluation"): e["id"], _("run"): e["run_id"] or _("(base model)"),
+              _("base model"): models.display_name(e["base_model"]), _("dataset"): e["dataset_version_id"],
+              _("split"): e["split"], "n": e["n"], "BLEU": round(e["bleu"], 4), "ROUGE-L": round(e["rouge_l"], 4),
+              _("BLEU (words)"): None if e.get("bleu_words") is None else round(e["bleu_words"], 4),
+              _("ROUGE-L (words)"): None if e.get("rouge_l_words") is None else round(e["rouge_l_words"], 4),
+              _("gate"): _("PASS") if e["passed"] else _("FAIL"),
+              _("decoding"): _("T={temperature}, max {max_new_tokens}").format(
+                  temperature=e["decoding"].get("temperature", 0), max_new_tokens=e["decoding"].get("max_new_tokens")),
+              _("examples/s"): round(e["examples_per_s"], 2) if e.get("examples_per_s") else None,
+              _("when"): e["created_at"]} for e in board],
             hide_index=True,
         )
-        chosen = st.selectbox("Details of", [e["id"] for e in board] or [evals[0]["id"]], format_func=labels.get)
-        e = evaluate.get_evaluation(chosen)
+        st.caption(_("BLEU (words), ROUGE-L (words): word-level (pyvi segmentation): a second view; the gate uses "
+                     "syllables.") if not words.unavailable() else
+                   _("Word-level scores are not available: the word segmenter (pyvi) is not installed; the gate uses "
+                     "syllables."))
+        shown = {e["id"]: e for e in board} or {evals[0]["id"]: evals[0]}
+        chosen = st.selectbox(_("Details of"), list(shown), format_func=lambda i: shown[i]["label"])
+        e = shown[chosen]
         c1, c2, c3, c4 = st.columns(4)
         c1.metric("BLEU", f"{e['bleu']:.4f}")
         c2.metric("ROUGE-L", f"{e['rouge_l']:.4f}")
-        c3.metric("Gate", "PASS" if e["passed"] else "FAIL")
-        c4.metric("Examples/s", f"{e['examples_per_s']:.2f}" if e.get("examples_per_s") else "–")
-        st.caption(f"{e.get('gate_reason') or ''} · thresholds of this verdict: BLEU > {e['thresholds']['bleu']}, "
-                   f"ROUGE-L > {e['thresholds']['rouge_l']} · decoding {e['decoding']}")
+        c3.metric(_("Gate"), _("PASS") if e["passed"] else _("FAIL"))
+        c4.metric(_("Examples/s"), f"{e['examples_per_s']:.2f}" if e.get("examples_per_s") else "–")
+        st.caption(_("{reason} · thresholds of this verdict: BLEU > {bleu}, ROUGE-L > {rouge_l} · decoding {decoding}")
+                   .format(reason=e.get("gate_reason") or "", bleu=e["thresholds"]["bleu"],
+                           rouge_l=e["thresholds"]["rouge_l"], decoding=e["decoding"]))
         g1, g2 = st.columns(2)
-        g1.plotly_chart(charts.gate_bars(e["bleu"], e["rouge_l"], e["thresholds"]), key="gate-bars")
+        g1.plotly_chart(charts.gate_bars(e["bleu"], e["rouge_l"], e["thresholds"], tr=_), key="gate-bars")
         if e["run_id"]:
-            g2.plotly_chart(charts.loss_curve(jobs.run_metrics(e["run_id"]), f"Training loss of {e['run_id']}"),
-                            key="loss")
+            g2.plotly_chart(charts.loss_curve(train_runs.run_metrics(e["run_id"]),
+                                              _("Training loss of {run}").format(run=e["run_id"]), tr=_), key="loss")
         else:
-            g2.plotly_chart(charts.example_scores(evaluate.examples(chosen)), key="hist")
+            g2.plotly_chart(charts.example_scores(evaluations.examples(chosen), tr=_), key="hist")
         b1, b2 = st.columns(2)
-        b1.download_button("Download the report (HTML)", lambda chosen=chosen: evaluate.report_html(chosen),
+        b1.download_button(_("Download the report (HTML)"), lambda chosen=chosen: report.build(chosen, actor=who),
                            file_name=f"{chosen}-report.html", mime="text/html", on_click="ignore")
-        b2.download_button("Download the examples (CSV)", lambda chosen=chosen: evaluate.examples_csv(chosen),
+        b2.download_button(_("Download the examples (CSV)"), lambda chosen=chosen: evaluations.examples_csv(chosen, who),
                            file_name=f"{chosen}-examples.csv", mime="text/csv", on_click="ignore")
+
+with votes_tab:
+    rates = votes.win_rates(who, here)
+    if not rates:
+        st.info(_("No blind preference votes yet: reviewers record them in the Playground's Blind vote mode."))
+    else:
+        latest = {}
+        for ev in evals:   # newest first: a run's latest evaluation
+            latest.setdefault(ev["run_id"], ev)
+
+        def _scores(model: str) -> tuple:
+            kind, __, ref = model.partition(":")
+            ev = latest.get(ref) if kind == "run" else None
+            return (round(ev["bleu"], 4), round(ev["rouge_l"], 4)) if ev else (None, None)
+
+        rows = []
+        for r in rates:
+            for me, other, rate, won, lost in (("model_1", "model_2", "win_rate_1", "wins_1", "wins_2"),
+                                                ("model_2", "model_1", "win_rate_2", "wins_2", "wins_1")):
+                bleu, rouge = _scores(r[me])
+                rows.append({_("model"): r[me], _("against"): r[other], _("votes"): r["votes"], _("won"): r[won],
+                             _("lost"): r[lost], _("ties"): r["ties"], _("win rate"): r[rate], "BLEU": bleu,
+                             "ROUGE-L": rouge})
+        rows.sort(key=lambda x: (-x[_("votes")], -x[_("win rate")], x[_("model")]))
+        st.caption(_("Win rate of a model against another on the same prompts, from blind votes (a tie counts half); "
+                     "BLEU and ROUGE-L of a run's latest evaluation beside it."))
+        st.dataframe(rows, hide_index=True)
 
 with compare_tab:
     if len(evals) < 2:
-        st.info("Two evaluations are needed for a comparison (e.g. the base model without adapter and a tuned run).")
+        st.info(_("Two evaluations are needed for a comparison (e.g. the base model without adapter and a tuned run)."))
     else:
         ids = [e["id"] for e in evals]
         tuned = next((e for e in evals if e["run_id"]), evals[0])
-        counterpart = evaluate.base_counterpart(tuned["id"]) or next(e for e in evals if e["id"] != tuned["id"])
+        counterpart = evaluations.base_counterpart(tuned, who) or next(e for e in evals if e["id"] != tuned["id"])
+        if counterpart["id"] not in labels:   # an older base evaluation than the newest offered
+            evals.append(counterpart)
+            ids.append(counterpart["id"])
+            labels[counterpart["id"]] = counterpart["label"]
         a1, a2 = st.columns(2)
-        a = a1.selectbox("A (before)", ids, index=ids.index(counterpart["id"]), format_func=labels.get)
-        b = a2.selectbox("B (after)", ids, index=ids.index(tuned["id"]), format_func=labels.get)
-        c = evaluate.compare(a, b)
+        a = a1.selectbox(_("A (before)"), ids, index=ids.index(counterpart["id"]), format_func=labels.get)
+        b = a2.selectbox(_("B (after)"), ids, index=ids.index(tuned["id"]), format_func=labels.get)
+        c = evaluations.compare(a, b, who)
         sh = c["shared"]
         if not sh["n"]:
-            st.warning("These two evaluations share no example (different dataset versions or splits).")
+            st.warning(_("These two evaluations share no example (different dataset versions or splits)."))
         else:
             m1, m2, m3, m4 = st.columns(4)
-            m1.metric("BLEU (shared)", f"{sh['b']['bleu']:.4f}", f"{sh['delta']['bleu']:+.4f}")
-            m2.metric("ROUGE-L (shared)", f"{sh['b']['rouge_l']:.4f}", f"{sh['delta']['rouge_l']:+.4f}")
-            m3.metric("Better examples", c["counts"]["better"])
-            m4.metric("Worse examples", c["counts"]["worse"], delta_color="inverse")
-            st.caption(f"On the {sh['n']} examples both evaluated (matched by instruction, input and reference). "
-                       f"Whole evaluations: BLEU {c['a']['bleu']:.4f} → {c['b']['bleu']:.4f}, ROUGE-L "
-                       f"{c['a']['rouge_l']:.4f} → {c['b']['rouge_l']:.4f}.")
-            st.plotly_chart(charts.rouge_scatter(c), key="scatter")
+            m1.metric(_("BLEU (shared)"), f"{sh['b']['bleu']:.4f}", f"{sh['delta']['bleu']:+.4f}")
+            m2.metric(_("ROUGE-L (shared)"), f"{sh['b']['rouge_l']:.4f}", f"{sh['delta']['rouge_l']:+.4f}")
+            m3.metric(_("Better examples"), c["counts"]["better"])
+            m4.metric(_("Worse examples"), c["counts"]["worse"], delta_color="inverse")
+            st.caption(_("On the {n} examples both evaluated (matched by instruction, input and reference). "
+                         "Whole evaluations: BLEU {bleu_a:.4f} → {bleu_b:.4f}, ROUGE-L "
+                         "{rouge_l_a:.4f} → {rouge_l_b:.4f}.")
+                       .format(n=sh["n"], bleu_a=c["a"]["bleu"], bleu_b=c["b"]["bleu"],
+                               rouge_l_a=c["a"]["rouge_l"], rouge_l_b=c["b"]["rouge_l"]))
+            st.plotly_chart(charts.rouge_scatter(c, tr=_), key="scatter")
             cols = lambda items: [{"#": p["idx_b"], "ROUGE-L A": round(p["rouge_l_a"], 3),
                                    "ROUGE-L B": round(p["rouge_l_b"], 3), "Δ": round(p["delta_rouge_l"], 3),
-                                   "instruction": p["instruction"], "reference": p["reference"],
+                                   _("instruction"): p["instruction"], _("reference"): p["reference"],
                                    "A": p["prediction_a"], "B": p["prediction_b"]} for p in items]
             w1, w2 = st.columns(2)
-            w1.markdown(f"**Got better ({c['counts']['better']})**")
+            w1.markdown(_("**Got better ({n})**").format(n=c["counts"]["better"]))
             w1.dataframe(cols(c["better"]), hide_index=True)
-            w2.markdown(f"**Got worse ({c['counts']['worse']})**")
+            w2.markdown(_("**Got worse ({n})**").format(n=c["counts"]["worse"]))
             w2.dataframe(cols(c["worse"]), hide_index=True)
-            st.download_button("Download the report of B compared with A (HTML)",
-                               lambda a=a, b=b: evaluate.report_html(b, compare_with=a), file_name=f"{b}-vs-{a}.html",
+            st.download_button(_("Download the report of B compared with A (HTML)"),
+                               lambda a=a, b=b: report.build(b, compare_with=a, actor=who), file_name=f"{b}-vs-{a}.html",
                                mime="text/html", on_click="ignore")
 
 with drill_tab:
     if evals:
-        pick = st.selectbox("Evaluation", [e["id"] for e in evals], format_func=labels.get, key="drill-eval")
-        exs = sorted(evaluate.examples(pick), key=lambda x: (x["rouge_l"], x["idx"]))
+        pick = st.selectbox(_("Evaluation"), [e["id"] for e in evals], format_func=labels.get, key="drill-eval")
+        exs = sorted(evaluations.examples(pick), key=lambda x: (x["rouge_l"], x["idx"]))
         if exs:
-            idx = st.selectbox("Example (lowest ROUGE-L first)", [x["idx"] for x in exs],
+            idx = st.selectbox(_("Example (lowest ROUGE-L first)"), [x["idx"] for x in exs],
                                format_func=lambda i: next(f"#{x['idx']} · ROUGE-L {x['rouge_l']:.3f} · "
                                                           f"{(x['instruction'] or '')[:70]}" for x in exs if x["idx"] == i))
             ex = next(x for x in exs if x["idx"] == idx)
-            st.markdown(f"**{ex['instruction']}**")
+            st.text(ex["instruction"] or "")   # data shows as text, never as markdown
             if ex["input"]:
-                st.caption(ex["input"])
-            d = evaluate.word_diff(ex["reference"], ex["prediction"])
+                st.text(ex["input"])
+            d = evaluations.word_diff(ex["reference"], ex["prediction"])
             r1, r2 = st.columns(2)
-            r1.markdown("**Reference**")
+            r1.markdown(_("**Reference**"))
             r1.html(report.DIFF_STYLE + report.diff_html(d["reference"], "ref"))
-            r2.markdown(f"**Prediction** — BLEU {ex['bleu']:.3f}, ROUGE-L {ex['rouge_l']:.3f}")
+            r2.markdown(_("**Prediction** — BLEU {bleu:.3f}, ROUGE-L {rouge_l:.3f}").format(bleu=ex["bleu"], rouge_l=ex["rouge_l"]))
             r2.html(report.DIFF_STYLE + report.diff_html(d["prediction"], "pred"))
-            st.caption(f"{d['same_words']} words in common; differing words are highlighted.")
+            st.caption(_("{n} words in common; differing words are highlighted.").format(n=d["same_words"]))
 
 with gate_tab:
-    st.caption("Project settings; every change is recorded in the audit log, and every evaluation keeps the "
-               "thresholds its verdict used.")
-    with st.form("thresholds"):
-        min_bleu = st.number_input("BLEU must exceed", 0.0, 1.0, float(th["bleu"]), 0.01)
-        min_rouge = st.number_input("ROUGE-L must exceed", 0.0, 1.0, float(th["rouge_l"]), 0.01)
-        if st.form_submit_button("Save thresholds"):
-            try:
-                evaluate.set_thresholds(min_bleu, min_rouge, actor=user())
-                st.success("Saved.")
-            except ValueError as exc:
-                fail(exc)
+    st.caption(_("Studio settings; every change is recorded in the audit log, and every evaluation keeps the "
+                 "thresholds its verdict used. A run is releasable on its latest evaluation of the whole held-out "
+                 "split (at least {share:.0%} of it).").format(share=gate_settings["min_share"])
+               + ("" if can("gate.thresholds") else " " + _("Changing them needs an admin.")))
+    if not can("gate.thresholds"):
+        t1, t2 = st.columns(2)
+        t1.metric(_("BLEU must exceed"), th["bleu"])
+        t2.metric(_("ROUGE-L must exceed"), th["rouge_l"])
+    else:
+        with st.form("thresholds"):
+            min_bleu = st.number_input(_("BLEU must exceed"), 0.0, 1.0, float(th["bleu"]), 0.01)
+            min_rouge = st.number_input(_("ROUGE-L must exceed"), 0.0, 1.0, float(th["rouge_l"]), 0.01)
+            reason = st.text_input(_("Reason, to go below the floor (BLEU {bleu}, ROUGE-L {rouge_l}; recorded)")
+                                   .format(bleu=gate.FLOOR["bleu"], rouge_l=gate.FLOOR["rouge_l"]))
+            if st.form_submit_button(_("Save thresholds")):
+                try:
+                    gate.set_thresholds(min_bleu, min_rouge, actor=who, override_reason=reason or None)
+                    st.success(_("Saved."))
+                except (ValueError, PermissionError) as exc:
+                    fail(exc)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One command: install the test needs (Debian's chromium included) and run the tests.
-# Extra arguments go to pytest, e.g. `bash scripts/test.sh -m "not slow"`.
+# Extra arguments go to pytest, e.g. `bash scripts/test.sh -k datasets` or `-m "slow or extended"`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

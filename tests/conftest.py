@@ -3,6 +3,7 @@ default model is the one the setup command prepared under models/base/."""
 from __future__ import annotations
 
 import json
+import contextlib
 import os
 import subprocess
 import sys
@@ -14,7 +15,17 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from core import paths  # noqa: E402
+from core import paths
+from core.access.principal import Principal, operator  # noqa: E402
+from scripts import launch  # noqa: E402
+from scripts.launch import free_port  # noqa: E402,F401  (the tests' port picker)
+
+OPERATOR = operator()   # who the CLI acts as: the machine's operator (an admin)
+
+
+def person(name: str, role: str = "engineer", projects: list[str] | None = None) -> Principal:
+    """A signed-in team member (as the web app resolves one from its session)."""
+    return Principal(name=name, role=role, kind="local", projects=frozenset(projects) if projects is not None else None)
 
 
 def cli(*args: str, home: Path, timeout: float = 900, check: bool = True) -> subprocess.CompletedProcess:
@@ -27,34 +38,77 @@ def cli(*args: str, home: Path, timeout: float = 900, check: bool = True) -> sub
     return proc
 
 
-def free_port() -> int:
-    import socket
+def start_studio(home: Path, port: int, **env_extra: str) -> subprocess.Popen:
+    """The studio's web app, started the way scripts/studio.sh starts it, on loopback; waits until healthy
+    (``env_extra``: more of the server's environment, e.g. ``VITUNE_LANGUAGE="vi"``)."""
+    try:
+        return launch.start_studio(home, port, **env_extra)
+    except RuntimeError as exc:
+        raise AssertionError(str(exc)) from None
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+
+@contextlib.contextmanager
+def studio_home(home: Path):
+    """Core calls of the test process go to the studio's home (the server's own, read alongside it)."""
+    previous = os.environ.get("VITUNE_HOME")
+    os.environ["VITUNE_HOME"] = str(home)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("VITUNE_HOME", None)
+        else:
+            os.environ["VITUNE_HOME"] = previous
 
 
-def start_studio(home: Path, port: int) -> subprocess.Popen:
-    """The studio's web app, started the way scripts/studio.sh starts it, on loopback; waits until healthy."""
-    import time
-    import urllib.request
+@pytest.fixture(scope="module")
+def chromium():
+    """Debian's Chromium, headless, as tests/test_access_browser.py starts it; one for a module's cases."""
+    from playwright.sync_api import sync_playwright
 
-    env = dict(os.environ, VITUNE_HOME=str(home), VITUNE_SLOTS="cpu")
-    log = Path(home) / f"studio-{port}.log"
-    with log.open("ab") as out:
-        proc = subprocess.Popen([sys.executable, "scripts/serve.py", "--server.port", str(port), "--server.address",
-                                 "127.0.0.1"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-    for _ in range(240):
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1)
-            return proc
-        except Exception:
-            if proc.poll() is not None:
-                break
-            time.sleep(0.5)
-    proc.kill()
-    raise AssertionError("the studio did not start: " + log.read_text(errors="replace")[-2000:])
+    from tests.test_access_browser import ARGS, CHROMIUM
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Debian's chromium is missing: scripts/test.sh installs it")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def worker_env(tmp_path_factory) -> Path:
+    """Every worker the tests start runs under an interpreter that cannot import DuckDB, streamlit or
+    plotly, as on a GPU host whose worker environment is the GPU package set alone (tests/worker_env.py)."""
+    from tests import worker_env as env
+
+    python = env.build(tmp_path_factory.mktemp("worker-env") / "venv")
+    before = os.environ.get("VITUNE_WORKER_PYTHON")
+    os.environ["VITUNE_WORKER_PYTHON"] = str(python)
+    # endpoints and their keys come from each test's own home: none from the machine running the tests
+    for var in [v for v in os.environ if v.startswith("VITUNE_ENDPOINT_") or v == "VITUNE_SECRETS"]:
+        os.environ.pop(var)
+    # the playground's inference workers a test starts end a minute after its last question
+    os.environ.setdefault("VITUNE_PLAYGROUND_IDLE_S", "60")
+    # the tests that read the pages' words read them in English, as the pages are written; the Vietnamese
+    # interface (everyone's default, and a demo link's) is tests/test_i18n.py's
+    os.environ["VITUNE_LANGUAGE"] = "en"
+    yield python
+    if before is None:
+        os.environ.pop("VITUNE_WORKER_PYTHON", None)
+    else:
+        os.environ["VITUNE_WORKER_PYTHON"] = before
+
+
+def worker_pythons(home: Path) -> dict[str, set[str]]:
+    """For each job kind in a studio home, the interpreters its workers ran under (from their logs)."""
+    import re
+
+    found: dict[str, set[str]] = {}
+    for log in Path(home).rglob("worker.log"):
+        for m in re.finditer(r"job \d+ \((\w+)\) started in .* under (\S+)", log.read_text(errors="replace")):
+            found.setdefault(m.group(1), set()).add(m.group(2))
+    return found
 
 
 @pytest.fixture
@@ -107,18 +161,18 @@ def tiny_pairs(n: int = 24) -> list[dict]:
 
 def approve_review(version_id: str, reviewer: str = "tester") -> dict:
     """Draw the version's review sample and approve every pair (so that it may train)."""
-    from core import review
+    from core.datasets import review
 
-    review.start(version_id)
+    review.start(version_id, actor=person(reviewer, "reviewer"))
     while (item := review.next_item(version_id)) is not None:
-        review.decide(version_id, item["idx"], "approved", reviewer)
+        review.decide(version_id, item["idx"], "approved", actor=person(reviewer, "reviewer"))
     return review.status(version_id)
 
 
 @pytest.fixture(scope="session")
 def pipeline(tmp_path_factory, default_model) -> dict:
     """The whole default pipeline once, through the CLI: samples → train the demo sample (internal notes)
-    with the demo preset (40 steps) → evaluate (20 held-out pairs), which passes the gate → export (f16,
+    with the demo preset (40 steps) → evaluate the whole held-out split (22 pairs), which passes the gate → export (f16,
     q8_0, q4_k_m). Later tests (pages, browser, deploy) reuse it; a test that needs a failing run makes its own."""
     home = tmp_path_factory.mktemp("pipeline-home")
     out = {"home": home}
@@ -128,7 +182,7 @@ def pipeline(tmp_path_factory, default_model) -> dict:
     train = json.loads(proc.stdout)
     out["run"] = train["run"]
     out["train"] = train
-    proc = cli("evaluate", "--run", out["run"], "--limit", "20", "--max-new-tokens", "48", "--json", home=home)
+    proc = cli("evaluate", "--run", out["run"], "--max-new-tokens", "48", "--json", home=home)
     out["evaluation"] = json.loads(proc.stdout)
     proc = cli("export", "--run", out["run"], "--quant", "f16", "q8_0", "q4_k_m", "--json", home=home)
     out["export"] = json.loads(proc.stdout)

@@ -1,7 +1,7 @@
 """The bad-file corpus (tests/data/bad_files/, made by make_bad_files.py): the exact import report for each.
 
 Files marked ``cli`` go through ``python -m core dataset import --json`` in a real subprocess, the
-others through ``core.datasets.import_files``; both give the same report."""
+others through ``core.datasets.importer.import_files``; both give the same report."""
 from __future__ import annotations
 
 import json
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from core import datasets
-from tests.conftest import cli
+from core.datasets import importer, versions
+from tests.conftest import OPERATOR, cli
 
 BAD = Path(__file__).resolve().parent / "data" / "bad_files"
 
@@ -75,10 +75,10 @@ def test_bad_file_report(home, name, args, via_cli, expected):
         assert proc.stderr == ""
     else:
         encoding = args[1] if args else None
-        version, rep = datasets.import_files([BAD / name], "bad", encoding=encoding)
+        version, rep = importer.import_files([BAD / name], "bad", encoding=encoding, actor=OPERATOR)
         report, version_id = rep.as_dict(), version["id"]
     assert report == expected
-    version = datasets.get_version(version_id)
+    version = versions.get_version(version_id)
     assert version["rows_total"] == expected["rows_kept"]
     assert json.loads(version["report"]) == expected  # the version keeps its import report
 
@@ -98,7 +98,7 @@ def test_bad_file_refused_with_one_line(home, name, message, code):
     proc = cli("dataset", "import", str(BAD / name), "--name", "bad", home=home, check=False)
     assert proc.returncode == code
     assert proc.stderr == message + "\n"
-    assert datasets.list_versions() == []
+    assert versions.list_versions(OPERATOR) == []
 
 
 def test_corpus_has_at_least_twelve_files():
@@ -109,8 +109,8 @@ def test_corpus_has_at_least_twelve_files():
 
 
 def test_cp1258_text_is_decoded_to_nfc_vietnamese(home):
-    version, _ = datasets.import_files([BAD / "cp1258.jsonl"], "vi", encoding="cp1258")
-    rows = datasets.load_rows(version["id"], "train") + datasets.load_rows(version["id"], "test")
+    version, _ = importer.import_files([BAD / "cp1258.jsonl"], "vi", encoding="cp1258", actor=OPERATOR)
+    rows = versions.load_rows(version["id"], "train") + versions.load_rows(version["id"], "test")
     assert sorted(r["output"] for r in rows) == [
         "Dạ, đơn 1 được miễn phí vận chuyển nội thành ạ.", "Dạ, đơn 2 được miễn phí vận chuyển nội thành ạ."]
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from core import bulk_import, datasets, store
-from tests.conftest import cli, tiny_pairs, to_cp1258, write_jsonl
+from core import store
+from core.datasets import bulk as bulk_path, importer, rows as pair_rows, versions
+from tests.conftest import OPERATOR, cli, tiny_pairs, to_cp1258, write_jsonl
 
 BAD = Path(__file__).resolve().parent / "data" / "bad_files"
 
@@ -21,8 +22,8 @@ def _both(files, **kw):
     out = []
     for bulk in (False, True):
         try:
-            version, report = datasets.import_files(files, "parity", bulk=bulk, **kw)
-        except datasets.DatasetError as exc:
+            version, report = importer.import_files(files, "parity", bulk=bulk, **kw, actor=OPERATOR)
+        except pair_rows.DatasetError as exc:
             out.append((str(exc), None))
             continue
         r = report.as_dict()
@@ -35,7 +36,7 @@ def _both(files, **kw):
 
 
 def _rows(version) -> list[tuple]:
-    rows = datasets.load_rows(version["id"], "train") + datasets.load_rows(version["id"], "test")
+    rows = versions.load_rows(version["id"], "train") + versions.load_rows(version["id"], "test")
     return sorted((r["instruction"], r["input"], r["output"], r["source"]) for r in rows)
 
 
@@ -53,7 +54,7 @@ def test_bulk_names_a_non_utf8_line_like_the_python_path(home, monkeypatch):
     path = home / "latin.jsonl"
     good = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in tiny_pairs(6)).encode("utf-8")
     path.write_bytes(good + b"\n" + to_cp1258('{"instruction": "Hỏi", "output": "Dạ"}\n'))
-    monkeypatch.setattr(bulk_import, "CHUNK_BYTES", 100)  # the bad byte lies in a later block
+    monkeypatch.setattr(bulk_path, "CHUNK_BYTES", 100)  # the bad byte lies in a later block
     (py, _), (sql, _) = _both([path])
     assert sql == py and "line 8" in sql and "not UTF-8" in sql
 
@@ -84,7 +85,7 @@ def _messy_file(path: Path) -> Path:
         '{"instruction": "Hỏi", "input": true, "output": "x"}',
         '{"instruction": "Hỏi", "output": {"a": 1}}',
         '{"instruction": null, "prompt": "Ưu tiên?", "output": "Có."}',
-        '{"instruction": "Dài", "output": "' + "ạ" * (datasets.MAX_FIELD_CHARS + 1) + '"}',
+        '{"instruction": "Dài", "output": "' + "ạ" * (pair_rows.MAX_FIELD_CHARS + 1) + '"}',
         '["danh", "sách"]',
         '"chuỗi"',
         '{"instruction": "Hỏi"',
@@ -109,15 +110,15 @@ def test_bulk_matches_python_on_a_messy_generated_file(home):
                                     "Response": "output"}  # "instruction": null is a missing field, not "prompt"
     assert _rows(sql_version) == _rows(py_version)
     # the content hash is datasets.content_hash's, computed over the bulk version's own split
-    train = datasets.load_rows(sql_version["id"], "train")
-    test = datasets.load_rows(sql_version["id"], "test")
-    assert datasets.content_hash(train, test) == sql_version["content_hash"]
+    train = versions.load_rows(sql_version["id"], "train")
+    test = versions.load_rows(sql_version["id"], "test")
+    assert pair_rows.content_hash(train, test) == sql_version["content_hash"]
     # each split keeps the file's order
     first_line = {}
     for n, line in enumerate(path.read_text(encoding="utf-8-sig").split("\n"), start=1):
         try:
             row = json.loads(line)
-            key = datasets.clean_text(row.get("instruction") or row.get("question") or "")
+            key = pair_rows.clean_text(row.get("instruction") or row.get("question") or "")
         except (ValueError, AttributeError, TypeError):
             continue
         first_line.setdefault(key, n)
@@ -125,8 +126,8 @@ def test_bulk_matches_python_on_a_messy_generated_file(home):
         lines = [first_line[r["instruction"]] for r in rows if r["instruction"] in first_line]
         assert len(lines) > len(rows) // 2 and lines == sorted(lines)
     # seeded: the same seed draws the same test rows, another seed other rows, always as many
-    again, _ = datasets.import_files([path], "again", bulk=True, seed=5)
-    other, _ = datasets.import_files([path], "other", bulk=True, seed=6)
+    again, _ = importer.import_files([path], "again", bulk=True, seed=5, actor=OPERATOR)
+    other, _ = importer.import_files([path], "other", bulk=True, seed=6, actor=OPERATOR)
     assert again["content_hash"] == sql_version["content_hash"] and other["content_hash"] != again["content_hash"]
     assert (other["rows_train"], other["rows_test"]) == (py_version["rows_train"], py_version["rows_test"])
 
@@ -150,7 +151,7 @@ def test_bulk_honours_the_column_mapping_like_the_python_path(home):
 
 def test_bulk_several_files_dedup_across_them_and_mix_general(home):
     chung = [{"instruction": f"Câu hỏi chung số {i}?", "input": "", "output": f"Trả lời chung {i}."} for i in range(30)]
-    general, _ = datasets.import_files([write_jsonl(home / "general.jsonl", chung)], "general-vi")
+    general, _ = importer.import_files([write_jsonl(home / "general.jsonl", chung)], "general-vi", actor=OPERATOR)
     pairs = tiny_pairs(25)
     a = write_jsonl(home / "a.jsonl", pairs[:15])
     csv = home / "b.csv"
@@ -162,7 +163,7 @@ def test_bulk_several_files_dedup_across_them_and_mix_general(home):
     lineage = json.loads(sql_version["lineage"])
     assert lineage["general"] == json.loads(py_version["lineage"])["general"] and lineage["engine"] == "duckdb"
     assert sql_version["rows_train"] == py_version["rows_train"] and sql_version["rows_test"] == py_version["rows_test"]
-    mixed = [r for r in datasets.load_rows(sql_version["id"], "train") if r["source"] == "general"]
+    mixed = [r for r in versions.load_rows(sql_version["id"], "train") if r["source"] == "general"]
     assert len(mixed) == lineage["general"]["rows"] > 0
 
 
@@ -175,11 +176,11 @@ def test_sql_clean_matches_clean_text(home):
     samples = ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 24))) for _ in range(4000)]
     samples += ["", " ", "\n", "a", "  Xin chào\u00a0\u00a0bạn  ", "dòng 1  \n   \n\n\n\n  dòng 2"]
     with store.scratch("256MB", 1) as con:
-        con.execute(bulk_import._MACROS)
+        con.execute(bulk_path._MACROS)
         con.execute("CREATE TABLE s (i INTEGER, x VARCHAR)")
         con.executemany("INSERT INTO s VALUES (?, ?)", list(enumerate(samples)))
         got = dict(con.execute("SELECT i, vt_clean(x) FROM s").fetchall())
-    wrong = [(s, got[i], datasets.clean_text(s)) for i, s in enumerate(samples) if got[i] != datasets.clean_text(s)]
+    wrong = [(s, got[i], pair_rows.clean_text(s)) for i, s in enumerate(samples) if got[i] != pair_rows.clean_text(s)]
     assert not wrong, wrong[:3]
 
 
@@ -189,7 +190,7 @@ def test_sql_row_json_matches_json_dumps(home):
     pieces = ["Việt", " ", "\n", '"', "\\", "\\n", "\x00", "\x01", "\x08", "\x0c", "\x1f", "\x7f", "\u2028", "/", "'", "₫"]
     triples = [["".join(rng.choice(pieces) for _ in range(rng.randint(0, 8))) for _ in range(3)] for _ in range(2000)]
     with store.scratch("256MB", 1) as con:
-        con.execute(bulk_import._MACROS)
+        con.execute(bulk_path._MACROS)
         con.execute("CREATE TABLE s (i INTEGER, a VARCHAR, b VARCHAR, c VARCHAR)")
         con.executemany("INSERT INTO s VALUES (?, ?, ?, ?)", [[i, *t] for i, t in enumerate(triples)])
         got = con.execute("SELECT vt_json('train', a, b, c, vt_ctl(a, b, c)), vt_json('test', a, b, c, NULL) "
@@ -207,7 +208,7 @@ def test_nfc_shortcut_ranges_hold_only_nfc_quick_check_yes_characters():
         d = unicodedata.decomposition(chr(cp))
         if d and not d.startswith("<") and len(d.split()) == 2:
             second.add(int(d.split()[1], 16))
-    ranges = bulk_import.NFC_SAFE_RANGES
+    ranges = bulk_path.NFC_SAFE_RANGES
     assert (0x0, 0x2FF) in ranges and (0x1E00, 0x1EFF) in ranges  # Latin, and the Vietnamese letters
     for lo, hi in ranges:
         for cp in range(lo, hi + 1):
@@ -228,26 +229,26 @@ def test_bulk_spills_under_a_low_memory_limit(home, monkeypatch):
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
             if i % 1000 == 7:
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    monkeypatch.setattr(bulk_import, "CHUNK_BYTES", 4 * 1024**2)
+    monkeypatch.setattr(bulk_path, "CHUNK_BYTES", 4 * 1024**2)
     monkeypatch.setenv("VITUNE_BULK_MEMORY", "100MB")
-    version, report = datasets.import_files([path], "big", bulk=True)
+    version, report = importer.import_files([path], "big", bulk=True, actor=OPERATOR)
     assert report.rows_read == 50_050 and report.duplicates_exact == 50 and report.rows_kept == 50_000
     assert (version["rows_train"], version["rows_test"]) == (45_000, 5_000)
     assert report.files[0]["engine"] == "duckdb" and report.bulk["memory_limit"] == "100MB"
     assert report.bulk["spilled_mb"] > 5  # it did not fit: DuckDB wrote to its temp_directory
     assert not list((home / "data" / "tmp").iterdir())  # which is gone afterwards
     monkeypatch.setenv("VITUNE_BULK_MEMORY", "30MB")  # too little even to spill: a clear one-line error
-    with pytest.raises(datasets.DatasetError, match="memory limit of 30MB .*VITUNE_BULK_MEMORY"):
-        datasets.import_files([path], "big", bulk=True)
-    assert len(datasets.list_versions()) == 1 and len(list((home / "data" / "datasets").iterdir())) == 1
+    with pytest.raises(pair_rows.DatasetError, match="memory limit of 30MB .*VITUNE_BULK_MEMORY"):
+        importer.import_files([path], "big", bulk=True, actor=OPERATOR)
+    assert len(versions.list_versions(OPERATOR)) == 1 and len(list((home / "data" / "datasets").iterdir())) == 1
 
 
 def test_import_files_picks_the_bulk_path_over_the_threshold(home, monkeypatch):
     path = write_jsonl(home / "pairs.jsonl", tiny_pairs(12))
-    _, small = datasets.import_files([path], "small")
+    _, small = importer.import_files([path], "small", actor=OPERATOR)
     assert "engine" not in small.files[0] and not small.bulk
-    monkeypatch.setattr(bulk_import, "BULK_THRESHOLD_BYTES", path.stat().st_size - 1)
-    _, large = datasets.import_files([path], "large")
+    monkeypatch.setattr(bulk_path, "BULK_THRESHOLD_BYTES", path.stat().st_size - 1)
+    _, large = importer.import_files([path], "large", actor=OPERATOR)
     assert large.files[0]["engine"] == "duckdb" and large.bulk["seconds"]["total"] > 0
     assert large.rows_kept == small.rows_kept == 12
 
@@ -258,7 +259,7 @@ def test_cli_bulk_json(home):
     out = json.loads(proc.stdout)
     assert out["files"] == [{"file": "messy.jsonl", "encoding": "utf-8-sig", "format": "jsonl", "engine": "duckdb"}]
     assert out["dataset_version"] and out["rows_kept"] > 0 and set(out["bulk"]["seconds"]) >= {"dedup", "total"}
-    _, report = datasets.import_files([path], "py", bulk=False)
+    _, report = importer.import_files([path], "py", bulk=False, actor=OPERATOR)
     assert [(e["line"], e["reason"]) for e in out["errors"]] == [(e["line"], e["reason"]) for e in report.errors]
     plain = cli("dataset", "import", str(path), "--name", "messy2", "--bulk", home=home)
     assert "bulk import (DuckDB):" in plain.stdout and proc.stderr == ""

@@ -1,20 +1,20 @@
 import subprocess
 import sys
-import time
 
 import pytest
 
 from tests.conftest import REPO
 
-COMMANDS = ["models", "dataset", "review", "train", "jobs", "evaluate", "generate", "gate", "score", "export",
-            "modelfile", "deploy", "releases"]
+COMMANDS = ["models", "dataset", "review", "train", "jobs", "evaluate", "ask", "generate", "generate-stop", "gate",
+            "score", "export", "modelfile", "deploy", "releases"]
 
 
-def test_help_starts_fast():
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "core", "--help"], cwd=REPO, capture_output=True, text=True)
-    assert proc.returncode == 0
-    assert time.perf_counter() - t0 < 1.0
+def test_help_lists_every_command_and_imports_nothing_heavy():
+    code = ("import sys, runpy; sys.argv = ['core', '--help']\n"
+            "try:\n    runpy.run_module('core', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            "print('HEAVY', sorted(m for m in ('torch', 'transformers', 'streamlit', 'duckdb') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert proc.stdout.strip().splitlines()[-1] == "HEAVY []"
     for command in COMMANDS:
         assert command in proc.stdout
 
@@ -26,7 +26,7 @@ def test_every_command_has_help(command):
 
 
 def test_heavy_libraries_are_not_imported_for_score_and_dataset():
-    code = ("import sys, core.cli, core.scoring, core.datasets, core.review; "
+    code = ("import sys, core.cli, core.evaluation.scoring, core.datasets.importer, core.datasets.review; "
             "print(sorted(m for m in ('torch', 'transformers', 'streamlit') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert proc.stdout.strip() == "[]"

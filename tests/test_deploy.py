@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from core import deploy, export, modelfile, preflight, prompt_format, store
-from tests.conftest import cli
+from core import prompt_format, store
+from core.deploy import exporter, exports, modelfile, ollama, preflight, preflights, releases
+from tests.conftest import OPERATOR, cli
 
 SAMPLES = [
     {"instruction": "Khách hàng phàn nàn về hóa đơn sai, phải xử lý thế nào?"},
@@ -77,14 +78,53 @@ def test_system_text_that_would_break_the_block_is_refused(system):
         modelfile.check_system(system)
 
 
-def test_an_edited_modelfile_must_keep_from_and_template(tokenizer, tmp_path):
+def test_modelfiles_are_read_the_way_ollama_reads_them():
+    """Directives in any case, after comments and blank lines; bare, "quoted" and triple-quoted values, the
+    last over several lines; the line of anything that is not a directive."""
+    text = ('# a comment\n\nfrom /m/a.gguf\ntemplate """{{ if .System }}x\n{{ end }}"""\n'
+            'System "một dòng"\nparameter stop "<eos>"\nPARAMETER temperature 0.2\n')
+    got = [(c.name, c.parameter, c.args, c.line) for c in modelfile.parse(text)]
+    assert got == [("from", None, "/m/a.gguf", 3), ("template", None, "{{ if .System }}x\n{{ end }}", 4),
+                   ("system", None, "một dòng", 6), ("parameter", "stop", "<eos>", 7),
+                   ("parameter", "temperature", "0.2", 8)]
+    with pytest.raises(modelfile.ModelfileError, match="line 2: 'TEMPLAT' is not a Modelfile directive"):
+        modelfile.parse("FROM x\nTEMPLAT y\n")
+    with pytest.raises(modelfile.ModelfileError, match="line 2: a quoted value is not closed"):
+        modelfile.parse('FROM x\nSYSTEM """open\nstill open\n')
+    with pytest.raises(modelfile.ModelfileError, match="MESSAGE's role"):
+        modelfile.parse("FROM x\nMESSAGE tool hi\n")
+
+
+def test_an_edited_modelfile_keeps_system_and_parameters_and_nothing_else(tokenizer, tmp_path):
+    """What the preflight checks is what `ollama create` gets: an edit may change SYSTEM and PARAMETER
+    lines; a later lower-case FROM or TEMPLATE (which Ollama would obey), ADAPTER or MESSAGE is refused
+    with its line, and the studio writes FROM and TEMPLATE itself."""
     gguf = tmp_path / "m.gguf"
-    text = modelfile.build(gguf, "chat", tokenizer)
-    assert modelfile.check_text(text.replace("temperature 0.7", "temperature 0.3"), gguf)
-    with pytest.raises(modelfile.ModelfileError, match="FROM must stay"):
-        modelfile.check_text(text.replace(str(gguf.resolve()), "/tmp/other.gguf"), gguf)
-    with pytest.raises(modelfile.ModelfileError, match="exactly one TEMPLATE"):
-        modelfile.check_text(text.replace('TEMPLATE """', 'SYSTEM """'), gguf)
+    built = modelfile.build(gguf, "chat", tokenizer)
+    template = preflight.template_of(built)
+    edited = built.replace("temperature 0.7", "temperature 0.3") + 'system """Trả lời bằng tiếng Việt."""\n'
+    final = modelfile.finalize(edited, built)
+    assert final.startswith(f"FROM {gguf.resolve()}\n")
+    assert preflight.template_of(final) == template
+    assert preflight.system_of(final) == "Trả lời bằng tiếng Việt."
+    assert "PARAMETER temperature 0.3" in final.splitlines()
+    assert preflight.stops_of(final) == preflight.stops_of(built) == ["<end_of_turn>", "<eos>"]
+    assert modelfile.finalize(final, built) == final      # finalizing is stable
+    n = built.count("\n") + 1
+    refused = {
+        built + "from /tmp/other.gguf\n": f"line {n}: FROM must stay",
+        built + 'template """{{ .Prompt }}"""\n': f"line {n}: TEMPLATE is the training prompt format",
+        built.replace(str(gguf.resolve()), "/tmp/other.gguf"): "line 1: FROM must stay",
+        built + "ADAPTER /tmp/lora.gguf\n": f"line {n}: ADAPTER is not allowed",
+        built + "MESSAGE user xin chào\n": f"line {n}: MESSAGE is not allowed",
+        built + "PARAMETER temprature 0.1\n": f"line {n}: unknown PARAMETER 'temprature'",
+        built + "PARAMETER top_k many\n": f"line {n}: PARAMETER top_k takes an integer",
+        built + 'SYSTEM """a"""\nSYSTEM """b"""\n': f"line {n + 1}: a second SYSTEM",
+        built + 'SYSTEM """ends with a quote\""""\n': "ends with a double quote",
+    }
+    for text, message in refused.items():
+        with pytest.raises(modelfile.ModelfileError, match=re.escape(message)):
+            modelfile.finalize(text, built)
 
 
 # ── export: architectures ────────────────────────────────────────────────────
@@ -97,39 +137,66 @@ def test_an_edited_modelfile_must_keep_from_and_template(tokenizer, tmp_path):
 ])
 def test_export_branches_by_architecture(tmp_path, arch, loader):
     (tmp_path / "config.json").write_text(json.dumps({"architectures": [arch]}))
-    assert export.architecture(tmp_path) == arch
-    assert export.loader_for(arch) == loader
+    assert exporter.architecture(tmp_path) == arch
+    assert exporter.loader_for(arch) == loader
 
 
 def test_the_vendored_converter_knows_both_gemma4_classes():
     """llama.cpp's converter shipped with the project registers both classes for the text model the
     studio exports (tests/test_gemma4_export.py exports tiny random-weight models of both for real)."""
-    text = (export.converter_script().parent / "conversion" / "gemma.py").read_text()
+    text = (exporter.converter_script().parent / "conversion" / "gemma.py").read_text()
     assert '@ModelBase.register("Gemma4ForConditionalGeneration", "Gemma4ForCausalLM")' in text
 
 
 def test_export_explains_a_bad_config(tmp_path):
-    with pytest.raises(export.ExportError, match="no such file"):
-        export.architecture(tmp_path)
+    with pytest.raises(exporter.ExportError, match="no such file"):
+        exporter.architecture(tmp_path)
     (tmp_path / "config.json").write_text("{bad")
-    with pytest.raises(export.ExportError, match="not valid JSON"):
-        export.architecture(tmp_path)
-    with pytest.raises(export.ExportError, match="not one the studio exports"):
-        export.loader_for("BertModel")
+    with pytest.raises(exporter.ExportError, match="not valid JSON"):
+        exporter.architecture(tmp_path)
+    with pytest.raises(exporter.ExportError, match="not one the studio exports"):
+        exporter.loader_for("BertModel")
+
+
+def _tensor_elements(model_dir: Path) -> dict[str, int]:
+    """Every tensor of a model folder's safetensors files and its number of elements (headers only)."""
+    import math
+
+    from safetensors import safe_open
+
+    counts = {}
+    for path in sorted(Path(model_dir).glob("*.safetensors")):
+        with safe_open(str(path), framework="np") as fh:
+            for name in fh.keys():
+                counts[name] = math.prod(fh.get_slice(name).get_shape())
+    return counts
+
+
+def test_the_parameter_count_is_the_models_weights_less_its_norms(default_model):
+    """``exports.parameter_count`` works from config.json (so that it knows a model not downloaded yet) and
+    counts on purpose the linear layers and the embeddings only: it must equal the elements of every tensor
+    in the model's safetensors except the RMSNorm weights, which are a rounding error (0.02 % of Gemma 3
+    270M) for the billion-parameter line it decides on."""
+    tensors = _tensor_elements(default_model)
+    assert tensors, f"no safetensors in {default_model}"
+    norms = sum(n for name, n in tensors.items() if name.endswith("norm.weight"))
+    total = sum(tensors.values())
+    assert norms and norms < total * 0.001
+    assert exports.parameter_count(str(default_model)) == total - norms
 
 
 def test_default_quantization_is_q8_0_below_a_billion_parameters(default_model, tmp_path):
-    assert export.parameter_count(str(default_model)) == 268_042_240  # Gemma 3 270M, from its config.json
-    assert export.default_quant(str(default_model)) == "q8_0"
+    assert sum(_tensor_elements(default_model).values()) < exports.SMALL_MODEL_PARAMS
+    assert exports.default_quant(str(default_model)) == "q8_0"
     big = {"hidden_size": 2560, "intermediate_size": 10240, "num_hidden_layers": 34, "num_attention_heads": 8,
            "num_key_value_heads": 4, "head_dim": 256, "vocab_size": 262208}  # Gemma 3 4B's text config
     (tmp_path / "config.json").write_text(json.dumps({"text_config": big}))
-    assert export.default_quant(str(tmp_path)) == "q4_k_m" == export.DEFAULT_QUANT
-    assert export.default_quant("someone/not-downloaded") == "q4_k_m"  # unknown size: the guide's default
+    assert exports.default_quant(str(tmp_path)) == "q4_k_m" == exports.DEFAULT_QUANT
+    assert exports.default_quant("someone/not-downloaded") == "q4_k_m"  # unknown size: the guide's default
 
 
 def test_default_model_architecture(default_model):
-    assert export.loader_for(export.architecture(default_model)) == "AutoModelForCausalLM"
+    assert exporter.loader_for(exporter.architecture(default_model)) == "AutoModelForCausalLM"
 
 
 # ── ollama commands ──────────────────────────────────────────────────────────
@@ -137,13 +204,13 @@ def test_default_model_architecture(default_model):
 
 def test_create_command_is_an_argument_list_and_quantizes_only_f16(tmp_path):
     mf = tmp_path / "Modelfile"
-    assert deploy.create_command("ollama", "vi-cskh:v1", mf, "q4_k_m") == ["ollama", "create", "vi-cskh:v1", "-f",
+    assert ollama.create_command("ollama", "vi-cskh:v1", mf, "q4_k_m") == ["ollama", "create", "vi-cskh:v1", "-f",
                                                                           str(mf)]
-    assert deploy.create_command("ollama", "vi", mf, "f16", "q4_K_M")[-2:] == ["--quantize", "q4_K_M"]
-    with pytest.raises(deploy.DeployRefused, match="only quantize an f16 GGUF"):
-        deploy.create_command("ollama", "vi", mf, "q8_0", "q4_K_M")
+    assert ollama.create_command("ollama", "vi", mf, "f16", "q4_K_M")[-2:] == ["--quantize", "q4_K_M"]
+    with pytest.raises(ollama.OllamaError, match="only quantize an f16 GGUF"):
+        ollama.create_command("ollama", "vi", mf, "q8_0", "q4_K_M")
     with pytest.raises(modelfile.ModelfileError, match="not a valid Ollama model name"):
-        deploy.create_command("ollama", "vi; rm -rf ~", mf, "f16")
+        ollama.create_command("ollama", "vi; rm -rf ~", mf, "f16")
 
 
 def _port_open(port: int) -> bool:
@@ -155,20 +222,20 @@ def _port_open(port: int) -> bool:
 def test_no_ollama_server_is_explained_in_plain_words():
     if _port_open(11434):
         pytest.skip("an Ollama server answers on this machine")
-    problem = deploy.server_problem()  # the real ollama client, against a port where nothing listens
+    problem = ollama.server_problem()  # the real ollama client, against a port where nothing listens
     assert problem.startswith("the Ollama server is not running") and "ollama serve" in problem
-    assert "not running" in deploy.explain("Error: could not connect to ollama app, is it running?")
+    assert "not running" in ollama.explain("Error: could not connect to ollama app, is it running?")
 
 
 def test_ollama_create_runs_up_to_the_binary(tmp_path):
     mf = tmp_path / "Modelfile"
     mf.write_text("FROM /nowhere.gguf\n")
     with pytest.raises(modelfile.ModelfileError):
-        deploy.ollama_create("Bad Name", mf)
-    if deploy.ollama_binary() is None:
-        assert deploy.ollama_create("vi-test:v1", mf) == (False, deploy.NO_BINARY)
+        ollama.ollama_create("Bad Name", mf)
+    if ollama.ollama_binary() is None:
+        assert ollama.ollama_create("vi-test:v1", mf) == (False, ollama.NO_BINARY)
         pytest.skip("no ollama binary here: the name check and the argument list ran; `ollama create` was skipped")
-    created, message = deploy.ollama_create("vi-test:v1", mf)
+    created, message = ollama.ollama_create("vi-test:v1", mf)
     assert not created and message  # the GGUF does not exist: ollama refuses, in words
 
 
@@ -199,14 +266,14 @@ def test_preflight_judge():
 def test_preflight_blocks_a_drifted_template(pipeline, monkeypatch):
     """The alpaca-vi TEMPLATE on a chat-trained run renders a different prompt: blocked, with the reason.
     (A passing preflight on the same export: test_pipeline's CLI deploy.)"""
-    from core import jobs
+    from core.jobs import supervisor
 
     monkeypatch.setenv("VITUNE_HOME", str(pipeline["home"]))
     monkeypatch.setenv("VITUNE_SLOTS", "cpu")
     run_id, result = pipeline["run"], pipeline["export"]
     gguf = Path(result["gguf"]["q8_0"])
     drifted = modelfile.build(gguf, "alpaca-vi")
-    job = jobs.wait(preflight.submit(run_id, gguf, result["merged_dir"], drifted, n=2, max_tokens=8)["id"])
+    job = supervisor.wait(preflights.submit(run_id, gguf, result["merged_dir"], drifted, n=2, max_tokens=8, actor=OPERATOR)["id"])
     assert job["state"] == "succeeded" and not job["result"]["passed"]
     assert "renders a different prompt from the one the run was trained with" in job["result"]["reason"]
     assert all(not e["prompt_matches_training"] for e in job["result"]["examples"])

@@ -7,7 +7,8 @@ import shutil
 
 import pytest
 
-from core import export, paths
+from core import paths
+from core.deploy import exporter
 
 pytestmark = [pytest.mark.slow, pytest.mark.extended]
 
@@ -45,7 +46,7 @@ def _random_adapter(base, folder):
     import transformers
     from peft import LoraConfig, get_peft_model
 
-    model = getattr(transformers, export.loader_for(export.architecture(base))).from_pretrained(base)
+    model = getattr(transformers, exporter.loader_for(exporter.architecture(base))).from_pretrained(base)
     lora = LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
                       target_modules=r".*language_model.*\.(q|k|v|o|gate|up|down)_proj|^model\.layers.*\.(q|k|v|o|gate|up|down)_proj")
     get_peft_model(model, lora).save_pretrained(folder)
@@ -60,7 +61,7 @@ def _hf_greedy(merged, n: int) -> list[int]:
     from core.models import load_tokenizer
 
     tok = load_tokenizer(str(merged))
-    model = getattr(transformers, export.loader_for(export.architecture(merged))).from_pretrained(merged)
+    model = getattr(transformers, exporter.loader_for(exporter.architecture(merged))).from_pretrained(merged)
     ids = tok(PROMPT, return_tensors="pt", add_special_tokens=True)["input_ids"]
     with torch.inference_mode():
         out = model.generate(ids, max_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0)
@@ -74,21 +75,21 @@ def test_a_gemma_4_run_exports_to_gguf_that_answers_like_the_merged_model(tmp_pa
 
     base = _tiny_gemma4(tmp_path / "base", kind)
     adapter = _random_adapter(base, tmp_path / "adapter")
-    merged = export.merge(str(base), str(adapter), tmp_path / "merged", lambda m: None)
-    assert export.architecture(merged) == kind  # the wrapper's layout is kept for the converter
+    merged = exporter.merge(str(base), str(adapter), tmp_path / "merged", lambda m: None)
+    assert exporter.architecture(merged) == kind  # the wrapper's layout is kept for the converter
 
     before = load_file(str(base / "model.safetensors"))
     after = load_file(str(merged / "model.safetensors"))
     q = next(k for k in before if k.endswith("layers.0.self_attn.q_proj.weight") and "vision" not in k)
     assert not (before[q] == after[q]).all(), "the adapter was not merged"
 
-    f16 = export.convert(merged, tmp_path / "model-f16.gguf", lambda m: None)
+    f16 = exporter.convert(merged, tmp_path / "model-f16.gguf", lambda m: None)
     reader = gguf.GGUFReader(str(f16))
     assert reader.fields["general.architecture"].contents() == "gemma4"
-    q8 = export.quantize(f16, tmp_path / "model-q8_0.gguf", "q8_0")
+    q8 = exporter.quantize(f16, tmp_path / "model-q8_0.gguf", "q8_0")
     assert q8.stat().st_size < f16.stat().st_size
 
     expected = _hf_greedy(merged, 8)
-    got = export.llama_generate(f16, [PROMPT], max_tokens=8)[0]
+    got = exporter.llama_generate(f16, [PROMPT], max_tokens=8)[0]
     assert got == expected, (got, expected)
-    assert len(export.llama_generate(q8, [PROMPT], max_tokens=8)[0]) == 8  # the q8_0 file loads and answers
+    assert len(exporter.llama_generate(q8, [PROMPT], max_tokens=8)[0]) == 8  # the q8_0 file loads and answers

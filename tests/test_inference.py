@@ -4,8 +4,9 @@ import sys
 import pytest
 import torch
 
-from core import inference, prompt_format
-from core.inference import Decoding
+from core import prompt_format
+from core.evaluation import inference
+from core.evaluation.inference import Decoding
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow

@@ -3,17 +3,18 @@ import sys
 
 import pytest
 
-from core import modelfile, prompt_format
+from core import prompt_format
+from core.deploy import modelfile
 from tests.conftest import REPO
 
 
 @pytest.fixture(scope="module")
 def gguf(tmp_path_factory, default_model):
     """The default model converted to f16 GGUF by llama.cpp's converter (it carries the chat template)."""
-    from core import export
+    from core.deploy import exporter
 
     out = tmp_path_factory.mktemp("gguf") / "base-f16.gguf"
-    return export.convert(default_model, out, log=lambda m: None)
+    return exporter.convert(default_model, out, log=lambda m: None)
 
 
 def test_a_gguf_without_chat_template_is_refused_for_the_chat_format():

@@ -1,13 +1,15 @@
 """The whole default pipeline on the embedded model, through the CLI (see the ``pipeline`` fixture)."""
 import json
+import os
 import re
 from pathlib import Path
 
 import pytest
 import torch
 
-from core import deploy, export, prompt_format, store
-from tests.conftest import cli
+from core import prompt_format, store
+from core.deploy import exporter, exports, ollama, releases
+from tests.conftest import OPERATOR, cli, worker_pythons
 
 pytestmark = pytest.mark.slow
 
@@ -28,21 +30,45 @@ def test_training_ran_forty_steps_and_the_loss_fell(pipeline, monkeypatch):
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
 
 
-def test_evaluation_is_stored_with_every_example(pipeline, monkeypatch):
+def test_the_evaluation_covers_the_held_out_split_and_its_numbers_recompute(pipeline, monkeypatch):
+    """The stored evaluation is of every held-out pair of the run's version, in order; its BLEU and ROUGE-L
+    are what ``core.evaluation.scoring`` gives for its stored examples, and its verdict what the thresholds
+    say for those numbers."""
+    import pyarrow.parquet as pq
+
+    from core.evaluation import scoring
+
     monkeypatch.setenv("VITUNE_HOME", str(pipeline["home"]))
     ev = pipeline["evaluation"]
-    assert ev["n"] == 20 and 0 <= ev["bleu"] <= 1 and 0 <= ev["rouge_l"] <= 1
-    # the demo sample's held-out notes are learned: the default model passes the default gate
-    assert ev["passed"] and ev["bleu"] > 0.35 and ev["rouge_l"] > 0.45, ev
     row = store.one("SELECT * FROM evaluations WHERE id = ?", [ev["evaluation"]])
-    assert row["run_id"] == pipeline["run"] and row["passed"] == ev["passed"]
-    assert json.loads(row["thresholds"]) == {"bleu": 0.35, "rouge_l": 0.45}
-    examples = store.rows("SELECT * FROM evaluation_examples WHERE evaluation_id = ?", [ev["evaluation"]])
-    assert len(examples) == 20 and all(e["reference"] for e in examples)
-    assert sum(bool(e["prediction"]) for e in examples) >= 15
+    assert (row["run_id"], row["dataset_version_id"], row["split"]) == (pipeline["run"], pipeline["dataset"], "test")
+    version = store.one("SELECT rows_test, path FROM dataset_versions WHERE id = ?", [pipeline["dataset"]])
+    held_out = pq.read_table(Path(version["path"]) / "test.parquet").to_pylist()
+    assert ev["n"] == row["n"] == version["rows_test"] == len(held_out) == 22
+    examples = store.rows("SELECT * FROM evaluation_examples WHERE evaluation_id = ? ORDER BY idx", [ev["evaluation"]])
+    assert [e["idx"] for e in examples] == list(range(len(held_out)))
+    assert [(e["instruction"], e["input"], e["reference"]) for e in examples] == [
+        (r["instruction"], r["input"], r["output"]) for r in held_out]
+    assert sum(bool(e["prediction"].strip()) for e in examples) >= 15
+    thresholds = json.loads(row["thresholds"])
+    assert thresholds == {"bleu": 0.35, "rouge_l": 0.45}
+    again = scoring.score([e["reference"] for e in examples], [e["prediction"] for e in examples], thresholds)
+    assert (row["bleu"], row["rouge_l"]) == pytest.approx((again.bleu, again.rouge_l), abs=1e-12)
+    assert (ev["bleu"], ev["rouge_l"]) == pytest.approx((again.bleu, again.rouge_l), abs=1e-12)
+    assert [e["rouge_l"] for e in examples] == pytest.approx([p["rouge_l"] for p in again.per_example], abs=1e-12)
+    assert [e["bleu"] for e in examples] == pytest.approx([p["bleu"] for p in again.per_example], abs=1e-12)
+    assert row["passed"] == ev["passed"] == (row["bleu"] > 0.35 and row["rouge_l"] > 0.45)
+
+
+def test_the_demo_run_passes_the_default_gate_and_the_cli_gate_says_so(pipeline, monkeypatch):
+    """The demo sample's held-out notes are learned in 40 steps: the default model passes the default gate,
+    and ``python -m core gate`` releases the run on that evaluation."""
+    monkeypatch.setenv("VITUNE_HOME", str(pipeline["home"]))
+    ev = pipeline["evaluation"]
+    assert ev["passed"] and ev["bleu"] > 0.35 and ev["rouge_l"] > 0.45, ev
     gate = cli("gate", "--run", pipeline["run"], home=pipeline["home"], check=False)
-    assert gate.returncode == (0 if ev["passed"] else 1)
-    assert json.loads(gate.stdout)["releasable"] == ev["passed"]
+    out = json.loads(gate.stdout)
+    assert gate.returncode == 0 and out["releasable"] and out["evaluation"] == ev["evaluation"]
 
 
 VIETNAMESE = re.compile(r"[àáảãạăắằẳẵặâấầẩẫậđèéẻẽẹêếềểễệìíỉĩịòóỏõọôốồổỗộơớờởỡợùúủũụưứừửữựỳýỷỹỵ]", re.I)
@@ -51,23 +77,30 @@ VIETNAMESE = re.compile(r"[àáảãạăắằẳẵặâấầẩẫậđèé�
 def test_f16_q8_0_and_q4_k_m_ggufs_answer_in_llama_cpp(pipeline):
     """f16 equals the merged model token for token; q8_0 and q4_k_m start the same way and answer in
     Vietnamese."""
-    from core import inference
+    from core.evaluation import inference
 
     files = pipeline["export"]["gguf"]
     merged = inference.load(pipeline["export"]["merged_dir"], None, "chat", dtype=torch.float32)
     tok = merged.tokenizer
     prompts = [prompt_format.render_prompt(p, "chat", tok) for p in PROMPTS]
     eos = prompt_format.stop_token_ids("chat", tok)
-    expected = []
+    expected, margins = [], []
     for prompt in prompts:
         ids = tok(prompt, return_tensors="pt")
+        with torch.inference_mode():
+            top2 = merged.model(**ids).logits[0, -1].float().topk(2).values
+        margins.append(float(top2[0] - top2[1]))   # how decided the merged model is about its first token
         out = merged.model.generate(**ids, max_new_tokens=24, do_sample=False, eos_token_id=eos)[0]
         new = out[ids["input_ids"].shape[1]:].tolist()
         expected.append(new[: next((i for i, t in enumerate(new) if t in eos), len(new))])
-    assert export.llama_generate(Path(files["f16"]), prompts, max_tokens=24) == expected
-    q8 = export.llama_generate(Path(files["q8_0"]), prompts, max_tokens=24)
-    q4 = export.llama_generate(Path(files["q4_k_m"]), prompts, max_tokens=24)
-    assert [a[:1] for a in q8] == [e[:1] for e in expected]  # 8-bit: the first token always agrees
+    assert exporter.llama_generate(Path(files["f16"]), prompts, max_tokens=24) == expected
+    q8 = exporter.llama_generate(Path(files["q8_0"]), prompts, max_tokens=24)
+    q4 = exporter.llama_generate(Path(files["q4_k_m"]), prompts, max_tokens=24)
+    # 8-bit keeps every first token the merged model is decided about (a logit gap of 1 or more; a
+    # 40-step run can leave a near tie, which 8-bit rounding may flip), and at least two of three
+    decided = [i for i, m in enumerate(margins) if m >= 1.0]
+    assert all(q8[i][:1] == expected[i][:1] for i in decided), (margins, q8, expected)
+    assert sum(a[:1] == e[:1] for a, e in zip(q8, expected)) >= 2, (margins, q8, expected)
     assert sum(a[:1] == e[:1] for a, e in zip(q4, expected)) >= 2
     for answers in (q8, q4):
         texts = [tok.decode(a, skip_special_tokens=True) for a in answers]
@@ -77,7 +110,14 @@ def test_f16_q8_0_and_q4_k_m_ggufs_answer_in_llama_cpp(pipeline):
     assert sizes["q4_k_m"] < sizes["q8_0"] < sizes["f16"] and sizes["q8_0"] < sizes["f16"] * 0.6
 
 
-def test_deploy_the_passing_run_through_the_cli_then_delete_and_roll_back(pipeline, monkeypatch):
+def test_every_job_of_the_pipeline_ran_under_the_worker_environment(pipeline, worker_env):
+    """Training, evaluation and export ran in workers that could not import DuckDB, streamlit or plotly."""
+    ran = worker_pythons(pipeline["home"])
+    assert {"train", "evaluate", "export"} <= set(ran)
+    assert all(pythons == {str(worker_env)} for pythons in ran.values()), ran
+
+
+def test_deploy_the_passing_run_through_the_cli_then_delete_and_roll_back(pipeline, monkeypatch, worker_env):
     """`python -m core deploy --run RUN --name NAME` on the fixture's passing run: no override, the default
     quantization for a model this small (q8_0, the fixture's export reused), a passing preflight, and a
     release that names the evaluation it rests on; then the release is listed, deleted and rolled back to,
@@ -88,13 +128,13 @@ def test_deploy_the_passing_run_through_the_cli_then_delete_and_roll_back(pipeli
     done = cli("deploy", "--run", run_id, "--name", "gemma3-vi-ghichu:v1", "--golden", "3", "--json", home=home)
     release = json.loads(done.stdout)
     assert "reusing export job" in done.stderr and "checksum verified" in done.stderr
-    assert release["quantization"] == export.default_quant_for_run(run_id) == "q8_0"
+    assert release["quantization"] == exports.default_quant_for_run(run_id) == "q8_0"
     assert release["preflight"]["passed"], release["preflight"]["reason"]
     row = store.one("SELECT * FROM releases WHERE id = ?", [release["id"]])
     assert row["override_reason"] is None and row["run_id"] == run_id and row["tag"] == "v1"
     assert row["evaluation_id"] == pipeline["evaluation"]["evaluation"] and row["state"] == "active"
     assert json.loads(row["thresholds"]) == {"bleu": 0.35, "rouge_l": 0.45}
-    assert row["gguf_sha256"] == export.sha256(Path(release["gguf_path"])) == pipeline["export"]["sha256"]["q8_0"]
+    assert row["gguf_sha256"] == exporter.sha256(Path(release["gguf_path"])) == pipeline["export"]["sha256"]["q8_0"]
     modelfile_text = Path(release["modelfile_path"]).read_text()
     assert modelfile_text.startswith(f"FROM {release['gguf_path']}") and "<start_of_turn>" in modelfile_text
     report = json.loads(row["preflight"])
@@ -103,6 +143,7 @@ def test_deploy_the_passing_run_through_the_cli_then_delete_and_roll_back(pipeli
     assert report["runaway_answers"] == 0 and report["empty_answers"] == 0, report["examples"]
     assert report["rouge_l"] > 0.8 and report["exact_match_rate"] >= 1 / 3, report["examples"]
     assert release["preflight"]["exact_match_rate"] == report["exact_match_rate"]
+    assert worker_pythons(home)["preflight"] == {str(worker_env)}  # the preflight worker was app-free too
     audit = store.rows("SELECT action FROM audit_log WHERE subject = ?", [run_id])
     assert {"action": "gate.override"} not in audit
 
@@ -114,6 +155,10 @@ def test_deploy_the_passing_run_through_the_cli_then_delete_and_roll_back(pipeli
     assert again.returncode == 1 and "already deleted" in again.stderr
     back = json.loads(cli("releases", "rollback", release["id"], "--json", home=home).stdout)
     assert back["rollback_of"] == release["id"] and back["state"] == "active"
+    # two releases of one export never share a Modelfile: each writes its own, named by its id
+    assert Path(release["modelfile_path"]).name == f"Modelfile.{release['id']}"
+    assert Path(back["modelfile_path"]).name == f"Modelfile.{back['id']}"
+    assert Path(release["modelfile_path"]).read_text() == modelfile_text   # the rollback left the first alone
     new = store.one("SELECT * FROM releases WHERE id = ?", [back["id"]])
     assert new["modelfile"] == row["modelfile"] and new["gguf_sha256"] == row["gguf_sha256"]
     assert json.loads(new["preflight"]) == report and new["override_reason"] is None
@@ -122,9 +167,56 @@ def test_deploy_the_passing_run_through_the_cli_then_delete_and_roll_back(pipeli
     assert actions[-3:] == ["release.created", "release.deleted", "release.rollback"]
     missing = cli("releases", "rollback", "rel-nope", home=home, check=False)
     assert missing.returncode == 1 and "no release 'rel-nope'" in missing.stderr
-    if deploy.ollama_binary() is None:
-        assert row["ollama_status"].startswith("ollama is not installed") and new["ollama_status"] == deploy.NO_BINARY
+    if ollama.ollama_binary() is None:
+        assert row["ollama_status"].startswith("ollama is not installed") and new["ollama_status"] == ollama.NO_BINARY
         pytest.skip("no ollama binary here: deploy and rollback ran up to `ollama create`; the call itself was skipped")
+
+
+def test_an_export_whose_gguf_changed_is_not_reused(pipeline, monkeypatch):
+    """Deploy reuses an earlier export (``exports.latest``) only while the GGUF's sha256 is the one its export
+    recorded: with one byte more in the q4_k_m file there is no q4_k_m export to reuse (deploy exports anew),
+    while the same export's untouched q8_0 is still reused; with the byte gone again, q4_k_m is reused again."""
+    monkeypatch.setenv("VITUNE_HOME", str(pipeline["home"]))
+    run_id = pipeline["run"]
+    job = exports.latest(run_id, "q4_k_m")
+    assert job is not None and job["result"] == pipeline["export"]   # the fixture's export, intact
+    gguf = Path(job["result"]["gguf"]["q4_k_m"])
+    size = gguf.stat().st_size
+    try:
+        with gguf.open("ab") as fh:
+            fh.write(b"\0")
+        assert exports.latest(run_id, "q4_k_m") is None
+        assert exports.latest(run_id, "q8_0")["id"] == job["id"]
+    finally:
+        os.truncate(gguf, size)   # as it was, for the other tests of the pipeline
+    assert exporter.sha256(gguf) == job["result"]["sha256"]["q4_k_m"]
+    assert exports.latest(run_id, "q4_k_m")["id"] == job["id"]
+
+
+def test_rollback_refuses_a_gguf_whose_sha256_changed(pipeline, monkeypatch):
+    """A release of the passing run (a real preflight of one golden prompt); its GGUF then changes on disk
+    (one byte appended): rolling back to it is refused, and nothing is recorded; with the file as it was,
+    the same rollback goes through."""
+    monkeypatch.setenv("VITUNE_HOME", str(pipeline["home"]))
+    prepared = releases.prepare(pipeline["run"], "gemma3-vi-rollback:v1", actor=OPERATOR, on_progress=lambda m: None)
+    release = releases.release(prepared, actor=OPERATOR, golden=1, on_progress=lambda m: None)
+    gguf = Path(release["gguf_path"])
+    assert release["gguf_sha256"] == exporter.sha256(gguf)
+    before = len(releases.list_releases(OPERATOR))
+    size = gguf.stat().st_size
+    try:
+        with gguf.open("ab") as fh:
+            fh.write(b"\0")
+        with pytest.raises(releases.DeployRefused, match=re.escape(
+                f"release {release['id']}: {gguf} no longer matches its recorded sha256; refusing to roll back")):
+            releases.rollback(release["id"], actor=OPERATOR, on_progress=lambda m: None)
+    finally:
+        os.truncate(gguf, size)   # as it was, for the other tests of the pipeline
+    assert len(releases.list_releases(OPERATOR)) == before
+    assert store.one("SELECT count(*) AS n FROM audit_log WHERE action = 'release.rollback' AND detail LIKE ?",
+                     [f"%{release['id']}%"])["n"] == 0
+    back = releases.rollback(release["id"], actor=OPERATOR, on_progress=lambda m: None)
+    assert back["rollback_of"] == release["id"] and back["gguf_sha256"] == release["gguf_sha256"]
 
 
 def test_q4_k_m_of_the_passing_run_is_blocked_by_the_preflight(pipeline, monkeypatch):
@@ -132,22 +224,22 @@ def test_q4_k_m_of_the_passing_run_is_blocked_by_the_preflight(pipeline, monkeyp
     says so, and how to check at q8_0); nothing is released."""
     monkeypatch.setenv("VITUNE_HOME", str(pipeline["home"]))
     home, run_id = pipeline["home"], pipeline["run"]
-    before = len(deploy.list_releases())
+    before = len(releases.list_releases(OPERATOR))
     blocked = cli("deploy", "--run", run_id, "--name", "gemma3-vi-ghichu:q4", "--quant", "q4_k_m", "--golden", "2",
                   home=home, check=False)
     assert blocked.returncode == 1, blocked.stdout
     assert "preflight blocked the release" in blocked.stderr and "quantization is the likely cause" in blocked.stderr
     assert f"--run {run_id} --name gemma3-vi-ghichu:q4 --quant q8_0" in blocked.stderr
-    assert len(deploy.list_releases()) == before
+    assert len(releases.list_releases(OPERATOR)) == before
 
 
 def test_deploy_refuses_a_failing_run_then_records_an_override(home):
     """A run that fails the gate (1 step on the customer-care + contracts sample, still in its warm-up, so
     the adapter leaves the base model as it was): deploy refuses it, then records the override reason."""
-    from core import datasets
+    from core.datasets import versions
 
     cli("dataset", "import-samples", home=home)
-    version = datasets.find_by_name("sample-cskh-hopdong")["id"]
+    version = versions.find_by_name("sample-cskh-hopdong")["id"]
     train = json.loads(cli("train", "--dataset", version, "--preset", "quick test (CPU, 20 steps)", "--max-steps",
                            "1", "--json", home=home).stdout)
     run_id = train["run"]
@@ -167,12 +259,14 @@ def test_deploy_refuses_a_failing_run_then_records_an_override(home):
     assert row["override_reason"] == "client demo only, not production" and row["tag"] == "v1"
     assert row["quantization"] == "q8_0"  # the default for this model, override or not
     assert row["evaluation_id"] == ev["evaluation"]
-    assert row["gguf_sha256"] == export.sha256(Path(release["gguf_path"]))
+    assert row["gguf_sha256"] == exporter.sha256(Path(release["gguf_path"]))
     preflight = json.loads(row["preflight"])
     assert release["preflight"]["exact_match_rate"] == preflight["exact_match_rate"]
     assert len(preflight["examples"]) == 2 and all(e["prompt_matches_training"] for e in preflight["examples"])
-    audit = store.rows("SELECT action, detail FROM audit_log WHERE subject = ? AND action = 'gate.override'", [run_id])
+    audit = store.rows("SELECT actor, role, detail FROM audit_log WHERE subject = ? AND action = 'gate.override'",
+                       [run_id])
     assert len(audit) == 1 and json.loads(audit[0]["detail"])["reason"] == "client demo only, not production"
-    if deploy.ollama_binary() is None:
+    assert (audit[0]["actor"], audit[0]["role"]) == (OPERATOR.name, "admin")   # the CLI acts as the operator
+    if ollama.ollama_binary() is None:
         assert row["ollama_status"].startswith("ollama is not installed")
         pytest.skip("no ollama binary here: everything up to `ollama create` ran; the call itself was skipped")

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.conftest import approve_review, free_port, start_studio, tiny_pairs, write_jsonl
+from tests.conftest import OPERATOR, approve_review, free_port, start_studio, tiny_pairs, write_jsonl
 from tests.test_browser import CHROMIUM
 
 pytestmark = pytest.mark.slow
@@ -24,9 +24,12 @@ def _queue_from(page, url: str) -> None:
 def test_two_sessions_one_slot_and_an_app_restart_mid_job(home, default_model):
     from playwright.sync_api import sync_playwright
 
-    from core import datasets, jobs, store
+    from core import store
+    from core.datasets import importer
+    from core.jobs import queue
+    from core.training import runs
 
-    version, _ = datasets.import_files([write_jsonl(home / "d.jsonl", tiny_pairs(16))], "tiny")
+    version, _ = importer.import_files([write_jsonl(home / "d.jsonl", tiny_pairs(16))], "tiny", actor=OPERATOR)
     assert approve_review(version["id"])["reviewed"]
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -55,28 +58,28 @@ def test_two_sessions_one_slot_and_an_app_restart_mid_job(home, default_model):
             binh.get_by_role("button", name="Queue training job").click(no_wait_after=True)
             an.get_by_text("Queued job").wait_for()
             binh.get_by_text("Queued job").wait_for()
-            first, second = sorted(jobs.list_jobs(), key=lambda j: j["id"])
+            first, second = sorted(queue.list_jobs(), key=lambda j: j["id"])
             assert first["run_id"] != second["run_id"]
 
             # the first job runs and has logged some steps: kill the app hard
             deadline = time.monotonic() + 300
-            while not (len(jobs.run_metrics(first["run_id"])) >= 2 and jobs.get_job(first["id"])["state"] == "running"):
-                assert time.monotonic() < deadline, f"the first job never got going: {jobs.list_jobs()}"
+            while not (len(runs.run_metrics(first["run_id"])) >= 2 and queue.get_job(first["id"])["state"] == "running"):
+                assert time.monotonic() < deadline, f"the first job never got going: {queue.list_jobs()}"
                 time.sleep(0.5)
-            worker_pid = jobs.get_job(first["id"])["pid"]
+            worker_pid = queue.get_job(first["id"])["pid"]
             app.send_signal(signal.SIGKILL)
             app.wait(10)
             os.kill(worker_pid, 0)  # the worker lives on without the app
             time.sleep(6)  # it keeps training while no app is there to ingest
-            assert jobs.get_job(first["id"])["state"] == "running"
+            assert queue.get_job(first["id"])["state"] == "running"
 
             app = start_studio(home, port)
             page = browser.new_context().new_page()
             page.set_default_timeout(90_000)
             page.goto(f"{url}/train")  # a bookmarked page, first thing after the restart
             deadline = time.monotonic() + 600
-            while jobs.get_job(second["id"])["state"] in ("queued", "running"):
-                assert time.monotonic() < deadline, f"the jobs did not finish after the restart: {jobs.list_jobs()}"
+            while queue.get_job(second["id"])["state"] in ("queued", "running"):
+                assert time.monotonic() < deadline, f"the jobs did not finish after the restart: {queue.list_jobs()}"
                 time.sleep(1)
             page.reload()
             page.get_by_role("heading", name="Train").first.wait_for()
@@ -89,9 +92,9 @@ def test_two_sessions_one_slot_and_an_app_restart_mid_job(home, default_model):
     watcher.join(5)
 
     assert max(most_running) == 1 and len(most_running) > 20
-    a, b = jobs.get_job(first["id"]), jobs.get_job(second["id"])
+    a, b = queue.get_job(first["id"]), queue.get_job(second["id"])
     assert (a["state"], b["state"]) == ("succeeded", "succeeded"), (a["error"], b["error"])
     assert b["started_at"] >= a["finished_at"]  # first come, first served, one at a time
     for job in (a, b):  # the whole loss curve, the steps trained while the app was down included
-        metrics = jobs.run_metrics(job["run_id"])
+        metrics = runs.run_metrics(job["run_id"])
         assert list(metrics["step"]) == list(range(1, STEPS + 1)) and metrics["loss"].notna().all()

@@ -8,7 +8,7 @@ import pytest
 import sacrebleu
 from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 
-from core import scoring
+from core.evaluation import scoring
 from tests.conftest import REPO, write_jsonl
 
 VOCAB = "tôi bạn hợp đồng bên thanh toán trong vòng ngày kể từ ký kết phạt vi phạm hoàn tiền khách hàng".split()

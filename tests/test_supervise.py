@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from core import jobs
+from core.jobs import queue
 from tests.conftest import cli, free_port, start_studio
 
 pytestmark = [pytest.mark.slow, pytest.mark.extended]
@@ -21,11 +21,11 @@ def _queue(home, dataset: str) -> int:
 def _wait_state(job_id: int, states: tuple, timeout: float) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        job = jobs.get_job(job_id)  # reads only: this test process never ticks
+        job = queue.get_job(job_id)  # reads only: this test process never ticks
         if job["state"] in states:
             return job
         time.sleep(1)
-    raise AssertionError(f"job {job_id} still {jobs.get_job(job_id)['state']} after {timeout:.0f} s")
+    raise AssertionError(f"job {job_id} still {queue.get_job(job_id)['state']} after {timeout:.0f} s")
 
 
 def test_queued_jobs_run_without_a_page_view_and_under_the_headless_supervisor(home, default_model):
@@ -33,7 +33,7 @@ def test_queued_jobs_run_without_a_page_view_and_under_the_headless_supervisor(h
 
     # 1. queued while the studio is down; the studio comes up and nobody opens a page
     first = _queue(home, dataset)
-    assert jobs.get_job(first)["state"] == "queued"
+    assert queue.get_job(first)["state"] == "queued"
     studio = start_studio(home, free_port())  # waits for /_stcore/health only: no session runs app.py
     try:
         done = _wait_state(first, ("succeeded", "failed"), timeout=240)
@@ -45,7 +45,7 @@ def test_queued_jobs_run_without_a_page_view_and_under_the_headless_supervisor(h
     # 2. no web app at all: two jobs queued, the headless supervisor runs them one after the other
     second, third = _queue(home, dataset), _queue(home, dataset)
     proc = cli("jobs", "supervise", "--until-idle", "--interval", "0.5", home=home, timeout=400)
-    b, c = jobs.get_job(second), jobs.get_job(third)
+    b, c = queue.get_job(second), queue.get_job(third)
     assert (b["state"], c["state"]) == ("succeeded", "succeeded"), (b["error"], c["error"])
     assert b["finished_at"] <= c["started_at"], "two jobs ran at once on the one CPU slot"
     lines = proc.stdout.splitlines()

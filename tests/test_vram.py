@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from core import config, vram
+from core.training import presets, vram
 from tests.conftest import cli
 
 
@@ -20,7 +20,7 @@ def _model(tmp_path, **shape):
 def test_the_estimate_matches_the_h200_measurements(tmp_path, vocab, measured):
     """The README's H200 runs: a 1.7B Gemma, guide settings, with a small vocabulary and with Gemma's own;
     PyTorch's peak (no CUDA context) for the studio's Unsloth and HF + bitsandbytes workers."""
-    cfg = config.preset("guide (r=16)", base_model=_model(tmp_path, vocab_size=vocab))
+    cfg = presets.preset("guide (r=16)", base_model=_model(tmp_path, vocab_size=vocab))
     for backend, gib in measured.items():
         est = vram.estimate(cfg, backend)
         without_context = est["total_gib"] - est["parts"]["cuda_context"]
@@ -30,12 +30,12 @@ def test_the_estimate_matches_the_h200_measurements(tmp_path, vocab, measured):
 
 def test_the_estimate_moves_the_right_way(tmp_path):
     base = _model(tmp_path)
-    small = vram.estimate(config.preset("guide (r=16)", base_model=base))
-    assert vram.estimate(config.preset("guide (r=16)", base_model=base, load_in_4bit=False))["parts"]["weights"] > \
+    small = vram.estimate(presets.preset("guide (r=16)", base_model=base))
+    assert vram.estimate(presets.preset("guide (r=16)", base_model=base, load_in_4bit=False))["parts"]["weights"] > \
         3 * small["parts"]["weights"]
-    assert vram.estimate(config.preset("r=32 (quality)", base_model=base))["parts"]["lora_and_optimizer"] == \
+    assert vram.estimate(presets.preset("r=32 (quality)", base_model=base))["parts"]["lora_and_optimizer"] == \
         pytest.approx(2 * small["parts"]["lora_and_optimizer"], rel=0.05)
-    longer = vram.estimate(config.preset("guide (r=16)", base_model=base, max_seq_length=8192))
+    longer = vram.estimate(presets.preset("guide (r=16)", base_model=base, max_seq_length=8192))
     assert longer["parts"]["activations"] == pytest.approx(4 * small["parts"]["activations"], rel=0.05)
 
 
@@ -45,10 +45,10 @@ def test_a_gemma_4_config_with_a_text_config_and_unknown_models(tmp_path):
     (nested / "config.json").write_text(json.dumps({"architectures": ["Gemma4ForConditionalGeneration"], "text_config": {
         "hidden_size": 2560, "intermediate_size": 10240, "num_hidden_layers": 42, "num_attention_heads": 8,
         "num_key_value_heads": 2, "head_dim": 256, "vocab_size": 262144}}))
-    est = vram.estimate(config.preset("guide (r=16)", base_model=str(nested)))
+    est = vram.estimate(presets.preset("guide (r=16)", base_model=str(nested)))
     assert est["shape_from"] == "config.json" and 3 < est["total_gib"] < 20
-    assert vram.estimate(config.preset("guide (r=16)", base_model="someone/not-downloaded-7b")) is None
-    fit = vram.check(config.preset("guide (r=16)", base_model="someone/not-downloaded-7b"))
+    assert vram.estimate(presets.preset("guide (r=16)", base_model="someone/not-downloaded-7b")) is None
+    fit = vram.check(presets.preset("guide (r=16)", base_model="someone/not-downloaded-7b"))
     assert fit["estimate"] is None and "unknown" in fit["message"]
 
 

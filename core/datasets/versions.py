@@ -1,0 +1,156 @@
+"""Dataset versions: immutable sets of pairs, their records, and reading their rows.
+
+A version's rows live in Parquet files under ``data/datasets/<id>/`` (``train.parquet`` and
+``test.parquet``) and its record (content hash, parent, counts, lineage, import report, who, when)
+in DuckDB. Runs and evaluations reference a version by id.
+"""
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+from core import paths, store
+from core.access import projects
+from core.access.principal import Principal
+from core.datasets.rows import FIELDS, DatasetError, content_hash
+
+
+def _new_version_folder() -> tuple[str, Path]:
+    version_id = "ds-" + uuid.uuid4().hex[:10]
+    folder = paths.datasets_dir() / version_id
+    folder.mkdir(parents=True)
+    return version_id, folder
+
+
+def _write_version(
+    name: str,
+    train: list[dict],
+    test: list[dict],
+    *,
+    source: str,
+    parent_id: str | None,
+    lineage: dict,
+    report: dict,
+    actor: Principal,
+    project: str,
+) -> dict:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    version_id, folder = _new_version_folder()
+    for split, rows in (("train", train), ("test", test)):
+        cols = {k: [r[k] for r in rows] for k in FIELDS + ("source",)}
+        pq.write_table(pa.table(cols), folder / f"{split}.parquet")
+    return _record_version(version_id, folder, name, content_hash=content_hash(train, test),
+                           rows_train=len(train), rows_test=len(test), source=source, parent_id=parent_id,
+                           lineage=lineage, report=report, actor=actor, project=project)
+
+
+def _record_version(version_id: str, folder: Path, name: str, *, content_hash: str, rows_train: int,
+                    rows_test: int, source: str, parent_id: str | None, lineage: dict, report: dict,
+                    actor: Principal, project: str) -> dict:
+    """The version's record and audit entry, once its ``train.parquet`` and ``test.parquet`` are in
+    ``folder`` (written by pyarrow here, or by DuckDB's COPY in core.datasets.bulk)."""
+    record = {
+        "id": version_id,
+        "name": name,
+        "parent_id": parent_id,
+        "content_hash": content_hash,
+        "source": source,
+        "rows_total": rows_train + rows_test,
+        "rows_train": rows_train,
+        "rows_test": rows_test,
+        "path": str(folder),
+        "lineage": json.dumps(lineage, ensure_ascii=False),
+        "report": json.dumps(report, ensure_ascii=False),
+        "created_by": actor.name,
+        "created_at": store.now(),
+        "project": project,
+    }
+    with store.connect() as con:
+        cols = ", ".join(record)
+        con.execute(
+            f"INSERT INTO dataset_versions ({cols}) VALUES ({', '.join('?' * len(record))})",
+            list(record.values()),
+        )
+    store.audit("dataset.created", version_id, actor, project=project, name=name, rows=record["rows_total"])
+    return record
+
+
+def derive_version(parent: dict, train: list[dict], test: list[dict], *, source: str, lineage: dict,
+                   actor: Principal) -> dict:
+    """A new version made from ``parent`` (an edit): same name, project and ``parent_id`` set, lineage kept."""
+    report = {"rows_kept": len(train) + len(test), "derived_from": parent["id"]}
+    return _write_version(parent["name"], train, test, source=source, parent_id=parent["id"],
+                          lineage=lineage, report=report, actor=actor, project=parent["project"])
+
+
+def list_versions(actor: Principal, project: str | None = None) -> list[dict]:
+    """The versions of ``project`` (or of every project the actor sees), newest first."""
+    cond, params = projects.where(actor, project)
+    return store.rows(f"SELECT * FROM dataset_versions WHERE {cond} ORDER BY created_at DESC", params)
+
+
+def get_version(version_id: str, actor: Principal | None = None) -> dict:
+    """A version by id. With ``actor``, one of another project is no version at all (as if it did not exist)."""
+    got = store.one("SELECT * FROM dataset_versions WHERE id = ?", [version_id])
+    if not got or (actor is not None and not actor.sees(got["project"])):
+        raise DatasetError(f"no dataset version '{version_id}'")
+    return got
+
+
+def find_by_name(name: str, project: str | None = None) -> dict | None:
+    if project:
+        return store.one("SELECT * FROM dataset_versions WHERE name = ? AND project = ? ORDER BY created_at DESC "
+                         "LIMIT 1", [name, project])
+    return store.one("SELECT * FROM dataset_versions WHERE name = ? ORDER BY created_at DESC LIMIT 1", [name])
+
+
+def load_rows(version_id: str, split: str = "train") -> list[dict]:
+    import pyarrow.parquet as pq
+
+    version = get_version(version_id)
+    if split not in ("train", "test"):
+        raise DatasetError(f"unknown split '{split}' (train or test)")
+    return pq.read_table(Path(version["path"]) / f"{split}.parquet").to_pylist()
+
+
+def head_rows(version: dict, split: str = "train", n: int = 200) -> list[dict]:
+    """The first ``n`` rows of one split of a version (its record, as a listing returned it), reading no
+    more of the Parquet file than those rows."""
+    import pyarrow.parquet as pq
+
+    if split not in ("train", "test"):
+        raise DatasetError(f"unknown split '{split}' (train or test)")
+    out: list[dict] = []
+    for batch in pq.ParquetFile(Path(version["path"]) / f"{split}.parquet").iter_batches(batch_size=max(1, n)):
+        out.extend(batch.to_pylist())
+        if len(out) >= n:
+            break
+    return out[:n]
+
+
+def take_rows(version_id: str, split: str, indices: list[int]) -> list[dict]:
+    """Only the rows at ``indices`` (from 0) of one split, without turning the whole split into Python."""
+    import pyarrow.parquet as pq
+
+    if not indices:
+        return []
+    version = get_version(version_id)
+    table = pq.read_table(Path(version["path"]) / f"{split}.parquet", columns=list(FIELDS) + ["source"])
+    return table.take(indices).to_pylist()
+
+
+def lineage_chain(version_id: str) -> list[dict]:
+    """The version and its ancestors, newest first (one query, however long the chain)."""
+    got = store.rows(
+        """WITH RECURSIVE chain(id, depth) AS (
+               SELECT id, 0 FROM dataset_versions WHERE id = ?
+               UNION ALL
+               SELECT v.parent_id, c.depth + 1 FROM chain c JOIN dataset_versions v ON v.id = c.id
+               WHERE v.parent_id IS NOT NULL AND c.depth < 1000)
+           SELECT v.* FROM chain c JOIN dataset_versions v ON v.id = c.id ORDER BY c.depth""", [version_id])
+    if not got:
+        raise DatasetError(f"no dataset version '{version_id}'")
+    return got

@@ -1,0 +1,243 @@
+"""Deploy: gate check, export, Modelfile, preflight, ``ollama create``, smoke test, release record.
+
+``prepare`` checks the gate (or records the override), exports the run (reusing an intact earlier
+export) and writes the Modelfile; ``release`` runs the preflight in a worker job, then ``ollama
+create`` and a smoke prompt, and records the release. ``deploy`` does both (the CLI); the page shows
+the Modelfile between the two so that it can be edited. Releases can be listed, deleted (``ollama
+rm``, the record stays) and rolled back to.
+"""
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Callable
+
+from core import store
+from core.access import projects
+from core.access.principal import Principal, require
+from core.models import load_tokenizer
+from core.deploy import exporter, exports, modelfile, preflight, preflights
+from core.deploy.ollama import ollama_binary, ollama_create, ollama_remove, ollama_smoke
+from core.evaluation import gate
+from core.jobs import queue, supervisor
+from core.training import runs
+
+
+class DeployRefused(RuntimeError):
+    pass
+
+
+# ── deploy ───────────────────────────────────────────────────────────────────
+
+
+def _wait(job: dict, what: str, on_progress: Callable[[str], None]) -> dict:
+    last = {"label": None}
+
+    def update(j: dict) -> None:
+        p = queue.progress(j) or {}
+        label = f"{what}: {p.get('done', 0)}/{p.get('total', '?')} {p.get('label', '')}" if p else None
+        if label and label != last["label"]:
+            last["label"] = label
+            on_progress(label)
+
+    return supervisor.wait(job["id"], timeout=3600, on_update=update)
+
+
+def prepare(run_id: str, name: str, *, system: str | None = None, quantization: str | None = None,
+            override_reason: str | None = None, actor: Principal,
+            on_progress: Callable[[str], None] = print) -> dict:
+    """Gate (or override), export (or reuse), Modelfile. Nothing reaches Ollama yet. Without a
+    quantization, the run's default (``exports.default_quant``: q8_0 under a billion parameters).
+    An override is recorded with the actor's identity, who must be allowed to override."""
+    modelfile.check_name(name)   # the arguments first: a bad name is said so whatever the run
+    if system:
+        system = modelfile.check_system(system)
+    run = runs.get_run(run_id, actor)
+    require(actor, "deploy.release", run["project"])
+    quantization = quantization or exports.default_quant_for_run(run_id)
+    if quantization not in exporter.QUANTIZATIONS:
+        raise exporter.ExportError(f"unknown quantization '{quantization}' (one of: {', '.join(exporter.QUANTIZATIONS)})")
+    if run["state"] != "succeeded" or not run["adapter_dir"]:
+        raise DeployRefused(f"run {run_id} has not finished training ({run['state']})")
+    verdict = gate.verdict(run_id)
+    if not verdict["releasable"]:
+        if not (override_reason and override_reason.strip()):
+            raise DeployRefused(f"run {run_id} is not releasable: {verdict['reason']}. "
+                                "Give an override reason to deploy anyway (it is recorded).")
+        require(actor, "gate.override", run["project"])
+        store.audit("gate.override", run_id, actor, project=run["project"], reason=override_reason,
+                    verdict=verdict["reason"], name=name)
+    job = exports.latest(run_id, quantization)
+    if job:
+        on_progress(f"reusing export job {job['id']} ({quantization}, checksum verified)")
+    else:
+        on_progress(f"exporting {run_id} to GGUF ({quantization})")
+        job = _wait(exports.submit(run_id, [quantization], actor=actor), "export", on_progress)
+        if job["state"] != "succeeded":
+            raise exporter.ExportError(f"export job {job['id']} {job['state']}: {job.get('error')}")
+    result = job["result"]
+    gguf = Path(result["gguf"][quantization])
+    text = modelfile.build(gguf, run["prompt_format"], load_tokenizer(result["merged_dir"]), system)
+    # a draft to read and edit; each release writes its own Modelfile.<release id> next to it
+    mf_path = gguf.parent / f"Modelfile.draft-{uuid.uuid4().hex[:8]}"
+    mf_path.write_text(text, encoding="utf-8")
+    on_progress(f"Modelfile written to {mf_path}")
+    return {"run_id": run_id, "name": name, "quantization": quantization, "export_job": job["id"],
+            "gguf": str(gguf), "merged_dir": result["merged_dir"], "gguf_sha256": result["sha256"][quantization],
+            "modelfile": text, "modelfile_path": str(mf_path), "verdict": verdict,
+            "override_reason": None if verdict["releasable"] else override_reason}
+
+
+def release(prepared: dict, *, modelfile_text: str | None = None, ollama_quantize: str | None = None,
+            actor: Principal, golden: int = preflight.GOLDEN_SIZE,
+            on_progress: Callable[[str], None] = print) -> dict:
+    """Preflight (worker job) → ``ollama create`` → smoke test → release record."""
+    name = modelfile.check_name(prepared["name"])
+    gguf = Path(prepared["gguf"])
+    # what the preflight checks is exactly what ``ollama create`` gets: the edited text read as Ollama reads
+    # it, its SYSTEM and PARAMETER lines kept, FROM and TEMPLATE the studio's own
+    text = modelfile.finalize(modelfile_text if modelfile_text is not None else prepared["modelfile"],
+                              prepared["modelfile"])
+    release_id = "rel-" + uuid.uuid4().hex[:10]
+    on_progress(f"preflight: {golden} held-out prompts through llama.cpp and transformers")
+    job = preflights.submit(prepared["run_id"], gguf, prepared["merged_dir"], text, actor=actor, n=golden,
+                           out_dir=gguf.parent)
+    job = _wait(job, "preflight", on_progress)
+    if job["state"] != "succeeded":
+        raise preflight.PreflightError(f"preflight job {job['id']} {job['state']}: {job.get('error')}")
+    report = job["result"]
+    on_progress(f"preflight: exact match {report['exact_match_rate']:.0%}, ROUGE-L {report['rouge_l']:.3f} "
+                f"against the merged model; {report['reason']}")
+    if not report["passed"]:
+        hint = ""
+        if report.get("runaway_answers") and prepared["quantization"] == "q4_k_m":
+            hint = (f"; to check the same run at q8_0: python -m core deploy --run {prepared['run_id']} "
+                    f"--name {name} --quant q8_0 (or choose q8_0 on the Deploy page)")
+        raise DeployRefused(f"preflight blocked the release: {report['reason']} "
+                            f"(report: {Path(job['job_dir']) / preflight.REPORT}){hint}")
+    # one file per release: two releases of the same export never write each other's Modelfile
+    mf_path = gguf.parent / f"Modelfile.{release_id}"
+    mf_path.write_text(text, encoding="utf-8")
+    created, message = ollama_create(name, mf_path, on_progress, gguf_quantization=prepared["quantization"],
+                                     ollama_quantize=ollama_quantize)
+    if created:
+        try:
+            smoke = ollama_smoke(name)
+            message = f"created; smoke test answered: {smoke[:80]}"
+        except Exception as exc:
+            message = f"created, but the smoke prompt got no answer ({type(exc).__name__}: {exc})"
+    rec = _record(prepared, text, report, message, actor, release_id=release_id)
+    on_progress(message)
+    return {**rec, "modelfile_path": str(mf_path), "ollama_created": created}
+
+
+def deploy(run_id: str, name: str, *, system: str | None = None, quantization: str | None = None,
+           override_reason: str | None = None, actor: Principal, ollama_quantize: str | None = None,
+           golden: int = preflight.GOLDEN_SIZE, on_progress: Callable[[str], None] = print) -> dict:
+    prepared = prepare(run_id, name, system=system, quantization=quantization, override_reason=override_reason,
+                       actor=actor, on_progress=on_progress)
+    return release(prepared, ollama_quantize=ollama_quantize, actor=actor, golden=golden, on_progress=on_progress)
+
+
+def _record(prepared: dict, text: str, report: dict | None, status: str, actor: Principal,
+            rollback_of: str | None = None, release_id: str | None = None) -> dict:
+    run = runs.get_run(prepared["run_id"], actor)
+    evaluation = (prepared.get("verdict") or {}).get("evaluation") or {}
+    model, _, tag = prepared["name"].partition(":")
+    rec = {
+        "id": release_id or "rel-" + uuid.uuid4().hex[:10],
+        "name": model,
+        "tag": tag or "latest",
+        "run_id": prepared["run_id"],
+        "dataset_version_id": run["dataset_version_id"],
+        "evaluation_id": prepared.get("evaluation_id") or evaluation.get("id"),
+        "thresholds": prepared.get("thresholds") or evaluation.get("thresholds"),
+        "gguf_path": str(prepared["gguf"]),
+        "gguf_sha256": prepared["gguf_sha256"],
+        "quantization": prepared["quantization"],
+        "modelfile": text,
+        "preflight": json.dumps(report, ensure_ascii=False) if report is not None else None,
+        "ollama_status": status,
+        "override_reason": prepared.get("override_reason"),
+        "state": "active",
+        "rollback_of": rollback_of,
+        "created_by": actor.name,
+        "created_at": store.now(),
+        "project": run["project"],
+    }
+    with store.transaction() as con:
+        con.execute("UPDATE releases SET state = 'replaced' WHERE name = ? AND tag = ? AND state = 'active'",
+                    [rec["name"], rec["tag"]])
+        con.execute(f"INSERT INTO releases ({', '.join(rec)}) VALUES ({', '.join('?' * len(rec))})",
+                    list(rec.values()))
+        store.audit("release.rollback" if rollback_of else "release.created", rec["id"], actor, con=con,
+                    project=run["project"], name=f"{model}:{rec['tag']}", run_id=prepared["run_id"],
+                    rollback_of=rollback_of)
+    return rec
+
+
+# ── releases ─────────────────────────────────────────────────────────────────
+
+
+def _decode(r: dict | None) -> dict | None:
+    if r and isinstance(r.get("preflight"), str):
+        r["preflight"] = json.loads(r["preflight"])
+    return r
+
+
+def list_releases(actor: Principal, project: str | None = None, include_deleted: bool = True) -> list[dict]:
+    cond, params = projects.where(actor, project)
+    if not include_deleted:
+        cond += " AND coalesce(state, 'active') <> 'deleted'"
+    return [_decode(r) for r in store.rows(f"SELECT * FROM releases WHERE {cond} ORDER BY created_at DESC", params)]
+
+
+def get_release(release_id: str, actor: Principal | None = None) -> dict:
+    """A release by id. With ``actor``, one of another project is no release at all."""
+    got = _decode(store.one("SELECT * FROM releases WHERE id = ?", [release_id]))
+    if not got or (actor is not None and not actor.sees(got["project"])):
+        raise DeployRefused(f"no release '{release_id}'")
+    return got
+
+
+def delete_release(release_id: str, *, actor: Principal) -> dict:
+    """``ollama rm`` the release's model (when Ollama is here); the record stays, marked deleted."""
+    rel = get_release(release_id, actor)
+    require(actor, "release.delete", rel["project"])
+    if rel["state"] == "deleted":
+        raise DeployRefused(f"release {release_id} is already deleted")
+    removed, message = ollama_remove(f"{rel['name']}:{rel['tag']}")
+    if not removed and ollama_binary() and "not running" in message:
+        raise DeployRefused(f"could not delete {rel['name']}:{rel['tag']}: {message}")
+    store.execute("UPDATE releases SET state = 'deleted', deleted_by = ?, deleted_at = ?, ollama_status = ? "
+                  "WHERE id = ?", [actor.name, store.now(), message, release_id])
+    store.audit("release.deleted", release_id, actor, project=rel["project"], name=f"{rel['name']}:{rel['tag']}",
+                ollama=message)
+    return get_release(release_id)
+
+
+def rollback(release_id: str, *, actor: Principal, on_progress: Callable[[str], None] = print) -> dict:
+    """Re-create the release's name from its own GGUF and Modelfile (checksum verified); recorded as a
+    new release that rolls back to ``release_id``."""
+    rel = get_release(release_id, actor)
+    require(actor, "release.rollback", rel["project"])
+    gguf = Path(rel["gguf_path"] or "")
+    if not gguf.exists():
+        raise DeployRefused(f"release {release_id}: its GGUF {gguf} is gone; it cannot be rolled back to")
+    if exporter.sha256(gguf) != rel["gguf_sha256"]:
+        raise DeployRefused(f"release {release_id}: {gguf} no longer matches its recorded sha256; refusing to roll back")
+    name = f"{rel['name']}:{rel['tag']}"
+    new_id = "rel-" + uuid.uuid4().hex[:10]   # the new release writes its own Modelfile, leaving the old one be
+    mf_path = gguf.parent / f"Modelfile.{new_id}"
+    mf_path.write_text(rel["modelfile"], encoding="utf-8")
+    on_progress(f"re-creating {name} from {gguf.name} and the Modelfile of {release_id}")
+    created, message = ollama_create(name, mf_path, on_progress, gguf_quantization=rel["quantization"] or "",
+                                     replace=True)
+    prepared = {"run_id": rel["run_id"], "name": name, "quantization": rel["quantization"], "gguf": str(gguf),
+                "gguf_sha256": rel["gguf_sha256"], "evaluation_id": rel["evaluation_id"],
+                "thresholds": rel["thresholds"], "override_reason": rel["override_reason"]}
+    rec = _record(prepared, rel["modelfile"], rel["preflight"], message, actor, rollback_of=release_id,
+                  release_id=new_id)
+    on_progress(message)
+    return {**rec, "modelfile_path": str(mf_path), "ollama_created": created}

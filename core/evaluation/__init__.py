@@ -1,0 +1,2 @@
+"""Evaluation: inference and scoring (shared by the worker and the app), the evaluation job
+(``evaluator``, worker side), stored evaluations and the gate (app side), and the client report."""

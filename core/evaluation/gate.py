@@ -1,0 +1,147 @@
+"""The gate: the thresholds, and whether a run may be released.
+
+A run is releasable when its **latest** evaluation on the held-out (test) split of the dataset version
+it was trained on covers the whole split (a settable minimum share, 100 % by default) and passes the
+thresholds (BLEU > 0.35, ROUGE-L > 0.45 by default), and the version has passed its review sample. A
+later failing evaluation outweighs an earlier passing one; a passing evaluation of a few examples
+proves nothing. Every evaluation keeps the thresholds it was gated with.
+
+The thresholds are a studio setting that only admins change; below the floor (the guide's 0.35 and
+0.45) they move only with an override reason, which the audit log keeps.
+"""
+from __future__ import annotations
+
+import json
+
+from core import store
+from core.access.principal import Principal, require
+from core.datasets import review
+from core.evaluation import scoring
+from core.evaluation.scoring import gate_reason
+from core.training import runs
+
+FLOOR = dict(scoring.DEFAULT_THRESHOLDS)   # the guide's gate: lower only with an audited override
+DEFAULT_MIN_SHARE = 1.0                    # the share of the held-out split an evaluation must cover
+
+
+class GateError(ValueError):
+    pass
+
+
+def thresholds() -> dict:
+    return store.get_setting("thresholds", dict(scoring.DEFAULT_THRESHOLDS))
+
+
+def set_thresholds(bleu: float, rouge_l: float, *, actor: Principal, override_reason: str | None = None) -> dict:
+    """Set the thresholds (admins). Below the floor only with ``override_reason``, audited as such."""
+    require(actor, "gate.thresholds")
+    for name, value in (("BLEU", bleu), ("ROUGE-L", rouge_l)):
+        if not 0 <= value <= 1:
+            raise GateError(f"the {name} threshold must be between 0 and 1")
+    value = {"bleu": float(bleu), "rouge_l": float(rouge_l)}
+    below = [f"{name} {value[key]} < {FLOOR[key]}" for key, name in (("bleu", "BLEU"), ("rouge_l", "ROUGE-L"))
+             if value[key] < FLOOR[key]]
+    reason = (override_reason or "").strip()
+    if below and not reason:
+        raise GateError(f"{' and '.join(below)} is below the gate's floor (BLEU {FLOOR['bleu']}, ROUGE-L "
+                        f"{FLOOR['rouge_l']}): give an override reason to lower it (it is recorded)")
+    if below:
+        store.audit("gate.thresholds_below_floor", "thresholds", actor, reason=reason, new=value, floor=FLOOR)
+    store.set_setting("thresholds", value, actor, **({"override_reason": reason} if below else {}))
+    return value
+
+
+def min_share() -> float:
+    return float(store.get_setting("gate_min_share", DEFAULT_MIN_SHARE))
+
+
+def settings() -> dict:
+    """The gate's settings in one read: ``{"thresholds": {...}, "min_share": float}``."""
+    got = store.get_settings({"thresholds": dict(scoring.DEFAULT_THRESHOLDS), "gate_min_share": DEFAULT_MIN_SHARE})
+    return {"thresholds": got["thresholds"], "min_share": float(got["gate_min_share"])}
+
+
+def set_min_share(share: float, *, actor: Principal) -> float:
+    """The share of the held-out split a gating evaluation must cover (admins; 0.5 to 1)."""
+    require(actor, "gate.thresholds")
+    if not 0.5 <= share <= 1:
+        raise GateError("the gate's minimum share of the held-out split must be between 0.5 and 1")
+    store.set_setting("gate_min_share", float(share), actor)
+    return float(share)
+
+
+def _decode(e: dict) -> dict:
+    for key in ("thresholds", "decoding"):
+        if isinstance(e.get(key), str):
+            e[key] = json.loads(e[key])
+    return e
+
+
+def verdict(run_id: str, actor: Principal | None = None) -> dict:
+    """Whether a run may be released. Returns ``releasable``, ``reason`` and the ``evaluation`` it rests
+    on (with the thresholds that evaluation was gated with)."""
+    run = runs.get_run(run_id, actor)
+    return verdicts([run])[run_id]
+
+
+def verdicts(of_runs: list[dict]) -> dict[str, dict]:
+    """``verdict`` of many runs (dicts with ``id`` and ``dataset_version_id``), by run id, in two queries
+    whatever their number: the one evaluation each verdict rests on (the latest held-out one that covers
+    the split, else the latest held-out one, else any) picked in SQL, and the review status of their
+    dataset versions."""
+    if not of_runs:
+        return {}
+    ids = [r["id"] for r in of_runs]
+    share = min_share()
+    picked = store.rows(
+        """WITH r AS (SELECT runs.id, runs.dataset_version_id, coalesce(dv.rows_test, 0) AS held_out_rows,
+                             greatest(1, ceil(coalesce(dv.rows_test, 0) * ?)) AS need
+                      FROM runs LEFT JOIN dataset_versions dv ON dv.id = runs.dataset_version_id
+                      WHERE runs.id IN (SELECT unnest(?::VARCHAR[]))),
+           ranked AS (
+               SELECT e.*, r.held_out_rows AS _held_out_rows, r.need AS _need,
+                      count(*) OVER (PARTITION BY e.run_id) AS _evaluations,
+                      (e.split = 'test' AND e.dataset_version_id = r.dataset_version_id) AS _held_out,
+                      (e.split = 'test' AND e.dataset_version_id = r.dataset_version_id AND e.n >= r.need) AS _covers,
+                      row_number() OVER (PARTITION BY e.run_id ORDER BY
+                          (e.split = 'test' AND e.dataset_version_id = r.dataset_version_id AND e.n >= r.need) DESC,
+                          (e.split = 'test' AND e.dataset_version_id = r.dataset_version_id) DESC,
+                          e.created_at DESC) AS _pick
+               FROM evaluations e JOIN r ON e.run_id = r.id)
+           SELECT * FROM ranked WHERE _pick = 1""", [share, ids])
+    best = {e["run_id"]: e for e in picked}
+    passing = [r for r in of_runs if r["id"] in best and best[r["id"]]["_covers"] and best[r["id"]]["passed"]]
+    reviews = review.statuses([r["dataset_version_id"] for r in passing])
+    return {r["id"]: _verdict_of(r, best.get(r["id"]), reviews, share) for r in of_runs}
+
+
+def _verdict_of(run: dict, e: dict | None, reviews: dict[str, dict], share: float) -> dict:
+    none = {"releasable": False, "evaluation": None, "thresholds": None}
+    if e is None:
+        return {**none, "reason": "the run has no evaluation yet"}
+    n_evals, held_out, covers = e.pop("_evaluations"), e.pop("_held_out"), e.pop("_covers")
+    held_out_rows, need = int(e.pop("_held_out_rows")), int(e.pop("_need"))
+    e.pop("_pick", None)
+    e = _decode(e)
+    if not held_out:
+        return {**none, "reason": f"the run has no evaluation on the held-out test split of its dataset version "
+                                  f"{run['dataset_version_id']} ({n_evals} on other splits or versions do not count)"}
+    if not covers:
+        return {**none, "evaluation": e,
+                "reason": f"the latest held-out evaluation {e['id']} covers {e['n']} of the {held_out_rows} "
+                          f"held-out pairs; the gate needs an evaluation of at least {need} ({share:.0%} of the "
+                          f"split): evaluate the whole split"}
+    th = e["thresholds"]   # the latest that covers the split: a later failure outweighs an earlier pass
+    if not e["passed"]:
+        return {"releasable": False, "evaluation": e, "thresholds": th,
+                "reason": f"the latest held-out evaluation {e['id']} (n={e['n']}): BLEU {e['bleu']:.3f}, ROUGE-L "
+                          f"{e['rouge_l']:.3f} is below the gate (BLEU > {th['bleu']}, ROUGE-L > {th['rouge_l']})"}
+    reviewed = reviews.get(run["dataset_version_id"]) or {"reviewed": False, "reason": "its version is gone"}
+    if not reviewed["reviewed"]:
+        return {"releasable": False, "evaluation": e, "thresholds": th,
+                "reason": f"evaluation {e['id']} passed the gate, but the run's dataset version is not reviewed "
+                          f"({reviewed['reason']})"}
+    return {"releasable": True, "evaluation": e, "thresholds": th,
+            "reason": f"the latest held-out evaluation {e['id']} covers {e['n']} of {held_out_rows} pairs of "
+                      f"{e['dataset_version_id']} and passed the gate "
+                      f"({e.get('gate_reason') or gate_reason(True, e['bleu'], e['rouge_l'], th)})"}

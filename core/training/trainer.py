@@ -1,0 +1,337 @@
+"""LoRA / QLoRA training, worker side: runs inside a worker process (never in the app).
+
+Backends, chosen automatically unless the config names one:
+- ``unsloth``: Unsloth ``FastLanguageModel`` (4-bit, LoRA, gradient checkpointing "unsloth") on CUDA;
+- ``hf-bnb``: transformers + PEFT + bitsandbytes 4-bit on CUDA when Unsloth is not importable;
+- ``hf``: transformers + PEFT in full precision (the CPU path).
+The same config drives all three; the code runs under both pinned package sets.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+from core import prompt_format
+from core.training import batch_fit
+from core.training.config import TrainConfig
+
+GIB = 1024**3
+
+
+def choose_backend(requested: str = "auto") -> str:
+    import torch
+
+    if requested != "auto":
+        if requested != "hf" and not torch.cuda.is_available():
+            raise RuntimeError(f"backend '{requested}' needs CUDA, and this machine has none")
+        return requested
+    if not torch.cuda.is_available():
+        return "hf"
+    try:
+        import unsloth  # noqa: F401
+
+        return "unsloth"
+    except Exception:
+        pass
+    try:
+        import bitsandbytes  # noqa: F401
+
+        return "hf-bnb"
+    except Exception:
+        return "hf"
+
+
+def read_rows(path: str) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()
+
+
+def _load(cfg: TrainConfig, backend: str, log: Callable[[str], None]):
+    import torch
+
+    base = cfg.resolved_base_model()
+    if backend == "unsloth":
+        from unsloth import FastLanguageModel
+
+        model, tokenizer = FastLanguageModel.from_pretrained(
+            model_name=base, max_seq_length=cfg.max_seq_length, dtype=None, load_in_4bit=cfg.load_in_4bit
+        )
+        model = FastLanguageModel.get_peft_model(
+            model,
+            r=cfg.lora_r,
+            target_modules=cfg.target_modules,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            bias="none",
+            use_gradient_checkpointing="unsloth",
+            random_state=cfg.seed,
+        )
+        return model, _with_template(tokenizer, base)
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from core.models import compute_dtype, load_tokenizer
+
+    tokenizer = load_tokenizer(base)
+    kwargs: dict = {}
+    if backend == "hf-bnb":
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_use_double_quant=True,
+        )
+        kwargs["dtype"] = torch.bfloat16
+    else:
+        kwargs["dtype"] = compute_dtype()
+    model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
+    if backend == "hf-bnb":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=cfg.target_modules,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora), tokenizer
+
+
+def _with_template(tokenizer, base: str):
+    tok = getattr(tokenizer, "tokenizer", tokenizer)
+    if not getattr(tok, "chat_template", None) and "gemma" in base.lower():
+        if "gemma-4" in base.lower() or "gemma4" in base.lower():
+            # Gemma 4 marks turns differently (<|turn>user … <turn|>); its -it models carry the template
+            raise ValueError(f"{base} has no chat template: train an -it model (e.g. unsloth/gemma-4-E4B-it) "
+                             "or use the alpaca-vi prompt format")
+        tok.chat_template = prompt_format.GEMMA_CHAT_TEMPLATE
+    return tokenizer
+
+
+def _training_args(cfg: TrainConfig, out_dir: Path, backend: str, log: Callable[[str], None],
+                   total_steps: int | None = None):
+    """The SFTConfig of a run (``total_steps``: about how many optimizer steps a run by epochs makes)."""
+    import torch
+    from trl import SFTConfig
+
+    from core.models import compute_dtype
+
+    cuda = torch.cuda.is_available()
+    bf16 = compute_dtype() == torch.bfloat16
+    optim = cfg.optim
+    if "8bit" in optim and not cuda:
+        log(f"optimizer {optim} needs bitsandbytes on CUDA; using adamw_torch on this CPU")
+        optim = "adamw_torch"
+    fields = {f.name for f in dataclasses.fields(SFTConfig)}
+    kwargs = dict(
+        output_dir=str(out_dir / "checkpoints"),
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        num_train_epochs=cfg.num_train_epochs,
+        max_steps=cfg.max_steps,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        weight_decay=cfg.weight_decay,
+        optim=optim,
+        seed=cfg.seed,
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps",
+        save_steps=cfg.checkpoint_steps(total_steps),
+        save_total_limit=2,
+        report_to="none",
+        bf16=bf16,
+        fp16=cuda and not bf16,
+        use_cpu=not cuda,
+        packing=cfg.packing,
+        # rows packed to one length by batch_fit stay rows: no padding-free joining (a new shape a batch size)
+        **({"padding_free": False} if cfg.fit_to_gpu else {}),
+        dataset_text_field="text",
+        # counting tokens syncs the GPU every micro-step; on CUDA the packed step size is used instead
+        include_num_input_tokens_seen=not cuda,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    if cfg.eval_steps:
+        kwargs.update(
+            eval_strategy="steps",
+            eval_steps=cfg.eval_steps,
+            per_device_eval_batch_size=cfg.per_device_train_batch_size,
+            load_best_model_at_end=True,
+            metric_for_best_model="eval_loss",
+            greater_is_better=False,
+        )
+        if "eval_strategy" not in fields:  # older transformers
+            kwargs["evaluation_strategy"] = kwargs.pop("eval_strategy")
+    # trl names the sequence length max_length (newer) or max_seq_length (older)
+    kwargs["max_length" if "max_length" in fields else "max_seq_length"] = cfg.max_seq_length
+    # transformers 5 takes a warmup ratio as a float warmup_steps; older releases had warmup_ratio
+    if "warmup_ratio" in fields:
+        kwargs["warmup_ratio"] = cfg.warmup_ratio
+    else:
+        kwargs["warmup_steps"] = cfg.warmup_ratio
+    return SFTConfig(**{k: v for k, v in kwargs.items() if k in fields})
+
+
+def run(job: dict, job_dir: Path, status, log: Callable[[str], None]) -> dict:
+    """Train one run. ``status`` is the worker's status writer; metrics go to metrics.jsonl."""
+    import torch
+
+    cfg = TrainConfig.from_dict(job["config"])
+    backend = choose_backend(cfg.backend)
+    log(f"backend: {backend}; base model: {cfg.resolved_base_model()}")
+    status.update(backend=backend)
+    fit = None
+    if cfg.fit_to_gpu:   # sized by the memory free before the model is loaded: the estimate counts its weights
+        free = torch.cuda.mem_get_info()[0] / GIB if torch.cuda.is_available() else None
+        fit = batch_fit.choose(cfg, free, backend)
+        cfg = dataclasses.replace(cfg, per_device_train_batch_size=fit.batch, gradient_accumulation_steps=fit.accumulation,
+                                  packing=False)
+        log(f"fit to this GPU: {fit.reason}")
+        status.update(fit=fit.to_dict())
+    model, tokenizer = _load(cfg, backend, log)
+
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import SFTTrainer
+
+    text_tok = getattr(tokenizer, "tokenizer", tokenizer)
+    rows = read_rows(job["train_file"])
+    texts = [prompt_format.render_training_text(r, cfg.prompt_format, text_tok) for r in rows]
+    if fit is not None:   # rows of exactly max_seq_length tokens: one shape for every micro-step
+        packed = batch_fit.pack_rows(_token_lists(text_tok, texts), cfg.max_seq_length, text_tok.eos_token_id)
+        if not packed:
+            raise ValueError("the dataset version's training texts have no tokens to train on")
+        dataset = Dataset.from_dict({"input_ids": packed})
+        log(f"{len(texts)} training texts packed into {len(packed)} rows of {len(packed[0])} tokens")
+        status.update(fit={**fit.to_dict(), "rows": len(packed), "row_tokens": len(packed[0])})
+    else:
+        dataset = Dataset.from_dict({"text": texts})
+    eval_dataset = None
+    if cfg.eval_steps:
+        test_rows = read_rows(job["test_file"])[: cfg.eval_max_rows]
+        if not test_rows:
+            raise ValueError("eval_steps is set but the dataset version has no test pairs")
+        eval_dataset = Dataset.from_dict(
+            {"text": [prompt_format.render_training_text(r, cfg.prompt_format, text_tok) for r in test_rows]})
+        log(f"eval loss on {len(test_rows)} test pairs every {cfg.eval_steps} steps")
+    per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
+    by_epochs = math.ceil(len(dataset) / per_step) * math.ceil(cfg.num_train_epochs) if cfg.max_steps <= 0 else None
+    args = _training_args(cfg, job_dir, backend, log, by_epochs)
+    log(f"a checkpoint every {args.save_steps} steps")
+    resume_from = job.get("resume_from")
+    if resume_from:
+        log(f"resuming from {resume_from}")
+
+    metrics_path = job_dir / "metrics.jsonl"
+    packed_tokens_per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * cfg.max_seq_length
+
+    class Recorder(TrainerCallback):
+        def __init__(self):
+            self.t0 = time.time()
+            self.last = (0, self.t0)
+
+        def on_train_begin(self, args, state, control, **kw):
+            # a resumed job starts counting from the checkpoint's tokens, not from zero
+            self.last = (getattr(state, "num_input_tokens_seen", 0) or 0, time.time())
+            # the first step compiles on CUDA (Unsloth, torch.compile: a minute or more); on a CPU it is only first
+            self.phase_started = time.time()
+            status.update(phase="compiling" if torch.cuda.is_available() else "first step",
+                          phase_started=self.phase_started)
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "eval_loss" in logs:
+                with metrics_path.open("a", encoding="utf-8") as fh:
+                    fh.write(json.dumps({"step": state.global_step, "eval_loss": logs["eval_loss"],
+                                         "ts": time.time()}) + "\n")
+            if not logs or "loss" not in logs:
+                return
+            now = time.time()
+            tokens = getattr(state, "num_input_tokens_seen", 0) or 0
+            if not tokens and (cfg.packing or fit is not None):  # CUDA: packed steps are full blocks
+                tokens = state.global_step * packed_tokens_per_step
+            prev_tokens, prev_t = self.last
+            # the pace since the last log (or since the first step ended: the compile is no throughput)
+            tps = (tokens - prev_tokens) / (now - prev_t) if now > prev_t and tokens > prev_tokens else None
+            self.last = (tokens, now)
+            record = {
+                "step": state.global_step,
+                "epoch": state.epoch,
+                "loss": logs.get("loss"),
+                "learning_rate": logs.get("learning_rate"),
+                "grad_norm": logs.get("grad_norm"),
+                "tokens_per_s": tps,
+                "ts": now,
+            }
+            if torch.cuda.is_available():
+                record["gpu_mem_gib"] = torch.cuda.max_memory_allocated() / 1024**3
+            with metrics_path.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record) + "\n")
+
+        def on_step_end(self, args, state, control, **kw):
+            now = time.time()
+            if not hasattr(self, "first"):   # the first step of this process, resumed or not: it compiled
+                self.first = (state.global_step, now)
+                tokens = getattr(state, "num_input_tokens_seen", 0) or 0
+                if not tokens and (cfg.packing or fit is not None):
+                    tokens = state.global_step * packed_tokens_per_step
+                self.last = (tokens, now)
+                self.compile_s = now - self.phase_started
+                status.update(phase="training", phase_started=now, compile_s=round(self.compile_s, 2))
+                log(f"first step done after {self.compile_s:.1f} s (compile and warm-up); pace and ETA count from here")
+            steps, seconds = state.global_step - self.first[0], now - self.first[1]
+            # the pace excludes the first step: an ETA is not the compile's
+            status.update(progress={"done": state.global_step, "total": state.max_steps, "label": "steps",
+                                    "per_s": steps / seconds if steps > 0 and seconds > 0 else None})
+
+    recorder = Recorder()
+    trainer_kwargs = dict(model=model, args=args, train_dataset=dataset, eval_dataset=eval_dataset,
+                          callbacks=[recorder])
+    params = inspect.signature(SFTTrainer.__init__).parameters
+    trainer_kwargs["processing_class" if "processing_class" in params else "tokenizer"] = tokenizer
+    trainer = SFTTrainer(**trainer_kwargs)
+    status.update(progress={"done": 0, "total": trainer.state.max_steps or cfg.max_steps, "label": "steps"})
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    best = trainer.state.best_model_checkpoint
+    if best:
+        log(f"best checkpoint by eval loss: {best} ({trainer.state.best_metric:.4f}); its weights are kept")
+    adapter_dir = job_dir / "adapter"
+    model.save_pretrained(str(adapter_dir))
+    tokenizer.save_pretrained(str(adapter_dir))
+    (adapter_dir / "vitune_run.json").write_text(
+        json.dumps(
+            {"base_model": cfg.resolved_base_model(), "prompt_format": cfg.prompt_format, "backend": backend},
+            indent=2,
+        )
+    )
+    return {
+        "adapter_dir": str(adapter_dir),
+        "backend": backend,
+        "train_runtime_s": result.metrics.get("train_runtime"),
+        "train_loss": result.metrics.get("train_loss"),
+        "steps": trainer.state.global_step,
+        "best_checkpoint": best,
+        "best_eval_loss": trainer.state.best_metric if best else None,
+        "resumed_from": resume_from,
+        "compile_s": round(getattr(recorder, "compile_s", 0.0), 2) or None,
+        "fit": fit.to_dict() if fit else None,
+        "per_device_train_batch_size": cfg.per_device_train_batch_size,
+        "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
+    }
+
+
+def _token_lists(tok, texts: list[str]) -> list[list[int]]:
+    """The texts as token ids the way the trainer reads a text: its own BOS where the text lacks one."""
+    bos = tok.bos_token or ""
+    return [tok(t, add_special_tokens=not (bos and t.startswith(bos)))["input_ids"] for t in texts]

@@ -1,0 +1,151 @@
+import streamlit as st
+
+from core import secrets
+from core.access import accounts, audit, demo_links, projects
+from core.datasets.generation import documents, endpoints
+from core.access.principal import ROLES
+from pages.common import _, actor, fail, flash
+
+st.title(_("Admin"))
+st.caption(_("Accounts and roles, projects, demo links and the audit log. Local accounts are added with the CLI "
+             "(`python -m core users add NAME --role ROLE`: the password is typed there, never in a browser)."))
+flash()
+who = actor()
+users_tab, projects_tab, endpoints_tab, demo_tab, audit_tab = st.tabs(
+    [_("Accounts"), _("Projects"), _("Endpoints"), _("Demo links"), _("Audit log")])
+
+with users_tab:
+    users = accounts.list_users(who)
+    st.dataframe([{_("account"): u["name"], _("kind"): u["kind"], _("role"): u["role"], _("disabled"): u["disabled"],
+                   _("projects"): ", ".join(u["projects"]) if u["projects"] is not None else _("(all)"),
+                   _("last sign-in"): u["last_sign_in"], _("added by"): u["created_by"]} for u in users],
+                 hide_index=True)
+    with st.form("role"):
+        c1, c2, c3 = st.columns(3)
+        name = c1.selectbox(_("Account"), [u["name"] for u in users] or ["(none)"],
+                            format_func=lambda n: n if users else _("(none)"))
+        role = c2.selectbox(_("Role"), list(reversed(ROLES)))
+        scope = c3.multiselect(_("Limit to projects (none: every project)"),
+                               [p["name"] for p in projects.list_projects(who)])
+        b1, b2, b3 = st.columns(3)
+        set_role = b1.form_submit_button(_("Set role"))
+        set_scope = b2.form_submit_button(_("Set projects"))
+        disable = b3.form_submit_button(_("Disable"))
+    try:
+        if set_role:
+            accounts.set_role(name, role, actor=who)
+            flash(_("{name} is now {role}.").format(name=name, role=role))
+            st.rerun()
+        if set_scope:
+            accounts.set_projects(name, scope or None, actor=who)
+            flash(_("{name} sees {projects}.").format(name=name, projects=", ".join(scope) if scope else _("every project")))
+            st.rerun()
+        if disable:
+            accounts.disable(name, actor=who)
+            flash(_("{name} is disabled; its sessions are signed out.").format(name=name))
+            st.rerun()
+    except (accounts.AccountError, PermissionError) as exc:
+        fail(exc)
+    with st.form("oidc"):
+        st.caption(_("A company account (OIDC, `st.login`): give its email a role. An email without an account here "
+                     "gets no access."))
+        o1, o2 = st.columns(2)
+        email = o1.text_input(_("Email"))
+        o_role = o2.selectbox(_("Role"), list(reversed(ROLES)), index=3, key="oidc-role")
+        if st.form_submit_button(_("Add company account")):
+            try:
+                accounts.add_user(email, o_role, actor=who, oidc=True)
+                flash(_("{email} may sign in as {role}.").format(email=email, role=o_role))
+                st.rerun()
+            except (accounts.AccountError, PermissionError) as exc:
+                fail(exc)
+
+with projects_tab:
+    st.dataframe(projects.list_projects(who), hide_index=True)
+    with st.form("project"):
+        p1, p2 = st.columns(2)
+        pname = p1.text_input(_("New project (one per client)"), placeholder="acme-hopdong")
+        title = p2.text_input(_("Title"), placeholder="ACME — hợp đồng")
+        if st.form_submit_button(_("Add project")):
+            try:
+                projects.add_project(pname, title or None, actor=who)
+                flash(_("Project {name} added.").format(name=pname))
+                st.rerun()
+            except (projects.ProjectError, PermissionError) as exc:
+                fail(exc)
+
+with endpoints_tab:
+    st.caption(_("The LLM endpoints pair generation may call. An endpoint added here must be on a host the server "
+                 "allows and may use only a key the server holds, chosen by name; endpoints with their own key are "
+                 "defined in `{path}` (docs/datasets.md).").format(path=secrets.secrets_path()))
+    try:
+        listed = [e.public() for e in endpoints.configured()]
+        hosts, keys = secrets.allowed_hosts(), secrets.key_names()
+    except (documents.GenerateError, secrets.SecretsError) as exc:
+        fail(exc)
+        listed, hosts, keys = [], [], []
+    if listed:
+        st.dataframe(listed, hide_index=True)
+    else:
+        st.info(_("No endpoint yet: generation can use the default model (local) only."))
+    st.caption(_("Allowed hosts: {hosts} · named keys: {keys}").format(hosts=", ".join(hosts) or _("none"),
+                                                                       keys=", ".join(keys) or _("none")))
+    with st.form("endpoint"):
+        e1, e2, e3 = st.columns(3)
+        e_name = e1.text_input(_("Name"), placeholder="vllm-noibo")
+        e_url = e2.text_input(_("Base URL (on an allowed host)"), placeholder="http://vllm.noibo.lan:8000/v1")
+        e_model = e3.text_input(_("Model"))
+        e4, e5, e6, e7 = st.columns(4)
+        e_key = e4.selectbox(_("Key"), ["(none)"] + keys, format_func=lambda k: _("(none)") if k == "(none)" else k)
+        e_in = e5.number_input(_("Price per 1M input tokens"), 0.0, 1000.0, 0.0)
+        e_out = e6.number_input(_("Price per 1M output tokens"), 0.0, 1000.0, 0.0)
+        e_struct = e7.checkbox(_("Send the JSON schema"), help=_("llama.cpp turns it into a grammar"))
+        if st.form_submit_button(_("Save endpoint")):
+            try:
+                endpoints.add(e_name, e_url, e_model, key=None if e_key == "(none)" else e_key,
+                              price_in_per_mtok=e_in, price_out_per_mtok=e_out, structured=e_struct, actor=who)
+                flash(_("Endpoint {name} saved.").format(name=e_name))
+                st.rerun()
+            except (documents.GenerateError, PermissionError) as exc:
+                fail(exc)
+    ours = [e["name"] for e in listed if e["source"] == endpoints.FROM_STUDIO]
+    if ours:
+        with st.form("endpoint-remove"):
+            gone = st.selectbox(_("Endpoint added here"), ours)
+            if st.form_submit_button(_("Remove endpoint")):
+                try:
+                    endpoints.remove(gone, actor=who)
+                    flash(_("Endpoint {name} removed.").format(name=gone))
+                    st.rerun()
+                except (documents.GenerateError, PermissionError) as exc:
+                    fail(exc)
+
+with demo_tab:
+    links = demo_links.list_links(who)
+    if not links:
+        st.caption(_("No demo links yet (create one on the Playground page)."))
+    else:
+        st.dataframe([{_("link"): d["id"], _("project"): d["project"], _("title"): d["title"],
+                       _("runs"): ", ".join(d["runs"]), _("releases"): ", ".join(d["releases"]),
+                       _("expires"): d["expires_at"], _("revoked"): d["revoked_at"], _("by"): d["created_by"],
+                       _("last used"): d["last_used_at"]} for d in links], hide_index=True)
+        live = [d["id"] for d in links if not d["revoked_at"]]
+        if live:
+            with st.form("revoke"):
+                pick = st.selectbox(_("Demo link"), live)
+                if st.form_submit_button(_("Revoke")):
+                    try:
+                        demo_links.revoke(pick, actor=who)
+                        flash(_("Demo link {link} revoked: it shows nothing from now on.").format(link=pick))
+                        st.rerun()
+                    except (demo_links.DemoLinkError, PermissionError) as exc:
+                        fail(exc)
+
+with audit_tab:
+    f1, f2, f3 = st.columns(3)
+    by = f1.text_input(_("Who (account)"))
+    what = f2.text_input(_("What (action, e.g. gate. or release.)"))
+    obj = f3.text_input(_("Object (id)"))
+    rows = audit.entries(who, actor_name=by or None, action=what or None, subject=obj or None, limit=500)
+    st.dataframe(rows, hide_index=True)
+    st.download_button(_("Download as CSV"), audit.as_csv(rows), file_name="audit-log.csv", mime="text/csv")
