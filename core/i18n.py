@@ -8,8 +8,13 @@ extract`` refreshes ``locale/vitune.pot`` from the pages and merges it into each
 come in untranslated, and ``tests/test_i18n.py`` fails until they are translated).
 
 Each signed-in person chooses a language (a setting of theirs, kept in the store); a demo link opens
-in Vietnamese. Messages that come from ``core`` (a refusal, a file's bad line) stay in English: they
-name files, fields and settings as the CLI does.
+in Vietnamese.
+
+What ``core`` itself says to a person (a review's verdict, the gate's reason, a job's progress line, a
+refusal) is written as ``M("template {value}", value=…)``: an ``M`` *is* its English text (the CLI, the
+logs, JSON and the audit log see a plain string), and it keeps its template and values, so a page shows
+it in the reader's language with ``render(message, _)``. ``M()`` templates are extracted into the same
+catalogues as the pages' ``_()`` strings. A value a message names (a file, a field, an id) stays as it is.
 """
 from __future__ import annotations
 
@@ -64,6 +69,33 @@ def translate(message: str, lang: str) -> str:
     return translations(lang).gettext(message)
 
 
+class M(str):
+    """A message from ``core``: reads as its English text, keeps ``template`` and ``params`` for ``render``."""
+
+    template: str
+    params: dict
+
+    def __new__(cls, template: str, **params):
+        obj = super().__new__(cls, template.format(**params) if params else template)
+        obj.template, obj.params = template, params
+        return obj
+
+    def __getnewargs_ex__(self):   # a pickled M (st.cache_data keeps the pages' live views) comes back whole
+        return (self.template,), self.params
+
+
+def render(message, tr) -> str:
+    """``message`` in the reader's language: an ``M``'s template through ``tr`` (a page's ``_``), filled
+    with its values (those that are ``M`` themselves rendered too); anything else as its text."""
+    if not isinstance(message, M):
+        return "" if message is None else str(message)
+    params = {k: render(v, tr) if isinstance(v, M) else v for k, v in message.params.items()}
+    try:
+        return tr(message.template).format(**params)
+    except (KeyError, IndexError, ValueError):   # a catalogue entry that lost a placeholder: the English text
+        return str(message)
+
+
 # ── a person's choice ────────────────────────────────────────────────────────
 
 
@@ -105,8 +137,11 @@ def set_language(principal, lang: str) -> str:
 
 # ── the catalogues' upkeep (``python -m core i18n …``) ───────────────────────
 
-SOURCES = ("app.py", "pages", "core/charts.py")   # where the interface's strings are written
-KEYWORDS = {"_": None, "T": None}                  # _() in the pages, T() in the charts
+# where the interface's strings are written: _() in the pages, T() in the charts, M() in core's messages
+SOURCES = ("app.py", "pages", "core/charts.py", "core/datasets/review.py", "core/datasets/rows.py",
+           "core/evaluation/gate.py", "core/evaluation/playground.py", "core/jobs/queue.py", "core/training/presets.py",
+           "core/labels.py", "core/deploy/releases.py", "core/evaluation/evaluations.py")
+KEYWORDS = {"_": None, "T": None, "M": None}
 
 
 def source_files() -> list[Path]:

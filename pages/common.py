@@ -8,7 +8,7 @@ from urllib.parse import quote, urlsplit
 
 import streamlit as st
 
-from core import i18n, paths
+from core import i18n, labels, paths
 from core.access import accounts, binding, demo_links, projects
 from core.access import principal as access
 from core.access.principal import DEFAULT_PROJECT, Principal
@@ -133,11 +133,27 @@ def md(text) -> str:
     return _MARKDOWN.sub(r"\\\1", str(text))
 
 
+def say(message) -> str:
+    """A message from core (``core.i18n.M``: a verdict, a reason, a label) in the reader's language."""
+    return i18n.render(message, _)
+
+
+def label(table: dict, value) -> str:
+    """A stored value (a job's state, a decision, a split: ``core.labels``) in the reader's language."""
+    return labels.label(table, value, _)
+
+
+def columns(rows: list[dict], **values: dict) -> list[dict]:
+    """A table that core built, its columns (and the values of the keys in ``values``) named for the reader."""
+    return labels.columns(rows, _, values)
+
+
 def fail(exc: Exception) -> None:
     """A clear message instead of a traceback, for an error the studio foresees (its text is the message)."""
     # the log stays in English; log.log, not log.info: the i18n check reads any .info()/.error() call as page text
     log.log(logging.INFO, "shown to the user: %s: %s", type(exc).__name__, exc)
-    text = exc.for_page() if hasattr(exc, "for_page") else str(exc)
+    first = exc.args[0] if exc.args else None
+    text = say(first) if isinstance(first, i18n.M) else exc.for_page() if hasattr(exc, "for_page") else str(exc)
     st.error(text)
 
 
@@ -214,7 +230,7 @@ def job_progress(job: dict) -> None:
     known = job["status"] if "status" in job else queue.status(job)
     p = known.get("progress") or {}
     total, done = p.get("total") or 0, p.get("done") or 0
-    st.progress(min(done / total, 1.0) if total else 0.0, text=queue.describe(job, known))
+    st.progress(min(done / total, 1.0) if total else 0.0, text=queue.describe(job, known, tr=_))
 
 
 def jobs_table(kind: str | None = None, limit: int = 20):
@@ -223,8 +239,9 @@ def jobs_table(kind: str | None = None, limit: int = 20):
         st.caption(_("No jobs yet."))
         return rows
     st.dataframe(
-        [{_("job"): j["id"], _("kind"): j["kind"], _("state"): j["state"], _("run"): j["run_id"],
-          _("owner"): j["owner"], _("slot"): j["slot"], _("queued"): j["created_at"],
+        [{_("job"): j["id"], _("kind"): label(labels.JOB_KINDS, j["kind"]), _("state"): label(labels.JOB_STATES, j["state"]),
+          _("run"): j["run_id"],
+          _("owner"): j["owner"], _("slot"): j["slot"], _("queued at"): j["created_at"],
           _("finished"): j["finished_at"], _("error"): j["error"]}
          for j in rows],
         hide_index=True,

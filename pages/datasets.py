@@ -2,9 +2,9 @@ import json
 
 import streamlit as st
 
-from core import charts, models
+from core import charts, labels, models
 from core.datasets import importer, review, rows, samples, stats, versions as ds_versions
-from pages.common import _, actor, can, fail, flash, md, project, upload_limit_mb
+from pages.common import _, actor, can, columns, fail, flash, label, md, project, say, upload_limit_mb
 
 st.title(_("Datasets"))
 st.caption(_("Import instruction pairs (instruction, input, output). Each import makes an immutable dataset version: "
@@ -74,15 +74,15 @@ if can("dataset.import"):
                         general_ratio=ratio, actor=who, project=here, encoding=ENCODINGS[encoding], mapping=mapping)
                     r = report.as_dict()
                     cols = st.columns(6)
-                    for col, (key, label) in zip(cols, REPORT_METRICS.items()):
-                        col.metric(label, r[key])
+                    for col, (key, metric_name) in zip(cols, REPORT_METRICS.items()):
+                        col.metric(metric_name, r[key])
                     if r["columns_mapped"]:
                         st.info(_("Columns mapped: {columns}").format(
                             columns=", ".join(f"{k} → {v}" for k, v in r["columns_mapped"].items())))
                     if version and report.rejected():
-                        st.warning(report.rejected())
+                        st.warning(say(report.rejected()))
                     if r["errors"]:
-                        st.dataframe(r["errors"], hide_index=True)
+                        st.dataframe(columns(r["errors"]), hide_index=True)
                     if r["duplicates"]:
                         with st.expander(_("{count} duplicates removed").format(count=r["duplicates_removed"])):
                             st.dataframe([{_("file"): d["file"], _("line"): d["line"], _("kind"): d["kind"],
@@ -95,7 +95,7 @@ if can("dataset.import"):
                         st.success(_("Created dataset version {version} ({train} train, {test} test).")
                                    .format(version=version["id"], train=version["rows_train"], test=version["rows_test"]))
                     else:
-                        st.error(report.failure())
+                        st.error(say(report.failure()))
                 except (rows.DatasetError, PermissionError) as exc:
                     fail(exc)
                 finally:  # an upload is kept only while its import runs
@@ -126,13 +126,13 @@ if pages > 1:
                            .format(count=len(versions), per_page=PAGE_ROWS, pages=pages))
 st.dataframe(
     [{_("id"): v["id"], _("name"): v["name"], _("train"): v["rows_train"], _("test"): v["rows_test"],
-      _("parent"): v["parent_id"], _("source"): v["source"], _("review"): v["review_status"]["reason"],
+      _("parent"): v["parent_id"], _("source"): label(labels.VERSION_SOURCES, v["source"]), _("review"): say(v["review_status"]["reason"]),
       _("hash"): v["content_hash"][:12], _("by"): v["created_by"], _("created"): v["created_at"]}
      for v in versions[(page - 1) * PAGE_ROWS:page * PAGE_ROWS]],
     hide_index=True,
 )
-labels = {f"{v['name']} ({v['id']})": v for v in versions}
-listed = labels[st.selectbox(_("Look at"), list(labels))]
+by_label = {f"{v['name']} ({v['id']})": v for v in versions}
+listed = by_label[st.selectbox(_("Look at"), list(by_label))]
 chosen = listed["id"]
 chain = ds_versions.lineage_chain(chosen)   # the version's whole record first, then its ancestors
 version = chain[0]
@@ -162,7 +162,7 @@ with tab_stats:
     except rows.DatasetError as exc:
         fail(exc)
     st.caption(_("Per-field lengths"))
-    st.dataframe(stats.field_stats(version), hide_index=True)
+    st.dataframe(columns(stats.field_stats(version), field=labels.COLUMNS), hide_index=True)
     st.plotly_chart(charts.length_histogram(stats.length_stats(version), tr=_))
     report = json.loads(version["report"]) if isinstance(version["report"], str) else version["report"]
     if report and "rows_read" in report:
@@ -173,16 +173,16 @@ with tab_stats:
 with tab_rows:
     split = st.radio(_("Split"), list(SPLITS), format_func=SPLITS.get, horizontal=True)
     st.caption(_("The first 200 rows of {rows}.").format(rows=version[f"rows_{split}"]))
-    st.dataframe(ds_versions.head_rows(version, split, 200), hide_index=True)
+    st.dataframe(columns(ds_versions.head_rows(version, split, 200)), hide_index=True)
 
 with tab_review:
     status = listed["review_status"]
     if status["reviewed"]:
-        st.success(status["reason"])
+        st.success(say(status["reason"]))
     elif status["complete"]:
-        st.error(status["reason"])
+        st.error(say(status["reason"]))
     else:
-        st.info(status["reason"])
+        st.info(say(status["reason"]))
     if status["child_version"]:
         st.caption(_("The edits and rejections of this review were written to version {version}.")
                    .format(version=status["child_version"]))
@@ -225,14 +225,14 @@ with tab_review:
             try:
                 after = review.decide(chosen, item["idx"], action[0], actor=who, edited=action[1])
                 if after["complete"]:
-                    flash(after["reason"] + (" " + _("Edits: version {version}.").format(version=after["child_version"])
+                    flash(say(after["reason"]) + (" " + _("Edits: version {version}.").format(version=after["child_version"])
                                              if after["child_version"] else ""))
                 st.rerun()
             except (review.ReviewError, PermissionError) as exc:
                 fail(exc)
     if status["review"] and status["kind"] == "sample":
         with st.expander(_("Decisions so far")):
-            st.dataframe([{_("pair"): i["idx"], _("decision"): i["decision"] or "pending", _("reviewer"): i["reviewer"],
+            st.dataframe([{_("pair"): i["idx"], _("decision"): label(labels.DECISIONS, i["decision"]), _("reviewer"): i["reviewer"],
                            _("instruction"): i["instruction"][:80]} for i in review.items(status["review"])],
                          hide_index=True)
 

@@ -1,12 +1,12 @@
 import pandas as pd
 import streamlit as st
 
-from core import prompt_format
+from core import labels, prompt_format
 from core.deploy import exporter, exports, modelfile, ollama, preflight, releases
 from core.evaluation import gate
 from core.jobs import queue
 from core.training import runs as train_runs
-from pages.common import _, actor, can, fail, flash, project
+from pages.common import _, actor, can, fail, flash, label, project, say
 
 ERRORS = (releases.DeployRefused, ollama.OllamaError, modelfile.ModelfileError, exporter.ExportError, queue.JobError,
           preflight.PreflightError, prompt_format.FormatError, PermissionError)
@@ -31,10 +31,10 @@ else:
     run_id = st.selectbox(_("Run"), list(by_id))
     verdict = gate.verdicts([by_id[run_id]])[run_id]
     if verdict["releasable"]:
-        st.success(_("Releasable: {reason}.").format(reason=verdict["reason"]))
+        st.success(_("Releasable: {reason}.").format(reason=say(verdict["reason"])))
     else:
         st.warning(_("Not releasable: {reason}. Deploying needs an override reason, recorded under your "
-                     "account ({name}).").format(reason=verdict["reason"], name=who.name))
+                     "account ({name}).").format(reason=say(verdict["reason"]), name=who.name))
 
     with st.form("prepare"):
         c1, c2 = st.columns(2)
@@ -53,7 +53,7 @@ else:
         try:
             with st.status(_("Exporting …"), expanded=True) as box:
                 prepared = releases.prepare(run_id, name, system=system, quantization=quant,
-                                          override_reason=override or None, actor=who, on_progress=box.write)
+                                          override_reason=override or None, actor=who, on_progress=lambda m: box.write(say(m)))
                 box.update(label=_("GGUF ready: {gguf}").format(gguf=prepared["gguf"]), state="complete")
             st.session_state["prepared"] = prepared
         except ERRORS as exc:
@@ -78,7 +78,7 @@ else:
             try:
                 with st.status(_("Preflight …"), expanded=True) as box:
                     rel = releases.release(prepared, modelfile_text=edited, ollama_quantize=oq, actor=who,
-                                         golden=int(golden), on_progress=box.write)
+                                         golden=int(golden), on_progress=lambda m: box.write(say(m)))
                     box.update(label=_("Release {release} recorded").format(release=rel["id"]), state="complete")
                 st.session_state["last_release"] = rel["id"]
             except ERRORS as exc:
@@ -105,7 +105,7 @@ listed = releases.list_releases(who, here)
 if not listed:
     st.caption(_("No releases yet."))
 else:
-    st.dataframe([{_("release"): r["id"], _("name"): f"{r['name']}:{r['tag']}", _("state"): r["state"],
+    st.dataframe([{_("release"): r["id"], _("name"): f"{r['name']}:{r['tag']}", _("state"): label(labels.RELEASE_STATES, r["state"]),
                    _("run"): r["run_id"], _("quant"): r["quantization"], _("evaluation"): r["evaluation_id"],
                    _("preflight"): (r["preflight"] or {}).get("reason"), _("override"): r["override_reason"],
                    _("rollback of"): r["rollback_of"], _("ollama"): r["ollama_status"], _("by"): r["created_by"],
@@ -123,7 +123,7 @@ else:
                 flash(_("Release {release} deleted: {status}").format(release=chosen, status=done["ollama_status"]))
             else:
                 with st.status(_("Rolling back …"), expanded=True) as box:
-                    done = releases.rollback(chosen, actor=who, on_progress=box.write)
+                    done = releases.rollback(chosen, actor=who, on_progress=lambda m: box.write(say(m)))
                 flash(_("Rolled back to {chosen} as release {release}: {status}").format(chosen=chosen, release=done["id"],
                                                                                        status=done["ollama_status"]))
             st.rerun()

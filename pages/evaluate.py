@@ -1,11 +1,11 @@
 import streamlit as st
 
-from core import charts, models
+from core import charts, labels, models
 from core.evaluation import evaluations, gate, report, votes, words
 from core.jobs import queue
 from core.training import runs as train_runs
 from core.evaluation.inference import Decoding, parse_stop
-from pages.common import _, actor, can, fail, job_progress, live_jobs, project, refresh_live
+from pages.common import _, actor, can, fail, job_progress, label, live_jobs, project, refresh_live, say
 
 RUNS_SHOWN = 200      # finished runs offered for a new evaluation (the newest)
 BOARD_ROWS = 50       # leaderboard rows a page
@@ -29,7 +29,7 @@ if can("evaluate.submit"):
         choice = st.selectbox(_("What to evaluate"), list(options) or [_("(no finished runs yet)")])
         c1, c2, c3, c4 = st.columns(4)
         limit = c1.number_input(_("Examples (0: the whole split, which the release gate needs)"), 0, 100000, 0)
-        split = c2.selectbox(_("Split"), ["test", "train"], help=_("Only the held-out test split counts for the release gate."))
+        split = c2.selectbox(_("Split"), ["test", "train"], format_func=lambda s: label(labels.SPLITS, s), help=_("Only the held-out test split counts for the release gate."))
         max_new = c3.number_input(_("Max new tokens"), 1, 8192, 96)
         batch = c4.number_input(_("Batch size (0: fit to the GPU)"), 0, 1024, 0,
                                 help=_("0 lets the evaluation job choose it from the GPU's free memory (8 on a CPU)."))
@@ -72,7 +72,7 @@ filters = evaluations.board_filters(who, here)
 evals = evaluations.list_evaluations(who, project=here, limit=PICKABLE) if filters["n"] else []
 if not evals:
     st.info(_("No evaluations yet."))
-labels = {e["id"]: e["label"] for e in evals}
+eval_labels = {e["id"]: say(e["label"]) for e in evals}
 board_tab, compare_tab, drill_tab, votes_tab, gate_tab = st.tabs(
     [_("Leaderboard"), _("Compare"), _("Examples"), _("Preference votes"), _("Gate thresholds")])
 
@@ -91,7 +91,7 @@ with board_tab:
         st.dataframe(
             [{"#": e["rank"], _("evaluation"): e["id"], _("run"): e["run_id"] or _("(base model)"),
               _("base model"): models.display_name(e["base_model"]), _("dataset"): e["dataset_version_id"],
-              _("split"): e["split"], "n": e["n"], "BLEU": round(e["bleu"], 4), "ROUGE-L": round(e["rouge_l"], 4),
+              _("split"): label(labels.SPLITS, e["split"]), "n": e["n"], "BLEU": round(e["bleu"], 4), "ROUGE-L": round(e["rouge_l"], 4),
               _("BLEU (words)"): None if e.get("bleu_words") is None else round(e["bleu_words"], 4),
               _("ROUGE-L (words)"): None if e.get("rouge_l_words") is None else round(e["rouge_l_words"], 4),
               _("gate"): _("PASS") if e["passed"] else _("FAIL"),
@@ -106,7 +106,7 @@ with board_tab:
                    _("Word-level scores are not available: the word segmenter (pyvi) is not installed; the gate uses "
                      "syllables."))
         shown = {e["id"]: e for e in board} or {evals[0]["id"]: evals[0]}
-        chosen = st.selectbox(_("Details of"), list(shown), format_func=lambda i: shown[i]["label"])
+        chosen = st.selectbox(_("Details of"), list(shown), format_func=lambda i: say(shown[i]["label"]))
         e = shown[chosen]
         c1, c2, c3, c4 = st.columns(4)
         c1.metric("BLEU", f"{e['bleu']:.4f}")
@@ -163,13 +163,13 @@ with compare_tab:
         ids = [e["id"] for e in evals]
         tuned = next((e for e in evals if e["run_id"]), evals[0])
         counterpart = evaluations.base_counterpart(tuned, who) or next(e for e in evals if e["id"] != tuned["id"])
-        if counterpart["id"] not in labels:   # an older base evaluation than the newest offered
+        if counterpart["id"] not in eval_labels:   # an older base evaluation than the newest offered
             evals.append(counterpart)
             ids.append(counterpart["id"])
-            labels[counterpart["id"]] = counterpart["label"]
+            eval_labels[counterpart["id"]] = say(counterpart["label"])
         a1, a2 = st.columns(2)
-        a = a1.selectbox(_("A (before)"), ids, index=ids.index(counterpart["id"]), format_func=labels.get)
-        b = a2.selectbox(_("B (after)"), ids, index=ids.index(tuned["id"]), format_func=labels.get)
+        a = a1.selectbox(_("A (before)"), ids, index=ids.index(counterpart["id"]), format_func=eval_labels.get)
+        b = a2.selectbox(_("B (after)"), ids, index=ids.index(tuned["id"]), format_func=eval_labels.get)
         c = evaluations.compare(a, b, who)
         sh = c["shared"]
         if not sh["n"]:
@@ -201,7 +201,7 @@ with compare_tab:
 
 with drill_tab:
     if evals:
-        pick = st.selectbox(_("Evaluation"), [e["id"] for e in evals], format_func=labels.get, key="drill-eval")
+        pick = st.selectbox(_("Evaluation"), [e["id"] for e in evals], format_func=eval_labels.get, key="drill-eval")
         exs = sorted(evaluations.examples(pick), key=lambda x: (x["rouge_l"], x["idx"]))
         if exs:
             idx = st.selectbox(_("Example (lowest ROUGE-L first)"), [x["idx"] for x in exs],

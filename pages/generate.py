@@ -1,9 +1,10 @@
 import streamlit as st
 
+from core import labels
 from core.datasets import importer
 from core.datasets.generation import answers, documents, endpoints, generations
 from core.jobs import queue
-from pages.common import (_, actor, can, fail, job_progress, live_jobs, project, refresh_live, unexpected,
+from pages.common import (_, actor, can, fail, job_progress, label, live_jobs, project, refresh_live, unexpected,
                           upload_limit_mb)
 
 st.title(_("Generate pairs"))
@@ -101,7 +102,7 @@ if not gens:
     st.info(_("No generations yet."))
 else:
     st.dataframe(
-        [{_("job"): j["id"], _("name"): j["config"]["name"], _("state"): j["state"],
+        [{_("job"): j["id"], _("name"): j["config"]["name"], _("state"): label(labels.JOB_STATES, j["state"]),
           _("pairs"): (j["result"] or {}).get("pairs"), _("dataset version"): (j["result"] or {}).get("dataset_version"),
           _("stopped"): (j["result"] or {}).get("stopped"), _("owner"): j["owner"], _("error"): j["error"]}
          for j in gens],

@@ -2,12 +2,12 @@ from urllib.parse import urlsplit
 
 import streamlit as st
 
-from core import models
+from core import labels, models
 from core.access import demo_links
 from core.deploy import releases
 from core.datasets import versions
 from core.evaluation import conversations, inference, playground, votes
-from pages.common import _, actor, can, fail, md, project
+from pages.common import _, actor, can, fail, label, md, project, say
 
 who = actor()
 demo = who.kind == "demo"
@@ -28,7 +28,7 @@ if not offered:
 targets = playground.targets_for(who, None if demo else project(), offered)
 if not targets:
     st.stop()
-by_id = {t["id"]: t for t in targets}
+by_id = {t["id"]: {**t, "label": say(t["label"])} for t in targets}
 by_run = {m["run_id"]: m for m in offered}
 
 chats = st.session_state.setdefault("chats", {})   # target id → [{"role", "content"}, …]
@@ -61,7 +61,7 @@ def chat() -> None:
         g1.metric(_("Gate"), _("PASS") if run["releasable"] else _("not releasable"))
         g2.metric(_("BLEU"), f"{run['bleu']:.3f}" if run["bleu"] is not None else "–")
         g3.metric(_("ROUGE-L"), f"{run['rouge_l']:.3f}" if run["rouge_l"] is not None else "–")
-        st.caption(run["reason"])
+        st.caption(say(run["reason"]))
     decoding = _decoding_settings(st)
     history = chats.setdefault(target["id"], [])
     pending = st.session_state.pop("_pending", None)   # an answer cut short by Stop (or by leaving the page)
@@ -140,13 +140,13 @@ def _saved_conversations(target: dict, history: list[dict], decoding) -> bool:
         if not saved:
             st.caption(_("No saved conversations in this project yet."))
             return False
-        labels = {c["id"]: c for c in saved}
-        pick = st.selectbox(_("Saved conversation"), list(labels), key="conv-pick",
+        saved_by_id = {c["id"]: c for c in saved}
+        pick = st.selectbox(_("Saved conversation"), list(saved_by_id), key="conv-pick",
                             format_func=lambda i: _("{title} ({turns} questions, {id})").format(
-                                title=labels[i]["title"], turns=len(conversations.questions(labels[i])), id=i))
+                                title=saved_by_id[i]["title"], turns=len(conversations.questions(saved_by_id[i])), id=i))
         if not st.button(_("Replay it with this model"), key="conv-replay"):
             return False
-    conv = labels[pick]
+    conv = saved_by_id[pick]
     replayed: list[dict] = []
     try:
         for n, question, pieces in conversations.replay(conv, target, actor=who, project=here, decoding=decoding,
@@ -332,7 +332,7 @@ if not demo:
     live = playground.servers(actor=who)
     if live:
         with st.expander(_("Inference workers ({count})").format(count=len(live))):
-            st.dataframe([{_("job"): j["id"], _("state"): j["state"], _("slot"): j["slot"],
+            st.dataframe([{_("job"): j["id"], _("state"): label(labels.JOB_STATES, j["state"]), _("slot"): j["slot"],
                            _("model"): models.display_name(j["config"]["base_model"]),
                            _("adapter"): j["config"].get("adapter_dir") or _("(none)"),
                            _("weights GiB"): j["server"].get("weights_gib"), _("GPU GiB"): j["server"].get("gpu_gib"),

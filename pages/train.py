@@ -1,10 +1,11 @@
 import streamlit as st
 
-from core import charts, models
+from core import charts, labels, models
 from core.datasets import review, rows as pair_rows
 from core.jobs import queue, supervisor
 from core.training import config, presets, runs as train_runs, vram
-from pages.common import _, actor, can, fail, job_progress, jobs_table, live_run, live_runs, project, refresh_live
+from pages.common import (_, actor, can, fail, job_progress, jobs_table, label, live_run, live_runs, project, refresh_live,
+                          say)
 
 RUNS_SHOWN = 50   # the live view offers the newest runs; every run: Evaluate page, `python -m core evaluate list`
 
@@ -18,12 +19,12 @@ if not versions:
     st.info(_("Import a dataset version on the Datasets page first."))
 else:
     with st.form("train"):
-        labels = {v["id"]: v for v in versions}   # the option values are ids; the display is translated
+        by_version = {v["id"]: v for v in versions}   # the option values are ids; the display is translated
         c1, c2 = st.columns(2)
-        version = c1.selectbox(_("Dataset version"), list(labels),
+        version = c1.selectbox(_("Dataset version"), list(by_version),
                                format_func=lambda i: _("{name} ({id}, {rows} train)").format(
-                                   name=labels[i]["name"], id=i, rows=labels[i]["rows_train"]))
-        preset = c2.selectbox(_("Preset"), list(presets.PRESETS), index=1,
+                                   name=by_version[i]["name"], id=i, rows=by_version[i]["rows_train"]))
+        preset = c2.selectbox(_("Preset"), list(presets.PRESETS), index=1, format_func=lambda p: label(presets.TITLES, p),
                               help=_("The guide's defaults are r=16, alpha=16, lr 2e-4, 3 epochs, batch 2 × 4, packing."))
         bases = models.list_base_models() or [""]
         c3, c4, c5 = st.columns(3)
@@ -53,12 +54,12 @@ else:
         override = st.text_input(_("Override reason (only to train a version that has not passed its review sample; "
                                    "recorded under your account, {name})").format(name=who.name))
         go = st.form_submit_button(_("Queue training job"), type="primary")
-    verdict = labels[version]["review_status"]
+    verdict = by_version[version]["review_status"]
     if verdict["reviewed"]:
-        st.caption(_("Review: {reason}").format(reason=verdict["reason"]))
+        st.caption(_("Review: {reason}").format(reason=say(verdict["reason"])))
     else:
         st.warning(_("Review: {reason}. Review it on the Datasets page, or give an override reason.")
-                   .format(reason=verdict["reason"]))
+                   .format(reason=say(verdict["reason"])))
     if go:
         try:
             cfg = presets.preset(preset)
@@ -70,7 +71,7 @@ else:
             cfg.save_steps, cfg.eval_steps = int(save_steps), int(eval_steps)
             if max_steps:
                 cfg.max_steps = int(max_steps)
-            job = train_runs.submit_train(labels[version]["id"], cfg.validate(), actor=who, override_review=override)
+            job = train_runs.submit_train(by_version[version]["id"], cfg.validate(), actor=who, override_review=override)
             refresh_live()
             st.session_state["watch_run"] = job["run_id"]
             st.success(_("Queued job {job} for run {run}.").format(job=job["id"], run=job["run_id"]))
@@ -109,11 +110,11 @@ def live() -> None:
     note = None
     if "gemma-4" in run["base_model"].lower():
         note = _("Gemma 4 E2B/E4B: a loss of 13–15 at the start is normal (Unsloth's Gemma 4 notes).")
-    st.plotly_chart(charts.training_dashboard(metrics, f"{run_id} ({job['state']})", note, tr=_), key=f"loss-{run_id}")
-    st.caption(_("Run {run}: {state}").format(run=run_id, state=job["state"]))
+    st.plotly_chart(charts.training_dashboard(metrics, f"{run_id} ({label(labels.JOB_STATES, job['state'])})", note, tr=_), key=f"loss-{run_id}")
+    st.caption(_("Run {run}: {state}").format(run=run_id, state=label(labels.JOB_STATES, job["state"])))
     known = queue.status(job)
     if queue.phase(job, known):   # the first step compiles: a phase with its time, not 0 tokens/s
-        st.info(queue.describe(job, known))
+        st.info(queue.describe(job, known, tr=_))
     elif known.get("compile_s"):
         st.caption(_("First step (compile and warm-up): {seconds:.0f} s; tokens/s and the ETA count "
                      "from the step after it.").format(seconds=known["compile_s"]))

@@ -105,7 +105,7 @@ def test_a_real_worker_reports_its_first_step_as_a_phase_and_trains_on_packed_ro
         assert queue.phase(running)["phase"] == "first step"
         at = _train_page()
         shown = [x.value for x in at.info]
-        assert any(v.startswith(f"train job {job['id']}: running — first step, ") and v.endswith(" s so far")
+        assert any(v.startswith(f"training job {job['id']}: running — first step, ") and v.endswith(" s so far")
                    for v in shown), shown
         bars = [b.proto.text for b in at.get("progress")]
         assert any("first step" in t and "/s" not in t and "left" not in t for t in bars), bars   # no pace, no ETA

@@ -147,6 +147,121 @@ def test_the_six_pages_show_no_english_label_in_vietnamese(home, vietnamese, pag
     assert at.title[0].value == i18n.translate(at.title[0].value, "vi")   # the heading is a catalogue translation
 
 
+# ── what core says, on the six pages in Vietnamese ───────────────────────────
+# Core builds some of what a page shows: a review's verdict, the gate's reason, a job's state and progress
+# line, the columns of the tables it returns, the playground's model names. These are ``core.i18n.M``
+# messages and ``core.labels`` values; in Vietnamese none of them may be left in English.
+
+ID = re.compile(r"\b(?:ds|rv|run|eval|job|rel|exp|gen|conv|demo|prf)-[0-9a-f][0-9a-f-]*\b")
+
+
+def _everything_shown(at: AppTest) -> list[str]:
+    """Every text on the page: elements, labels, a select's options, and a table's columns and text cells."""
+    texts = _shown(at) + [str(x.value) for x in at.code]
+    for kind in ("selectbox", "radio", "multiselect"):
+        for x in getattr(at, kind):
+            texts += [str(o) for o in x.options]   # AppTest lists the options as the page formats them
+    for df in at.dataframe:
+        texts += [str(c) for c in df.value.columns]
+        texts += [c for col in df.value.columns for c in df.value[col].head(20).tolist() if isinstance(c, str)]
+    return texts
+
+
+def _english_left(texts: list[str], data: set[str]) -> list[str]:
+    """The texts that still hold English words, once ids and the studio's own data (names of versions,
+    people, prompt formats, models) are taken out; a text the Vietnamese catalogue writes that way is fine
+    (``khe``, ``preflight``)."""
+    vi = i18n.translations("vi")
+    written = {vi.gettext(m.id) for m in i18n.extract() if m.id}
+    left = []
+    for text in dict.fromkeys(texts):
+        rest = ID.sub(" ", text)
+        for word in data:
+            rest = rest.replace(word, " ")
+        if text not in written and _has_words(rest):
+            left.append(text)
+    return left
+
+
+@pytest.fixture
+def busy_studio(home, vietnamese):
+    """A studio with something of each kind: versions in every review state, runs with evaluations that
+    pass and fail the gate, a queued training job."""
+    from core.training import presets, runs
+    from tests.conftest import approve_review, grow_studio
+
+    grow_studio(home, 1, runs_each=2)
+    from core.datasets import importer
+
+    v, _ = importer.import_files([write_jsonl(home / "hop-dong.jsonl", tiny_pairs(24))], "hop-dong", actor=OPERATOR)
+    approve_review(v["id"])
+    runs.submit_train(v["id"], presets.preset(presets.DEMO_PRESET), actor=OPERATOR)
+    return home
+
+
+@pytest.mark.parametrize("page", SIX)
+def test_what_core_says_shows_in_vietnamese_on_the_six_pages(busy_studio, page):
+    import getpass
+
+    from core import models
+
+    at = AppTest.from_file(str(REPO / "pages" / f"{page}.py"), default_timeout=120)
+    at.session_state["principal"] = OPERATOR
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    texts = _everything_shown(at)
+    data = {"hop-dong", "base", "tester", OPERATOR.name, getpass.getuser(), "alpaca-vi", "chat", "LoRA alpha",
+            models.display_name(str(paths_default())), "ViTune team (bundled samples)"}
+    assert _english_left(texts, data) == []
+
+
+def paths_default():
+    from core import paths
+
+    return paths.default_base_model_dir()
+
+
+def test_a_job_line_and_cores_tables_read_in_vietnamese():
+    from core import labels
+    from core.jobs import queue
+
+    vi = i18n.translations("vi").gettext
+    job = {"id": "job-1a2b3c4d", "kind": "train", "state": "running", "created_at": 0, "started_at": 0}
+    compiling = {"phase": "compiling", "phase_started": 100.0}
+    assert queue.describe(job, compiling, now=142.0) == \
+        "train job job-1a2b3c4d: running — compiling (the first step), 42 s so far"   # the CLI's line
+    line = queue.describe(job, compiling, now=142.0, tr=vi)
+    assert line == "công việc huấn luyện job-1a2b3c4d: đang chạy — đang biên dịch (bước đầu tiên), đã 42 s"
+    going = {"progress": {"done": 3, "total": 40, "label": "steps", "per_s": 0.5}, "compile_s": 61.0}
+    assert queue.describe(job, going, tr=vi) == ("công việc huấn luyện job-1a2b3c4d: đang chạy — 3/40 bước (0.50/s), "
+                                                 "còn khoảng 1 phút 14 giây; biên dịch 61 s")
+    table = labels.columns([{"field": "output", "mean_chars": 12.5, "empty": 0}], vi, {"field": labels.COLUMNS})
+    assert table == [{"trường": "đầu ra (output)", "số ký tự trung bình": 12.5, "số ô trống": 0}]
+    assert labels.label(labels.JOB_STATES, "queued", vi) == "đang xếp hàng"
+    assert labels.label(labels.JOB_STATES, "some-new-state", vi) == "some-new-state"   # a value no table names
+
+
+def test_a_message_from_core_is_english_text_and_renders_in_vietnamese(tmp_path):
+    import json
+    import pickle
+
+    from core.i18n import M, render
+
+    inner = M("its version is gone")
+    m = M("evaluation {evaluation} passed the gate, but the run's dataset version is not reviewed ({why})",
+          evaluation="eval-1", why=inner)
+    assert m == "evaluation eval-1 passed the gate, but the run's dataset version is not reviewed (its version is gone)"
+    assert json.loads(json.dumps({"m": m})) == {"m": str(m)}           # the CLI, the logs and JSON see the English
+    again = pickle.loads(pickle.dumps(m))                               # the pages' shared cache keeps it whole
+    assert again == m and again.template == m.template and again.params["evaluation"] == "eval-1"
+    vi = i18n.translations("vi").gettext
+    assert render(m, vi) == ("lượt đánh giá eval-1 đã qua cổng, nhưng phiên bản dữ liệu của lượt huấn luyện chưa "
+                             "được kiểm duyệt (phiên bản dữ liệu của nó không còn)")
+    assert render("plain text", vi) == "plain text" and render(None, vi) == ""
+    broken = M("{n} rows", n=3)
+    assert render(broken, lambda t: "{count} dòng") == "3 rows"        # a catalogue entry that lost its placeholder
+
+
 # ── a person's language ──────────────────────────────────────────────────────
 
 

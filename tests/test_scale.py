@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from core import store
-from tests.conftest import OPERATOR, REPO, tiny_pairs, write_jsonl
+from tests.conftest import OPERATOR, REPO, grow_studio
 
 PAGES = ["datasets", "generate", "train", "evaluate", "playground", "deploy", "admin"]
 LISTINGS = {"dataset list": ["dataset", "list"], "evaluate list": ["evaluate", "list"], "jobs list": ["jobs", "list"]}
@@ -81,58 +81,6 @@ def test_a_process_waiting_for_the_file_is_let_in(home, monkeypatch):
 # ── the same cost at 20 and at 200 ───────────────────────────────────────────
 
 
-def _grow(home: Path, groups: int, runs_each: int = 4) -> None:
-    """``groups`` more groups of dataset versions through the studio's functions, each group: a version
-    with no review, one whose review failed (and its child version without the rejected pair), one whose
-    review is under way, and a reviewed one, newest; then ``runs_each`` succeeded runs (10 metric rows)
-    on the reviewed one, each evaluated (every other one passing the gate, the newest passing)."""
-    from core.datasets import importer, review, versions
-    from core.evaluation import evaluations, scoring
-    from core.jobs import supervisor
-    from core.jobs.files import METRICS, STATUS, read_json, write_json_atomic
-    from core.jobs.queue import get_job
-    from core.training import presets, runs
-
-    base = versions.find_by_name("base")
-    if base is None:
-        base, _ = importer.import_files([write_jsonl(home / "base.jsonl", tiny_pairs(30))], "base", actor=OPERATOR)
-    pairs = versions.load_rows(base["id"], "train")
-    cfg = presets.preset(presets.DEMO_PRESET)
-    for _ in range(groups):
-        with store.transaction() as con:   # every studio call inside joins it: one commit a group
-            made = {}
-            for kind in ("none", "failed", "under way", "reviewed"):
-                made[kind] = versions.derive_version(base, pairs, pairs[:3], source="test", lineage={"kind": kind},
-                                                     actor=OPERATOR)["id"]
-                if kind == "none":
-                    continue
-                size = review.start(made[kind], actor=OPERATOR)["sample_size"]
-                for k in range(1 if kind == "under way" else size):
-                    item = review.next_item(made[kind])
-                    review.decide(made[kind], item["idx"], "rejected" if kind == "failed" and k == 0 else "approved",
-                                  actor=OPERATOR)
-            for n in range(runs_each):
-                job = runs.submit_train(made["reviewed"], cfg, actor=OPERATOR)
-                folder = Path(job["job_dir"])
-                (folder / METRICS).write_text("".join(json.dumps({"step": s, "loss": 2.0 / s, "learning_rate": 1e-4,
-                                                                  "grad_norm": 1.0, "tokens_per_s": 900.0}) + "\n"
-                                                      for s in range(1, 11)), encoding="utf-8")
-                write_json_atomic(folder / STATUS, {"state": "succeeded", "result": {"adapter_dir": str(folder / "a")}})
-                supervisor._settle(con, get_job(job["id"]), read_json(folder / STATUS))   # as a tick does
-                ev = evaluations.submit(job["run_id"], limit=4, actor=OPERATOR)
-                refs = [p["output"] for p in pairs[:4]]
-                preds = refs if (runs_each - 1 - n) % 2 == 0 else ["Dạ."] * 4   # the newest passes
-                scores = scoring.score(refs, preds, ev["config"]["thresholds"])
-                out = Path(ev["job_dir"]) / "predictions.jsonl"
-                out.write_text("".join(json.dumps({"idx": i, "instruction": p["instruction"], "input": p["input"],
-                                                   "reference": r, "prediction": q, **per}, ensure_ascii=False) + "\n"
-                                       for i, (p, r, q, per) in enumerate(zip(pairs, refs, preds, scores.per_example))),
-                               encoding="utf-8")
-                write_json_atomic(Path(ev["job_dir"]) / STATUS, {"state": "succeeded", "result": {
-                    **scores.summary(), "prompt_format": "chat", "predictions": str(out)}})
-                supervisor._settle(con, get_job(ev["id"]), read_json(Path(ev["job_dir"]) / STATUS))
-
-
 def _costs(capsys) -> dict:
     from streamlit.testing.v1 import AppTest
     import streamlit as st
@@ -165,11 +113,11 @@ def test_listings_and_page_runs_cost_the_same_at_20_and_200(home, capsys):
     from core.datasets import versions
     from core.training import runs
 
-    _grow(home, 5)
+    grow_studio(home, 5)
     store.rows("SELECT 1")
     small = _costs(capsys)
     assert len(runs.list_runs(OPERATOR)) == 20 and len(versions.list_versions(OPERATOR)) == 26
-    _grow(home, 45)
+    grow_studio(home, 45)
     large = _costs(capsys)
     assert len(runs.list_runs(OPERATOR)) == 200 and len(versions.list_versions(OPERATOR)) == 251
     assert large == small

@@ -31,6 +31,7 @@ from core.access import projects
 from core.access.principal import Principal, require
 from core.datasets import versions
 from core.datasets.rows import FIELDS, MAX_FIELD_CHARS, REQUIRED, DatasetError, clean_text
+from core.i18n import M
 
 DEFAULT_FRACTION = 0.10
 MIN_FRACTION = 0.10
@@ -85,18 +86,18 @@ def _status_of(row: dict) -> dict:
                            "child_version": None, "inherited_from": None, "reviews": int(row["_reviews"] or 0),
                            "reason": ""}
     if row["_review"] is None:
-        out["reason"] = f"no review sample has been drawn for {version_id}"
+        out["reason"] = M("no review sample has been drawn for {version}", version=version_id)
         return out
     review_id, size, threshold = row["_review"], row["_sample_size"], row["_threshold"]
     out.update(review=review_id, kind=row["_kind"], threshold=threshold, sample_size=size,
                child_version=row["_child"], inherited_from=row["_inherited"])
     if row["_kind"] == "bundled":
-        out.update(complete=True, reviewed=True, reason=f"reviewed by construction ({row['_by']})")
+        out.update(complete=True, reviewed=True, reason=M("reviewed by construction ({by})", by=row["_by"]))
         return out
     if row["_kind"] == "inherited":
         out.update(complete=True, reviewed=True,
-                   reason=f"reviewed: carried from review {row['_inherited']} of its parent "
-                          f"{row['_parent_version'] or '?'}")
+                   reason=M("reviewed: carried from review {review} of its parent {parent}",
+                            review=row["_inherited"], parent=row["_parent_version"] or "?"))
         return out
     done, approved, edited = int(row["_done"] or 0), int(row["_approved"] or 0), int(row["_edited"] or 0)
     out.update(done=done, approved=approved, edited=edited, rejected=int(row["_rejected"] or 0))
@@ -104,14 +105,16 @@ def _status_of(row: dict) -> dict:
         out["approval_rate"] = (approved + edited) / done
     out["complete"] = done == size
     if not out["complete"]:
-        out["reason"] = f"review {review_id} of {version_id} is not finished: {done}/{size} pairs decided"
+        out["reason"] = M("review {review} of {version} is not finished: {done}/{size} pairs decided",
+                          review=review_id, version=version_id, done=done, size=size)
     elif out["approval_rate"] < threshold:
-        out["reason"] = (f"review {review_id} of {version_id} failed: approval rate "
-                         f"{out['approval_rate']:.0%} is below the threshold {threshold:.0%}")
+        out["reason"] = M("review {review} of {version} failed: approval rate {rate:.0%} is below the threshold "
+                          "{threshold:.0%}", review=review_id, version=version_id, rate=out["approval_rate"],
+                          threshold=threshold)
     else:
         out["reviewed"] = True
-        out["reason"] = (f"reviewed: {approved + edited}/{done} pairs approved "
-                         f"({out['approval_rate']:.0%} ≥ {threshold:.0%})")
+        out["reason"] = M("reviewed: {approved}/{done} pairs approved ({rate:.0%} ≥ {threshold:.0%})",
+                          approved=approved + edited, done=done, rate=out["approval_rate"], threshold=threshold)
     return out
 
 

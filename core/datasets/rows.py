@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from core.i18n import M
+
 FIELDS = ("instruction", "input", "output")
 REQUIRED = ("instruction", "output")
 MAX_FIELD_CHARS = 32_000
@@ -102,23 +104,30 @@ class ImportReport:
         nothing was, or when nothing was kept: ``failure`` says why)."""
         if not self.rows_kept or not self.rows_rejected:
             return None
-        first = (f" (first: {self.errors[0]['file']} line {self.errors[0]['line']}: {self.errors[0]['reason']})"
-                 if self.errors else "")
-        return f"{self.rows_rejected} of {self.rows_read} rows were rejected{first}; the valid rows were kept"
+        if not self.errors:
+            return M("{rejected} of {read} rows were rejected; the valid rows were kept",
+                     rejected=self.rows_rejected, read=self.rows_read)
+        first = self.errors[0]
+        return M("{rejected} of {read} rows were rejected (first: {file} line {line}: {reason}); the valid rows "
+                 "were kept", rejected=self.rows_rejected, read=self.rows_read, file=first["file"], line=first["line"],
+                 reason=first["reason"])
 
     def failure(self) -> str | None:
         """Why nothing was kept, in one line (None when something was)."""
         if self.rows_kept:
             return None
         if not self.rows_read:
-            names = ", ".join(f["file"] for f in self.files) or "the input"
-            why = "the file is empty" if self.sizes and not any(self.sizes.values()) \
-                else "nothing but a header or blank lines"
-            return f"{names}: no rows found ({why}); nothing was imported"
-        return (f"no valid rows were found ({self.rows_rejected} of {self.rows_read} rejected, "
-                f"first: {self.errors[0]['file']} line {self.errors[0]['line']}: {self.errors[0]['reason']}); "
-                "nothing was imported"
-                if self.errors else "no valid rows were found; nothing was imported")
+            names = ", ".join(f["file"] for f in self.files)
+            if self.sizes and not any(self.sizes.values()):
+                return M("{files}: no rows found (the file is empty); nothing was imported", files=names or M("the input"))
+            return M("{files}: no rows found (nothing but a header or blank lines); nothing was imported",
+                     files=names or M("the input"))
+        if not self.errors:
+            return M("no valid rows were found; nothing was imported")
+        first = self.errors[0]
+        return M("no valid rows were found ({rejected} of {read} rejected, first: {file} line {line}: {reason}); "
+                 "nothing was imported", rejected=self.rows_rejected, read=self.rows_read, file=first["file"],
+                 line=first["line"], reason=first["reason"])
 
 
 def parse_mapping(items: Iterable[str] | dict | None) -> dict[str, str]:

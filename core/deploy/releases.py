@@ -13,7 +13,8 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
-from core import store
+from core import labels, store
+from core.i18n import M
 from core.access import projects
 from core.access.principal import Principal, require
 from core.models import load_tokenizer
@@ -36,7 +37,9 @@ def _wait(job: dict, what: str, on_progress: Callable[[str], None]) -> dict:
 
     def update(j: dict) -> None:
         p = queue.progress(j) or {}
-        label = f"{what}: {p.get('done', 0)}/{p.get('total', '?')} {p.get('label', '')}" if p else None
+        label = M("{what}: {done}/{total} {counted}", what=labels.JOB_KINDS.get(what, what), done=p.get("done", 0),
+                  total=p.get("total", "?"), counted=labels.PROGRESS.get(p.get("label", ""), p.get("label", ""))) \
+            if p else None
         if label and label != last["label"]:
             last["label"] = label
             on_progress(label)
@@ -70,9 +73,10 @@ def prepare(run_id: str, name: str, *, system: str | None = None, quantization: 
                     verdict=verdict["reason"], name=name)
     job = exports.latest(run_id, quantization)
     if job:
-        on_progress(f"reusing export job {job['id']} ({quantization}, checksum verified)")
+        on_progress(M("reusing export job {job} ({quantization}, checksum verified)", job=job["id"],
+                      quantization=quantization))
     else:
-        on_progress(f"exporting {run_id} to GGUF ({quantization})")
+        on_progress(M("exporting {run} to GGUF ({quantization})", run=run_id, quantization=quantization))
         job = _wait(exports.submit(run_id, [quantization], actor=actor), "export", on_progress)
         if job["state"] != "succeeded":
             raise exporter.ExportError(f"export job {job['id']} {job['state']}: {job.get('error')}")
@@ -82,7 +86,7 @@ def prepare(run_id: str, name: str, *, system: str | None = None, quantization: 
     # a draft to read and edit; each release writes its own Modelfile.<release id> next to it
     mf_path = gguf.parent / f"Modelfile.draft-{uuid.uuid4().hex[:8]}"
     mf_path.write_text(text, encoding="utf-8")
-    on_progress(f"Modelfile written to {mf_path}")
+    on_progress(M("Modelfile written to {path}", path=str(mf_path)))
     return {"run_id": run_id, "name": name, "quantization": quantization, "export_job": job["id"],
             "gguf": str(gguf), "merged_dir": result["merged_dir"], "gguf_sha256": result["sha256"][quantization],
             "modelfile": text, "modelfile_path": str(mf_path), "verdict": verdict,
@@ -100,15 +104,15 @@ def release(prepared: dict, *, modelfile_text: str | None = None, ollama_quantiz
     text = modelfile.finalize(modelfile_text if modelfile_text is not None else prepared["modelfile"],
                               prepared["modelfile"])
     release_id = "rel-" + uuid.uuid4().hex[:10]
-    on_progress(f"preflight: {golden} held-out prompts through llama.cpp and transformers")
+    on_progress(M("preflight: {n} held-out prompts through llama.cpp and transformers", n=golden))
     job = preflights.submit(prepared["run_id"], gguf, prepared["merged_dir"], text, actor=actor, n=golden,
                            out_dir=gguf.parent)
     job = _wait(job, "preflight", on_progress)
     if job["state"] != "succeeded":
         raise preflight.PreflightError(f"preflight job {job['id']} {job['state']}: {job.get('error')}")
     report = job["result"]
-    on_progress(f"preflight: exact match {report['exact_match_rate']:.0%}, ROUGE-L {report['rouge_l']:.3f} "
-                f"against the merged model; {report['reason']}")
+    on_progress(M("preflight: exact match {exact:.0%}, ROUGE-L {rouge_l:.3f} against the merged model; {reason}",
+                  exact=report["exact_match_rate"], rouge_l=report["rouge_l"], reason=report["reason"]))
     if not report["passed"]:
         hint = ""
         if report.get("runaway_answers") and prepared["quantization"] == "q4_k_m":
@@ -231,7 +235,8 @@ def rollback(release_id: str, *, actor: Principal, on_progress: Callable[[str], 
     new_id = "rel-" + uuid.uuid4().hex[:10]   # the new release writes its own Modelfile, leaving the old one be
     mf_path = gguf.parent / f"Modelfile.{new_id}"
     mf_path.write_text(rel["modelfile"], encoding="utf-8")
-    on_progress(f"re-creating {name} from {gguf.name} and the Modelfile of {release_id}")
+    on_progress(M("re-creating {name} from {gguf} and the Modelfile of {release}", name=name, gguf=gguf.name,
+                  release=release_id))
     created, message = ollama_create(name, mf_path, on_progress, gguf_quantization=rel["quantization"] or "",
                                      replace=True)
     prepared = {"run_id": rel["run_id"], "name": name, "quantization": rel["quantization"], "gguf": str(gguf),

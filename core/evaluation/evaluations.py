@@ -21,6 +21,7 @@ from core.datasets import versions
 from core.evaluation import gate, scoring, words
 from core.evaluation.inference import Decoding
 from core.evaluation.scoring import gate_reason
+from core.i18n import M
 from core.jobs import queue
 from core.jobs.queue import JobError
 from core.training import runs
@@ -165,8 +166,11 @@ def _decode(e: dict | None) -> dict | None:
 
 
 def label(e: dict) -> str:
-    who = e["run_id"] or f"{models.display_name(e['base_model'])} (base, no adapter)"
-    return f"{e['id']} · {who} · {e['dataset_version_id']}/{e['split']} · n={e['n']}"
+    from core import labels
+
+    who = e["run_id"] or M("{model} (base, no adapter)", model=models.display_name(e["base_model"]))
+    return M("{evaluation} · {who} · {version}, {split} · n={n}", evaluation=e["id"], who=who,
+             version=e["dataset_version_id"], split=labels.SPLITS.get(e["split"], e["split"]), n=e["n"])
 
 
 def list_evaluations(actor: Principal, run_id: str | None = None, project: str | None = None,

@@ -18,6 +18,7 @@ from core.access.principal import Principal, require
 from core.datasets import review
 from core.evaluation import scoring
 from core.evaluation.scoring import gate_reason
+from core.i18n import M
 from core.training import runs
 
 FLOOR = dict(scoring.DEFAULT_THRESHOLDS)   # the guide's gate: lower only with an audited override
@@ -118,30 +119,35 @@ def verdicts(of_runs: list[dict]) -> dict[str, dict]:
 def _verdict_of(run: dict, e: dict | None, reviews: dict[str, dict], share: float) -> dict:
     none = {"releasable": False, "evaluation": None, "thresholds": None}
     if e is None:
-        return {**none, "reason": "the run has no evaluation yet"}
+        return {**none, "reason": M("the run has no evaluation yet")}
     n_evals, held_out, covers = e.pop("_evaluations"), e.pop("_held_out"), e.pop("_covers")
     held_out_rows, need = int(e.pop("_held_out_rows")), int(e.pop("_need"))
     e.pop("_pick", None)
     e = _decode(e)
     if not held_out:
-        return {**none, "reason": f"the run has no evaluation on the held-out test split of its dataset version "
-                                  f"{run['dataset_version_id']} ({n_evals} on other splits or versions do not count)"}
+        return {**none, "reason": M("the run has no evaluation on the held-out test split of its dataset version "
+                                    "{version} ({n} on other splits or versions do not count)",
+                                    version=run["dataset_version_id"], n=n_evals)}
     if not covers:
         return {**none, "evaluation": e,
-                "reason": f"the latest held-out evaluation {e['id']} covers {e['n']} of the {held_out_rows} "
-                          f"held-out pairs; the gate needs an evaluation of at least {need} ({share:.0%} of the "
-                          f"split): evaluate the whole split"}
+                "reason": M("the latest held-out evaluation {evaluation} covers {n} of the {rows} held-out pairs; "
+                            "the gate needs an evaluation of at least {need} ({share:.0%} of the split): evaluate "
+                            "the whole split", evaluation=e["id"], n=e["n"], rows=held_out_rows, need=need,
+                            share=share)}
     th = e["thresholds"]   # the latest that covers the split: a later failure outweighs an earlier pass
     if not e["passed"]:
         return {"releasable": False, "evaluation": e, "thresholds": th,
-                "reason": f"the latest held-out evaluation {e['id']} (n={e['n']}): BLEU {e['bleu']:.3f}, ROUGE-L "
-                          f"{e['rouge_l']:.3f} is below the gate (BLEU > {th['bleu']}, ROUGE-L > {th['rouge_l']})"}
-    reviewed = reviews.get(run["dataset_version_id"]) or {"reviewed": False, "reason": "its version is gone"}
+                "reason": M("the latest held-out evaluation {evaluation} (n={n}): BLEU {bleu:.3f}, ROUGE-L "
+                            "{rouge_l:.3f} is below the gate (BLEU > {bleu_min}, ROUGE-L > {rouge_l_min})",
+                            evaluation=e["id"], n=e["n"], bleu=e["bleu"], rouge_l=e["rouge_l"], bleu_min=th["bleu"],
+                            rouge_l_min=th["rouge_l"])}
+    reviewed = reviews.get(run["dataset_version_id"]) or {"reviewed": False, "reason": M("its version is gone")}
     if not reviewed["reviewed"]:
         return {"releasable": False, "evaluation": e, "thresholds": th,
-                "reason": f"evaluation {e['id']} passed the gate, but the run's dataset version is not reviewed "
-                          f"({reviewed['reason']})"}
+                "reason": M("evaluation {evaluation} passed the gate, but the run's dataset version is not reviewed "
+                            "({why})", evaluation=e["id"], why=reviewed["reason"])}
     return {"releasable": True, "evaluation": e, "thresholds": th,
-            "reason": f"the latest held-out evaluation {e['id']} covers {e['n']} of {held_out_rows} pairs of "
-                      f"{e['dataset_version_id']} and passed the gate "
-                      f"({e.get('gate_reason') or gate_reason(True, e['bleu'], e['rouge_l'], th)})"}
+            "reason": M("the latest held-out evaluation {evaluation} covers {n} of {rows} pairs of {version} and "
+                        "passed the gate ({verdict})", evaluation=e["id"], n=e["n"], rows=held_out_rows,
+                        version=e["dataset_version_id"],
+                        verdict=e.get("gate_reason") or gate_reason(True, e["bleu"], e["rouge_l"], th))}

@@ -22,6 +22,7 @@ from typing import Iterator
 from core import models, paths, prompt_format, store
 from core.access.principal import AccessDenied, Principal, require
 from core.evaluation.inference import Decoding
+from core.i18n import M
 from core.evaluation.server import DEFAULT_IDLE_S
 from core.jobs import queue, supervisor
 from core.jobs.files import STATUS, TERMINAL, read_json
@@ -299,29 +300,33 @@ def targets_for(actor: Principal, project: str | None = None, offered: list[dict
         return out
     out += [{"id": f"run-base:{m['run_id']}", "kind": "run-base", "run_id": m["run_id"],
              "prompt_format": m["prompt_format"],
-             "label": f"{m['run_id']} base model alone · {models.display_name(m['base_model'])} · {m['prompt_format']}"}
+             "label": M("{run} base model alone · {model} · {format}", run=m["run_id"],
+                       model=models.display_name(m["base_model"]), format=m["prompt_format"])}
             for m in offered]
     exported = exported_ggufs([m["run_id"] for m in offered]) if offered else {}
     for m in offered:   # each run's exported GGUFs, through llama.cpp
         for quant, path in exported.get(m["run_id"], {}).items():
             out.append({"id": f"gguf:{path}", "kind": "gguf", "gguf": path, "tokenizer_from": m["base_model"],
                         "prompt_format": m["prompt_format"], "run_id": m["run_id"],
-                        "label": f"{m['run_id']} export {quant} (GGUF, llama.cpp) · {m['prompt_format']}"})
+                        "label": M("{run} export {quant} (GGUF, llama.cpp) · {format}", run=m["run_id"], quant=quant,
+                                  format=m["prompt_format"])})
     default = str(paths.default_base_model_dir())
     if models.default_ready():
         out.append({"id": f"base:{default}", "kind": "base", "base_model": default,
                     "prompt_format": prompt_format.DEFAULT_FORMAT,
-                    "label": f"base model {models.display_name(default)} · {prompt_format.DEFAULT_FORMAT}"})
+                    "label": M("base model {model} · {format}", model=models.display_name(default),
+                              format=prompt_format.DEFAULT_FORMAT)})
         gguf = models.cached_gguf()
         if gguf:
             out.append({"id": f"gguf:{gguf}", "kind": "gguf", "gguf": str(gguf), "tokenizer_from": default,
                         "prompt_format": prompt_format.DEFAULT_FORMAT,
-                        "label": f"base model {gguf.name} (GGUF, llama.cpp) · {prompt_format.DEFAULT_FORMAT}"})
+                        "label": M("base model {model} (GGUF, llama.cpp) · {format}", model=gguf.name,
+                                  format=prompt_format.DEFAULT_FORMAT)})
     if ollama_tags is None:
         ollama_tags = _ollama_tags(actor, project, {m["run_id"]: m["prompt_format"] for m in offered})
     for tag, fmt in ollama_tags:
         out.append({"id": f"ollama:{tag}", "kind": "ollama", "tag": tag, "prompt_format": fmt,
-                    "label": f"Ollama {tag} (release) · {fmt}"})
+                    "label": M("Ollama {tag} (release) · {format}", tag=tag, format=fmt)})
     return out
 
 

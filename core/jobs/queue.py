@@ -113,28 +113,39 @@ def phase(job: dict, known: dict | None = None, now: float | None = None) -> dic
     return {"phase": st["phase"], "elapsed_s": max(0.0, (now or time.time()) - float(st["phase_started"]))}
 
 
-def describe(job: dict, known: dict | None = None, now: float | None = None, every_s: int = 1) -> str:
+def describe(job: dict, known: dict | None = None, now: float | None = None, every_s: int = 1, tr=None) -> str:
     """One line on a job for the pages and the CLI: state, then the warm-up phase with its time, or
     progress, pace and what is left (the pace and the ETA never count a compile). ``every_s`` rounds
-    the phase's time down (the CLI prints a line only when the text changes)."""
+    the phase's time down (the CLI prints a line only when the text changes); ``tr``: a page's ``_``
+    (the line in the reader's language; the CLI's is English)."""
+    from core import labels
+    from core.i18n import M, render
+
+    say = (lambda m: render(m, tr)) if tr else str
     st = known if known is not None else status(job)
-    text = f"{job['kind']} job {job['id']}: {job['state']}"
+    kind = labels.JOB_KINDS.get(job["kind"], job["kind"]) if tr else job["kind"]   # the CLI names the kind as stored
+    parts = [M("{kind} job {job}: {state}", kind=kind, job=job["id"], state=labels.JOB_STATES.get(job["state"], job["state"]))]
     warm = phase(job, st, now)
     p = st.get("progress") or {}
     if warm:
         seconds = int(warm["elapsed_s"]) // every_s * every_s
-        what = "compiling (the first step)" if job["kind"] == "train" else "compiling (the first batch)"
-        text += f" — {what if warm['phase'] == 'compiling' else 'first step'}, {seconds} s so far"
+        if warm["phase"] != "compiling":
+            parts.append(M(" — first step, {seconds} s so far", seconds=seconds))
+        elif job["kind"] == "train":
+            parts.append(M(" — compiling (the first step), {seconds} s so far", seconds=seconds))
+        else:
+            parts.append(M(" — compiling (the first batch), {seconds} s so far", seconds=seconds))
     elif p.get("total"):
-        text += f" — {p.get('done') or 0}/{p['total']} {p.get('label', '')}"
+        parts.append(M(" — {done}/{total} {what}", done=p.get("done") or 0, total=p["total"],
+                       what=labels.PROGRESS.get(p.get("label", ""), p.get("label", ""))))
         if p.get("per_s"):
-            text += f" ({p['per_s']:.2f}/s)"
+            parts.append(f" ({p['per_s']:.2f}/s)")
         eta = eta_seconds(job, p)
         if eta is not None:
-            text += f", about {int(eta // 60)} min {int(eta % 60):02d} s left"
+            parts.append(M(", about {minutes} min {seconds:02d} s left", minutes=int(eta // 60), seconds=int(eta % 60)))
     if st.get("compile_s") and not warm:
-        text += f"; compile {st['compile_s']:.0f} s"
-    return text
+        parts.append(M("; compile {seconds:.0f} s", seconds=st["compile_s"]))
+    return "".join(say(x) if isinstance(x, M) else x for x in parts)
 
 
 def eta_seconds(job: dict, known: dict | None = None) -> float | None:

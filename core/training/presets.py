@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.i18n import M
 from core.training.config import TrainConfig
 
 _CPU_QUICK = {
@@ -31,6 +32,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     "r=8 (fast)": {"lora_r": 8, "lora_alpha": 8},
     "r=32 (quality)": {"lora_r": 32, "lora_alpha": 32},
 }
+
+# what a page calls each preset (the CLI takes the names above)
+TITLES = {"guide (r=16)": M("guide (r=16)"), DEMO_PRESET: M("demo pass (CPU, 40 steps)"),
+          "quick test (CPU, 20 steps)": M("quick test (CPU, 20 steps)"), FIT_PRESET: M("guide, fit to this GPU"),
+          "r=8 (fast)": M("r=8 (fast)"), "r=32 (quality)": M("r=32 (quality)")}
 
 
 def preset(name: str, **overrides: Any) -> TrainConfig:
