@@ -95,3 +95,32 @@ def test_an_unknown_engine_is_named(loaded, monkeypatch):
     assert inference.engine_for(loaded) == "static"
     monkeypatch.delenv("VITUNE_GENERATION")
     assert inference.engine_for(loaded) == "dynamic"   # auto on a CPU
+
+
+def test_a_gemma4_model_answers_the_same_through_the_static_engine(default_model, tmp_path):
+    """Gemma 4's layers (sliding and full attention, per-layer inputs): a tiny one with random weights,
+    built from its config beside the default model's tokenizer, in float32 — the static engine's padded
+    prompts and static cache give the plain batches' token ids (the H200 check in docs/performance.md)."""
+    import shutil
+
+    from transformers import Gemma4ForCausalLM, Gemma4TextConfig
+
+    tok_files = [f for f in default_model.iterdir() if f.name.startswith(("tokenizer", "special_tokens", "chat_template"))]
+    for f in tok_files:
+        shutil.copy(f, tmp_path / f.name)
+    torch.manual_seed(0)
+    config = Gemma4TextConfig(vocab_size=262144, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                              num_attention_heads=2, num_key_value_heads=1, head_dim=32, hidden_size_per_layer_input=16,
+                              pad_token_id=0, eos_token_id=1, bos_token_id=2, max_position_embeddings=1024)
+    Gemma4ForCausalLM(config).save_pretrained(tmp_path)
+    loaded = inference.load(str(tmp_path), None, "chat", dtype=torch.float32, device="cpu")
+    assert type(loaded.model).__name__ == "Gemma4ForCausalLM"
+    assert set(loaded.model.config.layer_types) == {"sliding_attention", "full_attention"}
+    prompts = [prompt_format.render_prompt(p, "chat", loaded.tokenizer) for p in PAIRS]
+    decoding = Decoding(max_new_tokens=12, batch_size=2)
+    plain_info: dict = {}
+    inference.generate(loaded, prompts, decoding, engine="dynamic", info=plain_info)
+    info: dict = {}
+    inference.generate(loaded, prompts, decoding, engine="static", info=info)
+    assert info["engine"] == "static" and not info.get("fallback")
+    assert info["new_ids"] == plain_info["new_ids"] and all(len(ids) == 12 for ids in info["new_ids"])
