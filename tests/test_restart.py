@@ -56,8 +56,13 @@ def test_two_sessions_one_slot_and_an_app_restart_mid_job(home, default_model):
             # both click at (almost) the same moment
             an.get_by_role("button", name="Queue training job").click(no_wait_after=True)
             binh.get_by_role("button", name="Queue training job").click(no_wait_after=True)
-            an.get_by_text("Queued job").wait_for()
-            binh.get_by_text("Queued job").wait_for()
+            for who, page in (("an", an), ("binh", binh)):
+                try:
+                    page.get_by_text("Queued job").wait_for()
+                except Exception:   # say what the page showed instead (a refusal, an error, nothing)
+                    alerts = page.locator('[data-testid="stAlert"]').all_inner_texts()
+                    pytest.fail(f"{who}'s page never said 'Queued job'; its messages: {alerts}; "
+                                f"jobs: {[(j['id'], j['state']) for j in queue.list_jobs()]}")
             first, second = sorted(queue.list_jobs(), key=lambda j: j["id"])
             assert first["run_id"] != second["run_id"]
 
