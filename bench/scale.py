@@ -463,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     from scripts.launch import free_port, start_studio
 
     port = free_port()
-    server = start_studio(home, port)
+    server = start_studio(home, port, VITUNE_LANGUAGE="en")   # the headings it waits for are the English ones
     url = f"http://127.0.0.1:{port}"
     try:
         results["pages"] = time_pages(url, args.rounds, args.page_limit, server.pid)
