@@ -152,8 +152,7 @@ def fail(exc: Exception) -> None:
     """A clear message instead of a traceback, for an error the studio foresees (its text is the message)."""
     # the log stays in English; log.log, not log.info: the i18n check reads any .info()/.error() call as page text
     log.log(logging.INFO, "shown to the user: %s: %s", type(exc).__name__, exc)
-    first = exc.args[0] if exc.args else None
-    text = say(first) if isinstance(first, i18n.M) else exc.for_page() if hasattr(exc, "for_page") else str(exc)
+    text = exc.for_page() if hasattr(exc, "for_page") else str(exc)
     st.error(text)
 
 

@@ -55,7 +55,7 @@ def _bare(node: ast.AST) -> str | None:
 
 def _bare_page_strings() -> list[str]:
     found = []
-    for path in i18n.source_files():
+    for path in i18n.page_files():
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
             if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in SHOWS):
