@@ -114,14 +114,16 @@ def run_worker(model_dir: Path, backend: str, steps: int, work: Path, timeout: f
     metrics = [json.loads(l) for l in (job_dir / "metrics.jsonl").read_text().splitlines()]
     result = status.get("result") or {}
     batch, accumulation = result.get("per_device_train_batch_size", 2), result.get("gradient_accumulation_steps", 4)
-    out = summarise(f"studio worker ({backend})", metrics, time.time() - t0, batch * accumulation * cfg.max_seq_length)
+    # a packed step's text tokens as the worker counted them (rows hold padding or fall short of a full row)
+    per_step = status.get("tokens_per_step") or batch * accumulation * cfg.max_seq_length
+    out = summarise(f"studio worker ({backend})", metrics, time.time() - t0, per_step)
     out.update(batch=batch, accumulation=accumulation, compile_s=status.get("compile_s"), fit=status.get("fit"),
                first_step_s=round(metrics[0]["ts"] - t0, 1), metrics=metrics)
     return out
 
 
 def summarise(label: str, metrics: list[dict], wall: float, per_step: int = 2 * 4 * 2048) -> dict:
-    """tokens/s over steps 5…N: a step is ``per_step`` tokens (batch × accumulation × seq, packed rows)."""
+    """tokens/s over steps 5…N: a step is ``per_step`` text tokens (the worker's count for packed rows)."""
     steady = [m for m in metrics if m["step"] >= 5]
     span = steady[-1]["ts"] - steady[0]["ts"] if len(steady) > 1 else 0
     tps = per_step * (len(steady) - 1) / span if span else float("nan")

@@ -47,11 +47,51 @@ def test_compile_caches_go_under_the_home_unless_the_environment_names_them(home
     assert compile_cache.model_key("../../etc") == "etc" and compile_cache.model_key("") == "unknown"
 
 
-def test_rows_are_packed_end_to_end_to_one_length():
-    texts = [[1, 5, 6], [1, 7, 2], [1, 8, 9, 10, 11]]   # 2 is the end-of-sequence token
-    assert batch_fit.pack_rows(texts, 4, eos_id=2) == [[1, 5, 6, 2], [1, 7, 2, 1], [8, 9, 10, 11]]   # tail [2] dropped
-    assert batch_fit.pack_rows([[1, 5]], 4, eos_id=2) == [[1, 5, 2]]   # less than one row: all there is
+def test_whole_texts_are_packed_best_fit_and_padded_to_one_length():
+    texts = [[1, 5, 6], [1], [1, 8, 9, 10], [2], [1, 3, 4, 5, 6, 7, 8, 9]]   # 2 is the end-of-sequence token
+    # whole texts, an end token added where one lacks it, best fit decreasing; a text longer than a row is cut
+    assert batch_fit.pack_rows(texts, 6, eos_id=2) == [
+        {"input_ids": [1, 3, 4, 5, 6, 7], "seq_lengths": [6]},
+        {"input_ids": [1, 8, 9, 10, 2, 2], "seq_lengths": [5, 1]},
+        {"input_ids": [1, 5, 6, 2, 1, 2], "seq_lengths": [4, 2]}]
+    assert batch_fit.real_tokens(batch_fit.pack_rows(texts, 6, eos_id=2)) == 18
     assert batch_fit.pack_rows([], 4, eos_id=2) == []
+    batch = batch_fit.FixedRows(6, pad_id=0)([{"input_ids": [1, 5, 6, 2, 1, 3], "seq_lengths": [4, 2]},
+                                              {"input_ids": [1, 7, 2], "seq_lengths": [3]},
+                                              {"input_ids": [1, 9, 9]}])   # an evaluation text: one text
+    assert set(batch) == {"input_ids", "position_ids", "labels"}   # no attention mask: the texts stay apart
+    assert batch["input_ids"].tolist() == [[1, 5, 6, 2, 1, 3], [1, 7, 2, 0, 0, 0], [1, 9, 9, 0, 0, 0]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 0, 1], [0, 1, 2, 0, 1, 2], [0, 1, 2, 0, 1, 2]]
+    # no target at a text's first token (it would be predicted from the text before) nor on padding
+    assert batch["labels"].tolist() == [[-100, 5, 6, 2, -100, 3], [-100, 7, 2, -100, -100, -100],
+                                        [-100, 9, 9, -100, -100, -100]]
+    with pytest.raises(ValueError, match="a packed row of 3 tokens says its texts have 4"):
+        batch_fit.FixedRows(6, pad_id=0)([{"input_ids": [1, 2, 3], "seq_lengths": [4]}])
+
+
+def test_a_packed_row_gives_each_text_what_it_gives_alone(default_model, tokenizer):
+    """The default model, for real: the second text of a packed row gets the logits it gets alone, so
+    neither its positions nor its attention reach into the text before it."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(default_model), dtype=torch.float32)
+    model.train()   # as the trainer runs it (the default model has no dropout to make a pass random)
+    first = tokenizer("Hợp đồng này có hiệu lực từ ngày ký.")["input_ids"]
+    second = tokenizer("Khách hàng hỏi về phí chuyển khoản.")["input_ids"]
+    row = {"input_ids": first + second, "seq_lengths": [len(first), len(second)]}
+    batch = batch_fit.FixedRows(len(first) + len(second) + 3, pad_id=tokenizer.pad_token_id)([row])
+    span = slice(len(first), len(first) + len(second))
+    with torch.no_grad():
+        alone = model(input_ids=torch.tensor([second])).logits[0]
+        joined = model(input_ids=torch.tensor([first + second])).logits[0]   # rows cut end to end
+        assert model.config.use_cache   # on by default: the forward builds a cache, and the texts mix
+        cached = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[0]
+        batch_fit.for_packed_rows(model)
+        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[0]
+    assert torch.allclose(packed[span], alone, atol=1e-3), (packed[span] - alone).abs().max()
+    assert not torch.allclose(joined[span], alone, atol=1e-1)
+    assert not torch.allclose(cached[span], alone, atol=1e-1)
 
 
 def test_a_cuda_phase_reads_as_compiling_with_its_time_and_no_eta(tmp_path):
@@ -85,7 +125,11 @@ def _train_page() -> AppTest:
     return at
 
 
-def test_a_real_worker_reports_its_first_step_as_a_phase_and_trains_on_packed_rows(home, version):
+def test_a_real_worker_reports_its_first_step_as_a_phase_and_trains_on_packed_rows(home, version, monkeypatch):
+    # torch names its Inductor cache in os.environ when it first looks for one (packing imports it in this
+    # process): a worker started from here would inherit that as an operator's choice
+    for variable in compile_cache.VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
     cfg = presets.preset(presets.FIT_PRESET, max_steps=4, max_seq_length=64, learning_rate=5e-4, packing=False,
                          optim="adamw_torch")
     job = runs.submit_train(version, cfg, actor=OPERATOR)

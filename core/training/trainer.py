@@ -213,9 +213,13 @@ def run(job: dict, job_dir: Path, status, log: Callable[[str], None]) -> dict:
         packed = batch_fit.pack_rows(_token_lists(text_tok, texts), cfg.max_seq_length, text_tok.eos_token_id)
         if not packed:
             raise ValueError("the dataset version's training texts have no tokens to train on")
-        dataset = Dataset.from_dict({"input_ids": packed})
-        log(f"{len(texts)} training texts packed into {len(packed)} rows of {len(packed[0])} tokens")
-        status.update(fit={**fit.to_dict(), "rows": len(packed), "row_tokens": len(packed[0])})
+        dataset = Dataset.from_dict({"input_ids": [r["input_ids"] for r in packed],
+                                     "seq_lengths": [r["seq_lengths"] for r in packed]})
+        fill = batch_fit.real_tokens(packed) / (len(packed) * cfg.max_seq_length)
+        log(f"{len(texts)} training texts packed into {len(packed)} rows of {cfg.max_seq_length} tokens "
+            f"({fill:.0%} text, the rest padding); every text keeps its own positions")
+        status.update(fit={**fit.to_dict(), "rows": len(packed), "row_tokens": cfg.max_seq_length,
+                           "fill": round(fill, 4)})
     else:
         dataset = Dataset.from_dict({"text": texts})
     eval_dataset = None
@@ -235,7 +239,9 @@ def run(job: dict, job_dir: Path, status, log: Callable[[str], None]) -> dict:
         log(f"resuming from {resume_from}")
 
     metrics_path = job_dir / "metrics.jsonl"
-    packed_tokens_per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * cfg.max_seq_length
+    # a packed step's text tokens (set once the trainer has packed its rows): counting them per micro-step
+    # would sync the GPU every micro-step
+    packed_tokens_per_step = per_step * cfg.max_seq_length
 
     class Recorder(TrainerCallback):
         def __init__(self):
@@ -259,7 +265,7 @@ def run(job: dict, job_dir: Path, status, log: Callable[[str], None]) -> dict:
                 return
             now = time.time()
             tokens = getattr(state, "num_input_tokens_seen", 0) or 0
-            if not tokens and (cfg.packing or fit is not None):  # CUDA: packed steps are full blocks
+            if fit is not None or (not tokens and cfg.packing):  # packed steps: their mean text tokens
                 tokens = state.global_step * packed_tokens_per_step
             prev_tokens, prev_t = self.last
             # the pace since the last log (or since the first step ended: the compile is no throughput)
@@ -284,7 +290,7 @@ def run(job: dict, job_dir: Path, status, log: Callable[[str], None]) -> dict:
             if not hasattr(self, "first"):   # the first step of this process, resumed or not: it compiled
                 self.first = (state.global_step, now)
                 tokens = getattr(state, "num_input_tokens_seen", 0) or 0
-                if not tokens and (cfg.packing or fit is not None):
+                if fit is not None or (not tokens and cfg.packing):
                     tokens = state.global_step * packed_tokens_per_step
                 self.last = (tokens, now)
                 self.compile_s = now - self.phase_started
@@ -298,9 +304,17 @@ def run(job: dict, job_dir: Path, status, log: Callable[[str], None]) -> dict:
     recorder = Recorder()
     trainer_kwargs = dict(model=model, args=args, train_dataset=dataset, eval_dataset=eval_dataset,
                           callbacks=[recorder])
+    if fit is not None:   # fixed [batch, max_seq_length] rows, a text's own positions, no cross-text attention
+        pad = text_tok.pad_token_id if text_tok.pad_token_id is not None else text_tok.eos_token_id
+        trainer_kwargs["data_collator"] = batch_fit.FixedRows(cfg.max_seq_length, pad)
+        batch_fit.for_packed_rows(model)
     params = inspect.signature(SFTTrainer.__init__).parameters
     trainer_kwargs["processing_class" if "processing_class" in params else "tokenizer"] = tokenizer
     trainer = SFTTrainer(**trainer_kwargs)
+    mean_row = _mean_row_tokens(trainer.train_dataset)
+    if mean_row:
+        packed_tokens_per_step = round(per_step * mean_row)
+        status.update(tokens_per_step=packed_tokens_per_step)
     status.update(progress={"done": 0, "total": trainer.state.max_steps or cfg.max_steps, "label": "steps"})
     result = trainer.train(resume_from_checkpoint=resume_from)
     best = trainer.state.best_model_checkpoint
@@ -335,3 +349,14 @@ def _token_lists(tok, texts: list[str]) -> list[list[int]]:
     """The texts as token ids the way the trainer reads a text: its own BOS where the text lacks one."""
     bos = tok.bos_token or ""
     return [tok(t, add_special_tokens=not (bos and t.startswith(bos)))["input_ids"] for t in texts]
+
+
+def _mean_row_tokens(dataset) -> float | None:
+    """A packed training row's mean text tokens (its ``seq_lengths``), None where rows are not packed."""
+    try:
+        if "seq_lengths" not in dataset.column_names:
+            return None
+        lengths = dataset["seq_lengths"]
+    except Exception:   # an iterable dataset has no columns to read up front
+        return None
+    return sum(sum(r) for r in lengths) / len(lengths) if len(lengths) else None
