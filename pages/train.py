@@ -26,9 +26,8 @@ else:
                                    name=by_version[i]["name"], id=i, rows=by_version[i]["rows_train"]))
         preset = c2.selectbox(_("Preset"), list(presets.PRESETS), index=1, format_func=lambda p: label(presets.TITLES, p),
                               help=_("The guide's defaults are r=16, alpha=16, lr 2e-4, 3 epochs, batch 2 × 4, packing. "
-                                     "\"Fit to this GPU\" keeps the guide's tokens a step with a bigger batch: about 2× "
-                                     "the tokens/s on an H200, but its loss fell more slowly per token in the one "
-                                     "comparison measured (docs/performance.md)."))
+                                     "\"Fit to this GPU\" keeps the guide's rows and tokens a step with a bigger batch: about "
+                                     "2× the tokens/s on an H200, the same loss per token (docs/performance.md)."))
         bases = models.list_base_models() or [""]
         c3, c4, c5 = st.columns(3)
         base = c3.selectbox(_("Base model"), bases, format_func=lambda b: models.display_name(b) or _("(default)"))
