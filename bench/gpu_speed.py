@@ -110,8 +110,7 @@ def train_part(args, work: Path, started: float) -> dict:
     os.environ["VITUNE_HOME"] = str(home)
     plan = [("guide 2 × 4 (packing)", {}), ("fit to this GPU", {"fit_to_gpu": True}),
             ("fit to this GPU, again (warm compile caches)", {"fit_to_gpu": True})]
-    if not args.again:
-        plan = plan[:2]
+    plan = [step for step, name in zip(plan, ("guide", "fit", "again")) if name in args.runs.split(",")]
     for label, extra in plan:
         left = args.budget_s - (time.time() - started)
         if left < 60:
@@ -123,7 +122,8 @@ def train_part(args, work: Path, started: float) -> dict:
         print(f"[{time.time() - started:.0f} s] {label}: " + json.dumps({k: v for k, v in res.items()
                                                                         if k not in ("metrics", "log")})[:1500], flush=True)
     ok = {r["label"]: r for r in out["runs"] if "tokens_per_s" in r}
-    guide, fit, again = (ok.get(label) for label, _ in plan + [("", {})] * (3 - len(plan)))
+    guide, fit, again = (ok.get(label) for label in ("guide 2 × 4 (packing)", "fit to this GPU",
+                                                       "fit to this GPU, again (warm compile caches)"))
     if guide and fit:
         out["fit_speedup"] = fit["tokens_per_s"] / guide["tokens_per_s"]
     if fit and again:
@@ -187,8 +187,8 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=15)
     ap.add_argument("--archs", default="gemma3,gemma4", help="eval: the architectures, in order")
     ap.add_argument("--run-timeout", type=float, default=260)
-    ap.add_argument("--no-again", dest="again", action="store_false",
-                    help="train: leave out the fitted run's second start on warm caches")
+    ap.add_argument("--runs", default="guide,fit,again",
+                    help="train: which runs, of guide (2 × 4), fit (fit to this GPU), again (fit on warm caches)")
     ap.add_argument("--budget-s", type=float, default=540, help="start nothing new after this many seconds")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
