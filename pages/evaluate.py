@@ -74,169 +74,175 @@ if not evals:
     st.info(_("No evaluations yet."))
 eval_labels = {e["id"]: say(e["label"]) for e in evals}
 board_tab, compare_tab, drill_tab, votes_tab, gate_tab = st.tabs(
-    [_("Leaderboard"), _("Compare"), _("Examples"), _("Preference votes"), _("Gate thresholds")])
+    [_("Leaderboard"), _("Compare"), _("Examples"), _("Preference votes"), _("Gate thresholds")],
+    key="evaluate-tab", on_change="rerun")
 
 with board_tab:
-    if evals:
-        f1, f2, f3 = st.columns([2, 2, 1])
-        versions = ["(all)"] + filters["versions"]
-        bases = ["(all)"] + filters["bases"]
-        version = f1.selectbox(_("Dataset version"), versions, format_func=lambda v: _("(all)") if v == "(all)" else v)
-        base = f2.selectbox(_("Base model"), bases,
-                            format_func=lambda b: _("(all)") if b == "(all)" else models.display_name(b))
-        pages = max(1, (filters["n"] + BOARD_ROWS - 1) // BOARD_ROWS)
-        page = f3.number_input(_("Page"), 1, pages, 1, help=_("{n} evaluations a page, best first").format(n=BOARD_ROWS)) if pages > 1 else 1
-        board = evaluations.leaderboard(who, None if version == "(all)" else version, None if base == "(all)" else base,
-                                        project=here, limit=BOARD_ROWS, offset=(page - 1) * BOARD_ROWS)
-        st.dataframe(
-            [{"#": e["rank"], _("evaluation"): e["id"], _("run"): e["run_id"] or _("(base model)"),
-              _("base model"): models.display_name(e["base_model"]), _("dataset"): e["dataset_version_id"],
-              _("split"): label(labels.SPLITS, e["split"]), "n": e["n"], "BLEU": round(e["bleu"], 4), "ROUGE-L": round(e["rouge_l"], 4),
-              _("BLEU (words)"): None if e.get("bleu_words") is None else round(e["bleu_words"], 4),
-              _("ROUGE-L (words)"): None if e.get("rouge_l_words") is None else round(e["rouge_l_words"], 4),
-              _("gate"): _("PASS") if e["passed"] else _("FAIL"),
-              _("decoding"): _("T={temperature}, max {max_new_tokens}").format(
-                  temperature=e["decoding"].get("temperature", 0), max_new_tokens=e["decoding"].get("max_new_tokens")),
-              _("examples/s"): round(e["examples_per_s"], 2) if e.get("examples_per_s") else None,
-              _("when"): e["created_at"]} for e in board],
-            hide_index=True,
-        )
-        st.caption(_("BLEU (words), ROUGE-L (words): word-level (pyvi segmentation): a second view; the gate uses "
-                     "syllables.") if not words.unavailable() else
-                   _("Word-level scores are not available: the word segmenter (pyvi) is not installed; the gate uses "
-                     "syllables."))
-        shown = {e["id"]: e for e in board} or {evals[0]["id"]: evals[0]}
-        chosen = st.selectbox(_("Details of"), list(shown), format_func=lambda i: say(shown[i]["label"]))
-        e = shown[chosen]
-        c1, c2, c3, c4 = st.columns(4)
-        c1.metric("BLEU", f"{e['bleu']:.4f}")
-        c2.metric("ROUGE-L", f"{e['rouge_l']:.4f}")
-        c3.metric(_("Gate"), _("PASS") if e["passed"] else _("FAIL"))
-        c4.metric(_("Examples/s"), f"{e['examples_per_s']:.2f}" if e.get("examples_per_s") else "–")
-        st.caption(_("{reason} · thresholds of this verdict: BLEU > {bleu}, ROUGE-L > {rouge_l} · decoding {decoding}")
-                   .format(reason=e.get("gate_reason") or "", bleu=e["thresholds"]["bleu"],
-                           rouge_l=e["thresholds"]["rouge_l"], decoding=e["decoding"]))
-        g1, g2 = st.columns(2)
-        g1.plotly_chart(charts.gate_bars(e["bleu"], e["rouge_l"], e["thresholds"], tr=_), key="gate-bars")
-        if e["run_id"]:
-            g2.plotly_chart(charts.loss_curve(train_runs.run_metrics(e["run_id"]),
-                                              _("Training loss of {run}").format(run=e["run_id"]), tr=_), key="loss")
-        else:
-            g2.plotly_chart(charts.example_scores(evaluations.examples(chosen), tr=_), key="hist")
-        b1, b2 = st.columns(2)
-        b1.download_button(_("Download the report (HTML)"), lambda chosen=chosen: report.build(chosen, actor=who),
-                           file_name=f"{chosen}-report.html", mime="text/html", on_click="ignore")
-        b2.download_button(_("Download the examples (CSV)"), lambda chosen=chosen: evaluations.examples_csv(chosen, who),
-                           file_name=f"{chosen}-examples.csv", mime="text/csv", on_click="ignore")
+    if board_tab.open:   # only the open tab runs (the tabs rerun the page when one is picked)
+        if evals:
+            f1, f2, f3 = st.columns([2, 2, 1])
+            versions = ["(all)"] + filters["versions"]
+            bases = ["(all)"] + filters["bases"]
+            version = f1.selectbox(_("Dataset version"), versions, format_func=lambda v: _("(all)") if v == "(all)" else v)
+            base = f2.selectbox(_("Base model"), bases,
+                                format_func=lambda b: _("(all)") if b == "(all)" else models.display_name(b))
+            pages = max(1, (filters["n"] + BOARD_ROWS - 1) // BOARD_ROWS)
+            page = f3.number_input(_("Page"), 1, pages, 1, help=_("{n} evaluations a page, best first").format(n=BOARD_ROWS)) if pages > 1 else 1
+            board = evaluations.leaderboard(who, None if version == "(all)" else version, None if base == "(all)" else base,
+                                            project=here, limit=BOARD_ROWS, offset=(page - 1) * BOARD_ROWS)
+            st.dataframe(
+                [{"#": e["rank"], _("evaluation"): e["id"], _("run"): e["run_id"] or _("(base model)"),
+                  _("base model"): models.display_name(e["base_model"]), _("dataset"): e["dataset_version_id"],
+                  _("split"): label(labels.SPLITS, e["split"]), "n": e["n"], "BLEU": round(e["bleu"], 4), "ROUGE-L": round(e["rouge_l"], 4),
+                  _("BLEU (words)"): None if e.get("bleu_words") is None else round(e["bleu_words"], 4),
+                  _("ROUGE-L (words)"): None if e.get("rouge_l_words") is None else round(e["rouge_l_words"], 4),
+                  _("gate"): _("PASS") if e["passed"] else _("FAIL"),
+                  _("decoding"): _("T={temperature}, max {max_new_tokens}").format(
+                      temperature=e["decoding"].get("temperature", 0), max_new_tokens=e["decoding"].get("max_new_tokens")),
+                  _("examples/s"): round(e["examples_per_s"], 2) if e.get("examples_per_s") else None,
+                  _("when"): e["created_at"]} for e in board],
+                hide_index=True,
+            )
+            st.caption(_("BLEU (words), ROUGE-L (words): word-level (pyvi segmentation): a second view; the gate uses "
+                         "syllables.") if not words.unavailable() else
+                       _("Word-level scores are not available: the word segmenter (pyvi) is not installed; the gate uses "
+                         "syllables."))
+            shown = {e["id"]: e for e in board} or {evals[0]["id"]: evals[0]}
+            chosen = st.selectbox(_("Details of"), list(shown), format_func=lambda i: say(shown[i]["label"]))
+            e = shown[chosen]
+            c1, c2, c3, c4 = st.columns(4)
+            c1.metric("BLEU", f"{e['bleu']:.4f}")
+            c2.metric("ROUGE-L", f"{e['rouge_l']:.4f}")
+            c3.metric(_("Gate"), _("PASS") if e["passed"] else _("FAIL"))
+            c4.metric(_("Examples/s"), f"{e['examples_per_s']:.2f}" if e.get("examples_per_s") else "–")
+            st.caption(_("{reason} · thresholds of this verdict: BLEU > {bleu}, ROUGE-L > {rouge_l} · decoding {decoding}")
+                       .format(reason=e.get("gate_reason") or "", bleu=e["thresholds"]["bleu"],
+                               rouge_l=e["thresholds"]["rouge_l"], decoding=e["decoding"]))
+            g1, g2 = st.columns(2)
+            g1.plotly_chart(charts.gate_bars(e["bleu"], e["rouge_l"], e["thresholds"], tr=_), key="gate-bars")
+            if e["run_id"]:
+                g2.plotly_chart(charts.loss_curve(train_runs.run_metrics(e["run_id"]),
+                                                  _("Training loss of {run}").format(run=e["run_id"]), tr=_), key="loss")
+            else:
+                g2.plotly_chart(charts.example_scores(evaluations.examples(chosen), tr=_), key="hist")
+            b1, b2 = st.columns(2)
+            b1.download_button(_("Download the report (HTML)"), lambda chosen=chosen: report.build(chosen, actor=who),
+                               file_name=f"{chosen}-report.html", mime="text/html", on_click="ignore")
+            b2.download_button(_("Download the examples (CSV)"), lambda chosen=chosen: evaluations.examples_csv(chosen, who),
+                               file_name=f"{chosen}-examples.csv", mime="text/csv", on_click="ignore")
 
 with votes_tab:
-    rates = votes.win_rates(who, here)
-    if not rates:
-        st.info(_("No blind preference votes yet: reviewers record them in the Playground's Blind vote mode."))
-    else:
-        latest = {}
-        for ev in evals:   # newest first: a run's latest evaluation
-            latest.setdefault(ev["run_id"], ev)
+    if votes_tab.open:
+        rates = votes.win_rates(who, here)
+        if not rates:
+            st.info(_("No blind preference votes yet: reviewers record them in the Playground's Blind vote mode."))
+        else:
+            latest = {}
+            for ev in evals:   # newest first: a run's latest evaluation
+                latest.setdefault(ev["run_id"], ev)
 
-        def _scores(model: str) -> tuple:
-            kind, __, ref = model.partition(":")
-            ev = latest.get(ref) if kind == "run" else None
-            return (round(ev["bleu"], 4), round(ev["rouge_l"], 4)) if ev else (None, None)
+            def _scores(model: str) -> tuple:
+                kind, __, ref = model.partition(":")
+                ev = latest.get(ref) if kind == "run" else None
+                return (round(ev["bleu"], 4), round(ev["rouge_l"], 4)) if ev else (None, None)
 
-        rows = []
-        for r in rates:
-            for me, other, rate, won, lost in (("model_1", "model_2", "win_rate_1", "wins_1", "wins_2"),
-                                                ("model_2", "model_1", "win_rate_2", "wins_2", "wins_1")):
-                bleu, rouge = _scores(r[me])
-                rows.append({_("model"): r[me], _("against"): r[other], _("votes"): r["votes"], _("won"): r[won],
-                             _("lost"): r[lost], _("ties"): r["ties"], _("win rate"): r[rate], "BLEU": bleu,
-                             "ROUGE-L": rouge})
-        rows.sort(key=lambda x: (-x[_("votes")], -x[_("win rate")], x[_("model")]))
-        st.caption(_("Win rate of a model against another on the same prompts, from blind votes (a tie counts half); "
-                     "BLEU and ROUGE-L of a run's latest evaluation beside it."))
-        st.dataframe(rows, hide_index=True)
+            rows = []
+            for r in rates:
+                for me, other, rate, won, lost in (("model_1", "model_2", "win_rate_1", "wins_1", "wins_2"),
+                                                    ("model_2", "model_1", "win_rate_2", "wins_2", "wins_1")):
+                    bleu, rouge = _scores(r[me])
+                    rows.append({_("model"): r[me], _("against"): r[other], _("votes"): r["votes"], _("won"): r[won],
+                                 _("lost"): r[lost], _("ties"): r["ties"], _("win rate"): r[rate], "BLEU": bleu,
+                                 "ROUGE-L": rouge})
+            rows.sort(key=lambda x: (-x[_("votes")], -x[_("win rate")], x[_("model")]))
+            st.caption(_("Win rate of a model against another on the same prompts, from blind votes (a tie counts half); "
+                         "BLEU and ROUGE-L of a run's latest evaluation beside it."))
+            st.dataframe(rows, hide_index=True)
 
 with compare_tab:
-    if len(evals) < 2:
-        st.info(_("Two evaluations are needed for a comparison (e.g. the base model without adapter and a tuned run)."))
-    else:
-        ids = [e["id"] for e in evals]
-        tuned = next((e for e in evals if e["run_id"]), evals[0])
-        counterpart = evaluations.base_counterpart(tuned, who) or next(e for e in evals if e["id"] != tuned["id"])
-        if counterpart["id"] not in eval_labels:   # an older base evaluation than the newest offered
-            evals.append(counterpart)
-            ids.append(counterpart["id"])
-            eval_labels[counterpart["id"]] = say(counterpart["label"])
-        a1, a2 = st.columns(2)
-        a = a1.selectbox(_("A (before)"), ids, index=ids.index(counterpart["id"]), format_func=eval_labels.get)
-        b = a2.selectbox(_("B (after)"), ids, index=ids.index(tuned["id"]), format_func=eval_labels.get)
-        c = evaluations.compare(a, b, who)
-        sh = c["shared"]
-        if not sh["n"]:
-            st.warning(_("These two evaluations share no example (different dataset versions or splits)."))
+    if compare_tab.open:
+        if len(evals) < 2:
+            st.info(_("Two evaluations are needed for a comparison (e.g. the base model without adapter and a tuned run)."))
         else:
-            m1, m2, m3, m4 = st.columns(4)
-            m1.metric(_("BLEU (shared)"), f"{sh['b']['bleu']:.4f}", f"{sh['delta']['bleu']:+.4f}")
-            m2.metric(_("ROUGE-L (shared)"), f"{sh['b']['rouge_l']:.4f}", f"{sh['delta']['rouge_l']:+.4f}")
-            m3.metric(_("Better examples"), c["counts"]["better"])
-            m4.metric(_("Worse examples"), c["counts"]["worse"], delta_color="inverse")
-            st.caption(_("On the {n} examples both evaluated (matched by instruction, input and reference). "
-                         "Whole evaluations: BLEU {bleu_a:.4f} → {bleu_b:.4f}, ROUGE-L "
-                         "{rouge_l_a:.4f} → {rouge_l_b:.4f}.")
-                       .format(n=sh["n"], bleu_a=c["a"]["bleu"], bleu_b=c["b"]["bleu"],
-                               rouge_l_a=c["a"]["rouge_l"], rouge_l_b=c["b"]["rouge_l"]))
-            st.plotly_chart(charts.rouge_scatter(c, tr=_), key="scatter")
-            cols = lambda items: [{"#": p["idx_b"], "ROUGE-L A": round(p["rouge_l_a"], 3),
-                                   "ROUGE-L B": round(p["rouge_l_b"], 3), "Δ": round(p["delta_rouge_l"], 3),
-                                   _("instruction"): p["instruction"], _("reference"): p["reference"],
-                                   "A": p["prediction_a"], "B": p["prediction_b"]} for p in items]
-            w1, w2 = st.columns(2)
-            w1.markdown(_("**Got better ({n})**").format(n=c["counts"]["better"]))
-            w1.dataframe(cols(c["better"]), hide_index=True)
-            w2.markdown(_("**Got worse ({n})**").format(n=c["counts"]["worse"]))
-            w2.dataframe(cols(c["worse"]), hide_index=True)
-            st.download_button(_("Download the report of B compared with A (HTML)"),
-                               lambda a=a, b=b: report.build(b, compare_with=a, actor=who), file_name=f"{b}-vs-{a}.html",
-                               mime="text/html", on_click="ignore")
+            ids = [e["id"] for e in evals]
+            tuned = next((e for e in evals if e["run_id"]), evals[0])
+            counterpart = evaluations.base_counterpart(tuned, who) or next(e for e in evals if e["id"] != tuned["id"])
+            if counterpart["id"] not in eval_labels:   # an older base evaluation than the newest offered
+                evals.append(counterpart)
+                ids.append(counterpart["id"])
+                eval_labels[counterpart["id"]] = say(counterpart["label"])
+            a1, a2 = st.columns(2)
+            a = a1.selectbox(_("A (before)"), ids, index=ids.index(counterpart["id"]), format_func=eval_labels.get)
+            b = a2.selectbox(_("B (after)"), ids, index=ids.index(tuned["id"]), format_func=eval_labels.get)
+            c = evaluations.compare(a, b, who)
+            sh = c["shared"]
+            if not sh["n"]:
+                st.warning(_("These two evaluations share no example (different dataset versions or splits)."))
+            else:
+                m1, m2, m3, m4 = st.columns(4)
+                m1.metric(_("BLEU (shared)"), f"{sh['b']['bleu']:.4f}", f"{sh['delta']['bleu']:+.4f}")
+                m2.metric(_("ROUGE-L (shared)"), f"{sh['b']['rouge_l']:.4f}", f"{sh['delta']['rouge_l']:+.4f}")
+                m3.metric(_("Better examples"), c["counts"]["better"])
+                m4.metric(_("Worse examples"), c["counts"]["worse"], delta_color="inverse")
+                st.caption(_("On the {n} examples both evaluated (matched by instruction, input and reference). "
+                             "Whole evaluations: BLEU {bleu_a:.4f} → {bleu_b:.4f}, ROUGE-L "
+                             "{rouge_l_a:.4f} → {rouge_l_b:.4f}.")
+                           .format(n=sh["n"], bleu_a=c["a"]["bleu"], bleu_b=c["b"]["bleu"],
+                                   rouge_l_a=c["a"]["rouge_l"], rouge_l_b=c["b"]["rouge_l"]))
+                st.plotly_chart(charts.rouge_scatter(c, tr=_), key="scatter")
+                cols = lambda items: [{"#": p["idx_b"], "ROUGE-L A": round(p["rouge_l_a"], 3),
+                                       "ROUGE-L B": round(p["rouge_l_b"], 3), "Δ": round(p["delta_rouge_l"], 3),
+                                       _("instruction"): p["instruction"], _("reference"): p["reference"],
+                                       "A": p["prediction_a"], "B": p["prediction_b"]} for p in items]
+                w1, w2 = st.columns(2)
+                w1.markdown(_("**Got better ({n})**").format(n=c["counts"]["better"]))
+                w1.dataframe(cols(c["better"]), hide_index=True)
+                w2.markdown(_("**Got worse ({n})**").format(n=c["counts"]["worse"]))
+                w2.dataframe(cols(c["worse"]), hide_index=True)
+                st.download_button(_("Download the report of B compared with A (HTML)"),
+                                   lambda a=a, b=b: report.build(b, compare_with=a, actor=who), file_name=f"{b}-vs-{a}.html",
+                                   mime="text/html", on_click="ignore")
 
 with drill_tab:
-    if evals:
-        pick = st.selectbox(_("Evaluation"), [e["id"] for e in evals], format_func=eval_labels.get, key="drill-eval")
-        exs = sorted(evaluations.examples(pick), key=lambda x: (x["rouge_l"], x["idx"]))
-        if exs:
-            idx = st.selectbox(_("Example (lowest ROUGE-L first)"), [x["idx"] for x in exs],
-                               format_func=lambda i: next(f"#{x['idx']} · ROUGE-L {x['rouge_l']:.3f} · "
-                                                          f"{(x['instruction'] or '')[:70]}" for x in exs if x["idx"] == i))
-            ex = next(x for x in exs if x["idx"] == idx)
-            st.text(ex["instruction"] or "")   # data shows as text, never as markdown
-            if ex["input"]:
-                st.text(ex["input"])
-            d = evaluations.word_diff(ex["reference"], ex["prediction"])
-            r1, r2 = st.columns(2)
-            r1.markdown(_("**Reference**"))
-            r1.html(report.DIFF_STYLE + report.diff_html(d["reference"], "ref"))
-            r2.markdown(_("**Prediction** — BLEU {bleu:.3f}, ROUGE-L {rouge_l:.3f}").format(bleu=ex["bleu"], rouge_l=ex["rouge_l"]))
-            r2.html(report.DIFF_STYLE + report.diff_html(d["prediction"], "pred"))
-            st.caption(_("{n} words in common; differing words are highlighted.").format(n=d["same_words"]))
+    if drill_tab.open:
+        if evals:
+            pick = st.selectbox(_("Evaluation"), [e["id"] for e in evals], format_func=eval_labels.get, key="drill-eval")
+            exs = sorted(evaluations.examples(pick), key=lambda x: (x["rouge_l"], x["idx"]))
+            if exs:
+                idx = st.selectbox(_("Example (lowest ROUGE-L first)"), [x["idx"] for x in exs],
+                                   format_func=lambda i: next(f"#{x['idx']} · ROUGE-L {x['rouge_l']:.3f} · "
+                                                              f"{(x['instruction'] or '')[:70]}" for x in exs if x["idx"] == i))
+                ex = next(x for x in exs if x["idx"] == idx)
+                st.text(ex["instruction"] or "")   # data shows as text, never as markdown
+                if ex["input"]:
+                    st.text(ex["input"])
+                d = evaluations.word_diff(ex["reference"], ex["prediction"])
+                r1, r2 = st.columns(2)
+                r1.markdown(_("**Reference**"))
+                r1.html(report.DIFF_STYLE + report.diff_html(d["reference"], "ref"))
+                r2.markdown(_("**Prediction** — BLEU {bleu:.3f}, ROUGE-L {rouge_l:.3f}").format(bleu=ex["bleu"], rouge_l=ex["rouge_l"]))
+                r2.html(report.DIFF_STYLE + report.diff_html(d["prediction"], "pred"))
+                st.caption(_("{n} words in common; differing words are highlighted.").format(n=d["same_words"]))
 
 with gate_tab:
-    st.caption(_("Studio settings; every change is recorded in the audit log, and every evaluation keeps the "
-                 "thresholds its verdict used. A run is releasable on its latest evaluation of the whole held-out "
-                 "split (at least {share:.0%} of it).").format(share=gate_settings["min_share"])
-               + ("" if can("gate.thresholds") else " " + _("Changing them needs an admin.")))
-    if not can("gate.thresholds"):
-        t1, t2 = st.columns(2)
-        t1.metric(_("BLEU must exceed"), th["bleu"])
-        t2.metric(_("ROUGE-L must exceed"), th["rouge_l"])
-    else:
-        with st.form("thresholds"):
-            min_bleu = st.number_input(_("BLEU must exceed"), 0.0, 1.0, float(th["bleu"]), 0.01)
-            min_rouge = st.number_input(_("ROUGE-L must exceed"), 0.0, 1.0, float(th["rouge_l"]), 0.01)
-            reason = st.text_input(_("Reason, to go below the floor (BLEU {bleu}, ROUGE-L {rouge_l}; recorded)")
-                                   .format(bleu=gate.FLOOR["bleu"], rouge_l=gate.FLOOR["rouge_l"]))
-            if st.form_submit_button(_("Save thresholds")):
-                try:
-                    gate.set_thresholds(min_bleu, min_rouge, actor=who, override_reason=reason or None)
-                    st.success(_("Saved."))
-                except (ValueError, PermissionError) as exc:
-                    fail(exc)
+    if gate_tab.open:
+        st.caption(_("Studio settings; every change is recorded in the audit log, and every evaluation keeps the "
+                     "thresholds its verdict used. A run is releasable on its latest evaluation of the whole held-out "
+                     "split (at least {share:.0%} of it).").format(share=gate_settings["min_share"])
+                   + ("" if can("gate.thresholds") else " " + _("Changing them needs an admin.")))
+        if not can("gate.thresholds"):
+            t1, t2 = st.columns(2)
+            t1.metric(_("BLEU must exceed"), th["bleu"])
+            t2.metric(_("ROUGE-L must exceed"), th["rouge_l"])
+        else:
+            with st.form("thresholds"):
+                min_bleu = st.number_input(_("BLEU must exceed"), 0.0, 1.0, float(th["bleu"]), 0.01)
+                min_rouge = st.number_input(_("ROUGE-L must exceed"), 0.0, 1.0, float(th["rouge_l"]), 0.01)
+                reason = st.text_input(_("Reason, to go below the floor (BLEU {bleu}, ROUGE-L {rouge_l}; recorded)")
+                                       .format(bleu=gate.FLOOR["bleu"], rouge_l=gate.FLOOR["rouge_l"]))
+                if st.form_submit_button(_("Save thresholds")):
+                    try:
+                        gate.set_thresholds(min_bleu, min_rouge, actor=who, override_reason=reason or None)
+                        st.success(_("Saved."))
+                    except (ValueError, PermissionError) as exc:
+                        fail(exc)

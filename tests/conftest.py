@@ -133,6 +133,15 @@ def tokenizer(default_model):
     return load_tokenizer(str(default_model))
 
 
+def open_tab(at, key: str, english: str):
+    """Pick a tab of ``st.tabs(..., key=key, on_change="rerun")`` as a click does (only the open tab's
+    content runs), by its label in the page's language; runs the page again."""
+    from core import i18n
+
+    at.session_state[key] = i18n.translate(english, at.session_state["lang"])
+    return at.run()
+
+
 def write_jsonl(path: Path, rows: list) -> Path:
     with path.open("w", encoding="utf-8") as fh:
         for row in rows:

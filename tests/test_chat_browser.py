@@ -346,6 +346,7 @@ def test_a_blind_vote_is_stored_and_the_evaluate_page_shows_the_win_rate(studio,
     _idle(page)
     _clean(page)
     page.locator('[data-testid="stTab"]').filter(has_text="Preference votes").click()
+    _idle(page)   # the tabs run lazily: picking one runs the page again with that tab's content
     frame = page.locator('[data-testid="stTabPanel"]:visible [data-testid="stDataFrame"]')
     table = _dataframe(page, frame)
     print(f"Evaluate → Preference votes: {table}")

@@ -4,7 +4,7 @@ import json
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.conftest import OPERATOR, REPO, person
+from tests.conftest import OPERATOR, REPO, open_tab, person
 
 PAGES = ["datasets", "generate", "train", "evaluate", "playground", "deploy"]
 
@@ -161,6 +161,8 @@ def test_evaluate_page_leaderboard_comparison_and_drill_down(home):
     assert sorted(at.dataframe[0].value["evaluation"]) == ["eval-base", "eval-tuned"]
     assert {b.label for b in at.get("download_button")} >= {"Download the report (HTML)", "Download the examples (CSV)"}
     # compare: A = base (the one before), B = tuned
+    open_tab(at, "evaluate-tab", "Compare")
+    assert not any(s.label == "Dataset version" for s in at.selectbox)   # the leaderboard's tab did not run
     next(s for s in at.selectbox if s.label == "A (before)").set_value("eval-base")
     next(s for s in at.selectbox if s.label == "B (after)").set_value("eval-tuned")
     at.run()
@@ -169,6 +171,7 @@ def test_evaluate_page_leaderboard_comparison_and_drill_down(home):
     assert metrics["Better examples"].value == "4" and metrics["Worse examples"].value == "0"
     assert metrics["ROUGE-L (shared)"].delta.startswith("+")
     # drill-down: reference and prediction side by side, the differing words highlighted
+    open_tab(at, "evaluate-tab", "Examples")
     next(s for s in at.selectbox if s.label == "Evaluation").set_value("eval-tuned").run()
     _clean(at)
     htmls = [h.proto.body for h in at.get("html")]
@@ -179,7 +182,7 @@ def test_evaluate_page_leaderboard_comparison_and_drill_down(home):
 
 
 def test_gate_thresholds_saved_from_the_page_are_audited(home):
-    at = _run("evaluate", person("thu", "admin"))
+    at = open_tab(_run("evaluate", person("thu", "admin")), "evaluate-tab", "Gate thresholds")
     next(n for n in at.number_input if n.label == "BLEU must exceed").set_value(0.4)
     next(n for n in at.number_input if n.label == "ROUGE-L must exceed").set_value(0.5)
     next(b for b in at.button if b.label == "Save thresholds").click().run()
@@ -441,9 +444,13 @@ def test_dataset_text_and_model_output_show_as_text_not_markdown(home):
     assert any(r"\[bấm vào đây\]\(http\://evil\.example/x\)" in m for m in shown)   # the name, escaped
     store_evaluation(home, "eval-md", ["x"] * 4, refs=[evil] * 4)
     at = _run("evaluate")
-    _clean(at)
-    assert not any("](http" in m.value for m in at.markdown)
-    assert "Câu hỏi 0" in [t.value for t in at.text]
+    shown = []
+    for tab in ("Leaderboard", "Compare", "Examples", "Preference votes", "Gate thresholds"):
+        open_tab(at, "evaluate-tab", tab)
+        _clean(at)
+        assert not any("](http" in m.value for m in at.markdown), tab
+        shown += [t.value for t in at.text]
+    assert "Câu hỏi 0" in shown
 
 
 def test_an_unexpected_error_on_a_page_is_one_line_and_its_trace_goes_to_the_error_log(home):

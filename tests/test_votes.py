@@ -101,7 +101,7 @@ def test_a_vote_set_is_drawn_from_the_held_out_split(home):
 def test_the_evaluate_page_shows_win_rates_beside_bleu_and_rouge_l(home):
     from streamlit.testing.v1 import AppTest
 
-    from tests.conftest import REPO
+    from tests.conftest import REPO, open_tab
     from tests.test_evaluate import TUNED_PREDS, store_evaluation
 
     e = store_evaluation(home, "eval-tuned", TUNED_PREDS, run_id="run-a")
@@ -109,7 +109,7 @@ def test_the_evaluate_page_shows_win_rates_beside_bleu_and_rouge_l(home):
     _vote(A, B, "tie")
     at = AppTest.from_file(str(REPO / "pages" / "evaluate.py"), default_timeout=120)
     at.session_state["principal"] = OPERATOR
-    at.run()
+    open_tab(at.run(), "evaluate-tab", "Preference votes")
     assert not at.exception, [x.value for x in at.exception]
     table = next(d.value for d in at.dataframe if "win rate" in d.value.columns)
     row = table.iloc[0]
