@@ -357,6 +357,6 @@ def _mean_row_tokens(dataset) -> float | None:
         if "seq_lengths" not in dataset.column_names:
             return None
         lengths = dataset["seq_lengths"]
-    except Exception:   # an iterable dataset has no columns to read up front
+    except (AttributeError, TypeError):   # an iterable dataset has no columns to read up front
         return None
     return sum(sum(r) for r in lengths) / len(lengths) if len(lengths) else None
