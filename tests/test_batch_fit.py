@@ -167,6 +167,7 @@ def test_a_real_worker_reports_its_first_step_as_a_phase_and_trains_on_packed_ro
     assert metrics[0]["tokens_per_s"] is None and all(m["tokens_per_s"] > 0 for m in metrics[1:])
     result = done["result"] if isinstance(done["result"], dict) else json.loads(done["result"])
     assert (result["per_device_train_batch_size"], result["gradient_accumulation_steps"]) == (2, 4)
+    assert result["fit"] == fit and 0 < fit["fill"] <= 1   # the run's result says it too (the CLI prints it)
     # the worker kept its compilers' caches under the studio's home, one folder for the base model
     cache = home / "data" / "cache" / "compile" / compile_cache.model_key(str(paths.default_base_model_dir()))
     assert f"compile caches under {cache}" in queue.log_tail(done, 200)

@@ -218,8 +218,8 @@ def run(job: dict, job_dir: Path, status, log: Callable[[str], None]) -> dict:
         fill = batch_fit.real_tokens(packed) / (len(packed) * cfg.max_seq_length)
         log(f"{len(texts)} training texts packed into {len(packed)} rows of {cfg.max_seq_length} tokens "
             f"({fill:.0%} text, the rest padding); every text keeps its own positions")
-        status.update(fit={**fit.to_dict(), "rows": len(packed), "row_tokens": cfg.max_seq_length,
-                           "fill": round(fill, 4)})
+        fit_shown = {**fit.to_dict(), "rows": len(packed), "row_tokens": cfg.max_seq_length, "fill": round(fill, 4)}
+        status.update(fit=fit_shown)
     else:
         dataset = Dataset.from_dict({"text": texts})
     eval_dataset = None
@@ -339,7 +339,7 @@ def run(job: dict, job_dir: Path, status, log: Callable[[str], None]) -> dict:
         "best_eval_loss": trainer.state.best_metric if best else None,
         "resumed_from": resume_from,
         "compile_s": round(getattr(recorder, "compile_s", 0.0), 2) or None,
-        "fit": fit.to_dict() if fit else None,
+        "fit": fit_shown if fit else None,   # what it chose, why, and its rows (`python -m core train` prints it)
         "per_device_train_batch_size": cfg.per_device_train_batch_size,
         "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
     }
