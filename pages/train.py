@@ -5,7 +5,7 @@ from core.datasets import review, rows as pair_rows
 from core.jobs import queue, supervisor
 from core.training import config, presets, runs as train_runs, vram
 from pages.common import (_, actor, can, fail, job_progress, jobs_table, label, live_run, live_runs, project, refresh_live,
-                          say)
+                          say, unexpected)
 
 RUNS_SHOWN = 50   # the live view offers the newest runs; every run: Evaluate page, `python -m core evaluate list`
 
@@ -86,10 +86,19 @@ else:
 
 
 @st.fragment(run_every="2s")
-def live() -> None:
+def jobs_live() -> None:
+    """The queue, refreshed every 2 s: the newest jobs, each queued or running one with its progress."""
+    try:
+        _jobs()
+    except Exception as exc:  # a fragment reruns alone, outside app.py's edge
+        unexpected(exc, "the Train page (jobs)")
+
+
+def _jobs() -> None:
     st.subheader(_("Jobs"))
     rows = jobs_table(limit=15)
-    for job in [j for j in rows if j["state"] in ("queued", "running")]:
+    active = [j for j in rows if j["state"] in ("queued", "running")]
+    for job in active:
         c1, c2 = st.columns([5, 1])
         with c1:
             job_progress(job)
@@ -99,16 +108,29 @@ def live() -> None:
                 refresh_live()
             except (queue.JobError, PermissionError) as exc:
                 fail(exc)
-    runs = live_runs(RUNS_SHOWN)
-    if not runs:
-        return
-    ids = [r["id"] for r in runs]
-    watch = st.session_state.get("watch_run")
-    run_id = st.selectbox(_("Run"), ids, index=ids.index(watch) if watch in ids else 0,
-                          help=_("The {count} newest runs of this project.").format(count=RUNS_SHOWN))
-    run = next(r for r in runs if r["id"] == run_id)
+    # A job that was queued, started or ended changes the runs below, which are drawn once and not
+    # polled while nothing runs: the whole page runs again, once, when the set of live jobs changes.
+    seen = [(j["id"], j["state"]) for j in active]
+    if st.session_state.setdefault("train-live-jobs", seen) != seen:
+        st.session_state["train-live-jobs"] = seen
+        st.rerun()
+
+
+@st.fragment(run_every="2s")
+def run_live(run: dict) -> None:
+    """A queued or running run's dashboard, refreshed every 2 s until its job ends."""
+    try:
+        run_view(run, live=True)
+    except Exception as exc:
+        unexpected(exc, "the Train page (run)")
+
+
+def run_view(run: dict, live: bool = False) -> None:
     view = live_run(run)
     metrics, job = view["metrics"], view["job"]
+    if live and job["state"] not in ("queued", "running"):
+        st.rerun()   # it has ended: the page draws it once more, as it stays
+    run_id = run["id"]
     note = None
     if "gemma-4" in run["base_model"].lower():
         note = _("Gemma 4 E2B/E4B: a loss of 13–15 at the start is normal (Unsloth's Gemma 4 notes).")
@@ -139,11 +161,24 @@ def live() -> None:
             try:
                 again = train_runs.resume(job["id"], actor=who)
                 refresh_live()
+                st.session_state["watch_run"] = run_id
                 st.success(_("Queued job {job} for run {run}.").format(job=again["id"], run=run_id))
             except (queue.JobError, PermissionError) as exc:
                 fail(exc)
-    with st.expander(_("Log tail"), expanded=job["state"] == "failed"):
-        st.code(job["log_tail"] or queue.log_tail(job) or _("(empty)"))
+    # the log is drawn only while its expander is open (a long log is costly to lay out in the browser)
+    log = st.expander(_("Log tail"), expanded=job["state"] == "failed", key=f"log-{run_id}", on_change="rerun")
+    if log.open:
+        with log:
+            st.code(job["log_tail"] or queue.log_tail(job) or _("(empty)"), language="text")
 
 
-live()
+jobs_live()
+runs = live_runs(RUNS_SHOWN)
+if runs:
+    ids = [r["id"] for r in runs]
+    watch = st.session_state.get("watch_run")
+    run_id = st.selectbox(_("Run"), ids, index=ids.index(watch) if watch in ids else 0,
+                          help=_("The {count} newest runs of this project.").format(count=RUNS_SHOWN))
+    chosen = next(r for r in runs if r["id"] == run_id)
+    # the same cached read as the view's own, so a run that has just ended is drawn once, not polled
+    (run_live if live_run(chosen)["job"]["state"] in ("queued", "running") else run_view)(chosen)

@@ -173,12 +173,13 @@ ID = re.compile(r"\b(?:ds|rv|run|eval|job|rel|exp|gen|conv|demo|prf)-[0-9a-f][0-
 
 
 def _everything_shown(at: AppTest) -> list[str]:
-    """Every text on the page: elements, labels, a select's options, and a table's columns and text cells."""
+    """Every text on the page: elements, labels, a select's options, and a table's or data grid's columns
+    and text cells."""
     texts = _shown(at) + [str(x.value) for x in at.code]
     for kind in ("selectbox", "radio", "multiselect"):
         for x in getattr(at, kind):
             texts += [str(o) for o in x.options]   # AppTest lists the options as the page formats them
-    for df in at.dataframe:
+    for df in [*at.dataframe, *at.table]:
         texts += [str(c) for c in df.value.columns]
         texts += [c for col in df.value.columns for c in df.value[col].head(20).tolist() if isinstance(c, str)]
     return texts
