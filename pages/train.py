@@ -109,10 +109,13 @@ def _jobs() -> None:
             except (queue.JobError, PermissionError) as exc:
                 fail(exc)
     # A job that was queued, started or ended changes the runs below, which are drawn once and not
-    # polled while nothing runs: the whole page runs again, once, when the set of live jobs changes.
+    # polled while nothing runs: when a refresh finds the set of live jobs changed, the whole page runs
+    # again, once. (The page's own run only takes note: it draws the runs from the same read, and its
+    # messages, such as "Queued job …", must stay on screen.)
     seen = [(j["id"], j["state"]) for j in active]
-    if st.session_state.setdefault("train-live-jobs", seen) != seen:
-        st.session_state["train-live-jobs"] = seen
+    known = st.session_state.get("train-live-jobs")
+    st.session_state["train-live-jobs"] = seen
+    if not st.session_state.pop("train-page-run", False) and known is not None and known != seen:
         st.rerun()
 
 
@@ -172,6 +175,7 @@ def run_view(run: dict, live: bool = False) -> None:
             st.code(job["log_tail"] or queue.log_tail(job) or _("(empty)"), language="text")
 
 
+st.session_state["train-page-run"] = True   # read by the jobs view below: this call is the page's run, not a refresh
 jobs_live()
 runs = live_runs(RUNS_SHOWN)
 if runs:
