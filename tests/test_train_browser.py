@@ -5,7 +5,8 @@ model from a terminal (``python -m core train --no-wait``). Without a reload, th
 job and offers its run, follows the run while it trains and shows it as succeeded when it ends. From
 then on the run's view is not polled: the server's messages to the page, read off its websocket, still
 carry the jobs list every 2 s but no longer the run's view (its caption), which they carried on every
-refresh while the job ran. The log tail is laid out only once its expander is opened.
+refresh while the job ran. The log tail is laid out only once its expander is opened. Four idle tabs
+cost the server little CPU per refresh (its CPU time, not a wall clock).
 
 Frames are matched on short texts (a caption), which Streamlit always sends whole; a large element that
 did not change may be sent as a reference to the browser's cache, so a figure is no sign of a refresh.
