@@ -2,6 +2,7 @@
 the work, the access checks included, is in core/)."""
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from urllib.parse import quote, urlsplit
@@ -163,6 +164,20 @@ def unexpected(exc: Exception, where: str) -> None:
     line = errors.report(exc, where)
     log.log(logging.ERROR, "unexpected error on %s: %s", where, line)   # the log, in English
     st.error(line)
+
+
+def live_view(where: str, every: str = "2s"):
+    """A fragment refreshed every ``every``, with an edge of its own: a refresh runs the function alone,
+    outside app.py's, so an error nobody foresaw shows one line there too (``where`` names it in the log)."""
+    def wrap(fn):
+        @functools.wraps(fn)   # the fragment's identity is the function's name, so each keeps its own
+        def guarded(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                unexpected(exc, where)
+        return st.fragment(guarded, run_every=every)
+    return wrap
 
 
 def upload_limit_mb() -> int:

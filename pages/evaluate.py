@@ -5,7 +5,7 @@ from core.evaluation import evaluations, gate, report, votes, words
 from core.jobs import queue
 from core.training import runs as train_runs
 from core.evaluation.inference import Decoding, parse_stop
-from pages.common import _, actor, can, fail, job_progress, label, live_jobs, project, refresh_live, say
+from pages.common import _, actor, can, fail, job_progress, label, live_jobs, live_view, project, refresh_live, say
 
 RUNS_SHOWN = 200      # finished runs offered for a new evaluation (the newest)
 BOARD_ROWS = 50       # leaderboard rows a page
@@ -56,7 +56,7 @@ if can("evaluate.submit"):
             fail(exc)
 
 
-@st.fragment(run_every="2s")
+@live_view("the Evaluate page (running jobs)")
 def active() -> None:
     for job in live_jobs(10, "evaluate"):
         if job["state"] in ("queued", "running"):

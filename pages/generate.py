@@ -4,7 +4,7 @@ from core import labels
 from core.datasets import importer
 from core.datasets.generation import answers, documents, endpoints, generations
 from core.jobs import queue
-from pages.common import (_, actor, can, fail, job_progress, label, live_jobs, project, refresh_live, unexpected,
+from pages.common import (_, actor, can, fail, job_progress, label, live_jobs, live_view, project, refresh_live,
                           upload_limit_mb)
 
 st.title(_("Generate pairs"))
@@ -75,15 +75,8 @@ def _numbers(g: dict) -> None:
     cols[5].metric(_("Cost"), f"{g.get('cost') or 0:.4f}" if g.get("usage_reported") else _("n/a"))
 
 
-@st.fragment(run_every="2s")
+@live_view("the Generate pairs page (running jobs)")
 def active() -> None:
-    try:
-        _active()
-    except Exception as exc:  # a fragment reruns alone, outside app.py's edge
-        unexpected(exc, "the Generate pairs page (running jobs)")
-
-
-def _active() -> None:
     for job in live_jobs(10, "generate"):
         if job["state"] not in ("queued", "running"):
             continue

@@ -5,7 +5,7 @@ from core.datasets import review, rows as pair_rows
 from core.jobs import queue, supervisor
 from core.training import config, presets, runs as train_runs, vram
 from pages.common import (_, actor, can, fail, job_progress, jobs_table, label, live_run, live_runs, project, refresh_live,
-                          say, unexpected)
+                          live_view, say)
 
 RUNS_SHOWN = 50   # the live view offers the newest runs; every run: Evaluate page, `python -m core evaluate list`
 
@@ -85,16 +85,9 @@ else:
                        file_name="train.yaml")
 
 
-@st.fragment(run_every="2s")
+@live_view("the Train page (jobs)")
 def jobs_live() -> None:
     """The queue, refreshed every 2 s: the newest jobs, each queued or running one with its progress."""
-    try:
-        _jobs()
-    except Exception as exc:  # a fragment reruns alone, outside app.py's edge
-        unexpected(exc, "the Train page (jobs)")
-
-
-def _jobs() -> None:
     st.subheader(_("Jobs"))
     rows = jobs_table(limit=15)
     active = [j for j in rows if j["state"] in ("queued", "running")]
@@ -119,13 +112,10 @@ def _jobs() -> None:
         st.rerun()
 
 
-@st.fragment(run_every="2s")
+@live_view("the Train page (run)")
 def run_live(run: dict) -> None:
     """A queued or running run's dashboard, refreshed every 2 s until its job ends."""
-    try:
-        run_view(run, live=True)
-    except Exception as exc:
-        unexpected(exc, "the Train page (run)")
+    run_view(run, live=True)
 
 
 def run_view(run: dict, live: bool = False) -> None:

@@ -474,3 +474,32 @@ def test_an_unexpected_error_on_a_page_is_one_line_and_its_trace_goes_to_the_err
     assert "train.parquet" in at.error[0].value
     log = errors.log_path().read_text(encoding="utf-8")
     assert "the Datasets page" in log and "Traceback (most recent call last)" in log
+
+
+def test_an_unexpected_error_in_a_live_view_is_one_line_there_and_the_page_goes_on(home, monkeypatch):
+    """A live view (a fragment refreshed every 2 s) runs alone on its refreshes, outside app.py's edge, so it
+    has an edge of its own: the queue failing to read (a fault injected where the jobs are listed) shows
+    one line in the Train page's jobs view, the trace goes to the error log, and the page around it is whole."""
+    from core import errors
+    from core.datasets import importer
+    from core.jobs import queue
+    from tests.conftest import tiny_pairs, write_jsonl
+
+    from core.training import presets, runs
+
+    v, _ = importer.import_files([write_jsonl(home / "d.jsonl", tiny_pairs(6))], "cskh", actor=OPERATOR)
+    job = runs.submit_train(v["id"], presets.preset("demo pass (CPU, 40 steps)"), actor=OPERATOR,
+                            override_review="a test's run")   # queued: no supervisor runs here
+
+    def unreadable(*args, **kwargs):
+        raise OSError("the job folders' disk is gone")
+
+    monkeypatch.setattr(queue, "list_jobs", unreadable)
+    at = _run("train")
+    assert not at.exception, [e.value for e in at.exception]
+    assert len(at.error) == 1 and "\n" not in at.error[0].value and "disk is gone" in at.error[0].value
+    assert any(b.label == "Queue training job" for b in at.button)                 # the form above it
+    assert at.subheader[0].value == "Jobs"
+    assert any(s.label == "Run" and s.value == job["run_id"] for s in at.selectbox)   # the runs below it
+    assert any(c.value == f"Run {job['run_id']}: queued" for c in at.caption)
+    assert "the Train page (jobs)" in errors.log_path().read_text(encoding="utf-8")
