@@ -101,14 +101,16 @@ def jobs_live() -> None:
                 refresh_live()
             except (queue.JobError, PermissionError) as exc:
                 fail(exc)
-    # A job that was queued, started or ended changes the runs below, which are drawn once and not
-    # polled while nothing runs: when a refresh finds the set of live jobs changed, the whole page runs
-    # again, once. (The page's own run only takes note: it draws the runs from the same read, and its
-    # messages, such as "Queued job …", must stay on screen.)
-    seen = [(j["id"], j["state"]) for j in active]
-    known = st.session_state.get("train-live-jobs")
-    st.session_state["train-live-jobs"] = seen
-    if not st.session_state.pop("train-page-run", False) and known is not None and known != seen:
+    # The runs below are drawn by the page's own run, and a run's dashboard is refreshed only while it is
+    # shown as live. When a refresh finds a live training the page does not show as live (a teammate
+    # queued it, or resumed the run shown as ended), the whole page runs again, once for that set: a
+    # person's own "Queued job …" stays on screen, since their job is already shown.
+    shown = st.session_state.get("train-shown", {})
+    unshown = sorted(j["id"] for j in active if j["kind"] == "train" and j["run_id"]
+                     and (j["run_id"] not in shown.get("offered", ()) or j["run_id"] == shown.get("ended")))
+    if unshown and unshown != st.session_state.get("train-unshown"):
+        st.session_state["train-unshown"] = unshown
+        refresh_live()   # the runs' cached read may be older than the jobs': the page reads them afresh
         st.rerun()
 
 
@@ -165,14 +167,19 @@ def run_view(run: dict, live: bool = False) -> None:
             st.code(job["log_tail"] or queue.log_tail(job) or _("(empty)"), language="text")
 
 
-st.session_state["train-page-run"] = True   # read by the jobs view below: this call is the page's run, not a refresh
-jobs_live()
+jobs_place = st.container()   # the jobs view, drawn above the runs once the page knows what it shows of them
 runs = live_runs(RUNS_SHOWN)
+ids = [r["id"] for r in runs]
+chosen, live = None, False
 if runs:
-    ids = [r["id"] for r in runs]
     watch = st.session_state.get("watch_run")
     run_id = st.selectbox(_("Run"), ids, index=ids.index(watch) if watch in ids else 0,
                           help=_("The {count} newest runs of this project.").format(count=RUNS_SHOWN))
     chosen = next(r for r in runs if r["id"] == run_id)
     # the same cached read as the view's own, so a run that has just ended is drawn once, not polled
-    (run_live if live_run(chosen)["job"]["state"] in ("queued", "running") else run_view)(chosen)
+    live = live_run(chosen)["job"]["state"] in ("queued", "running")
+st.session_state["train-shown"] = {"offered": ids, "ended": chosen["id"] if chosen and not live else None}
+with jobs_place:
+    jobs_live()
+if chosen:
+    (run_live if live else run_view)(chosen)

@@ -5,7 +5,8 @@ model from a terminal (``python -m core train --no-wait``). Without a reload, th
 job and offers its run, follows the run while it trains and shows it as succeeded when it ends. From
 then on the run's view is not polled: the server's messages to the page, read off its websocket, still
 carry the jobs list every 2 s but no longer the run's view (its caption), which they carried on every
-refresh while the job ran. The log tail is laid out only once its expander is opened. Four idle tabs
+refresh while the job ran. The log tail is laid out only once its expander is opened. When the person
+at the page queues a job themselves, its "Queued job …" stays on screen while the job starts. Four idle tabs
 cost the server little CPU per refresh (its CPU time, not a wall clock).
 
 Frames are matched on short texts (a caption), which Streamlit always sends whole; a large element that
@@ -75,6 +76,18 @@ def test_a_teammates_job_shows_up_is_followed_and_then_left_alone(studio, chromi
     page.get_by_text("Log tail").click()
     page.locator('[data-testid="stCode"]').first.wait_for()
     assert page.locator('[data-testid="stCode"]').first.inner_text().rstrip().endswith("job succeeded")
+    assert page.locator('[data-testid="stException"]').count() == 0
+
+    # this person queues one from the page: their "Queued job …" stays on screen while the job starts
+    page.get_by_label("Max steps (0: use epochs)").fill("3")
+    page.get_by_role("button", name="Queue training job").click()
+    queued = page.get_by_text("Queued job")
+    queued.wait_for()
+    mine = queued.inner_text().rstrip(".").split()[-1]
+    assert mine != run_id and run_box.input_value() == mine
+    page.get_by_text(f"Run {mine}: running", exact=True).wait_for(timeout=300_000)
+    assert queued.count() == 1
+    page.get_by_text(f"Run {mine}: succeeded", exact=True).wait_for(timeout=600_000)
     assert page.locator('[data-testid="stException"]').count() == 0
     context.close()
 
