@@ -4,8 +4,8 @@ from core import charts, labels, models
 from core.datasets import review, rows as pair_rows
 from core.jobs import queue, supervisor
 from core.training import config, presets, runs as train_runs, vram
-from pages.common import (_, actor, can, fail, job_progress, jobs_table, label, live_run, live_runs, project, refresh_live,
-                          live_view, say)
+from pages.common import (_, actor, can, fail, job_progress, jobs_table, label, live_run, live_runs, live_view, project,
+                          refresh_live, say)
 
 RUNS_SHOWN = 50   # the live view offers the newest runs; every run: Evaluate page, `python -m core evaluate list`
 

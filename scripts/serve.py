@@ -27,8 +27,9 @@ DEFAULTS = {
     "server.address": "127.0.0.1",
     "client.toolbarMode": "minimal",    # no Streamlit "Deploy" button or developer menu for visitors
     # Streamlit's default is a full gc.collect() after every script run, fragment runs included: on this
-    # process's heap (pandas, plotly, DuckDB, the tokenizers) ~100 ms of a core each time, which with eight
-    # tabs' live views was nearly all of the server's CPU. Python's own collector still runs as usual.
+    # process's heap (pandas, plotly, DuckDB, the tokenizers) ~50 ms of a core each time, which with eight
+    # tabs' live views was nearly all of the server's CPU (docs/performance.md). Python's own collector
+    # still runs as usual.
     "runner.postScriptGC": False,
 }
 
