@@ -101,7 +101,7 @@ def _sample(home) -> str:
 def test_open_tabs_cost_the_server_little_cpu_between_refreshes(studio, chromium):
     """Four tabs on the Train page, idle: their live views refresh every 2 s (20 fragment runs in 10 s).
     What that costs the server process is its CPU time, not a wall clock: a full garbage collection
-    after every run (Streamlit's default, off in scripts/serve.py) made it ~70 ms a refresh on the 2-core
+    after every run (Streamlit's default, off in scripts/serve.py) made it ~68 ms a refresh on the 2-core
     machine, against ~20 ms without."""
     import psutil
 
