@@ -438,9 +438,11 @@ def _other_waiter(path: Path) -> bool:
         return False
     except PermissionError:
         pass
-    if time.time() - marker.stat().st_mtime > LOCK_WAIT_S + 5:
+    try:
+        age = time.time() - marker.stat().st_mtime
+    except FileNotFoundError:   # the waiter got in and took its marker away meanwhile
         return False
-    return True
+    return age <= LOCK_WAIT_S + 5
 
 
 def _open(path: Path) -> duckdb.DuckDBPyConnection:

@@ -123,4 +123,4 @@ def test_open_tabs_cost_the_server_little_cpu_between_refreshes(studio, chromium
     cpu = (after.user - before.user) + (after.system - before.system)
     refreshes = 4 * wall / 2
     print(f"server CPU {cpu:.2f} s in {wall:.1f} s: {cpu / refreshes * 1000:.0f} ms a refresh")
-    assert cpu / refreshes < 0.04, f"{cpu / refreshes * 1000:.0f} ms of CPU a refresh"
+    assert cpu / refreshes < 0.06, f"{cpu / refreshes * 1000:.0f} ms of CPU a refresh"
