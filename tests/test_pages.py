@@ -483,9 +483,8 @@ def test_an_unexpected_error_in_a_live_view_is_one_line_there_and_the_page_goes_
     from core import errors
     from core.datasets import importer
     from core.jobs import queue
-    from tests.conftest import tiny_pairs, write_jsonl
-
     from core.training import presets, runs
+    from tests.conftest import tiny_pairs, write_jsonl
 
     v, _ = importer.import_files([write_jsonl(home / "d.jsonl", tiny_pairs(6))], "cskh", actor=OPERATOR)
     job = runs.submit_train(v["id"], presets.preset("demo pass (CPU, 40 steps)"), actor=OPERATOR,
