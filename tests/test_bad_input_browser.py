@@ -25,6 +25,8 @@ pytestmark = pytest.mark.extended
 
 EXCEPTION = '[data-testid="stException"]'
 ALERT = '[data-testid="stAlert"]'
+APP = '[data-testid="stApp"]'
+IMPORT_BOX = '[data-testid="stExpander"]'   # the first on the Datasets page: "Import a file"
 
 
 def _cancel_leftovers() -> None:
@@ -80,8 +82,10 @@ def _alert(page, text: str, timeout: float = 120_000) -> str:
     try:
         found.wait_for(timeout=timeout)
     except Exception:
+        state = [a.get_attribute("data-test-script-state") for a in page.locator(APP).all()]
         raise AssertionError(f"no message containing {text!r}; the page's messages: "
-                             f"{page.locator(ALERT).all_inner_texts()}") from None
+                             f"{page.locator(ALERT).all_inner_texts()}; its script {state}; the first expander's text "
+                             f"{[t[:2000] for t in page.locator(IMPORT_BOX).all_inner_texts()[:1]]}") from None
     _clean(page)
     return found.inner_text()
 
@@ -91,7 +95,15 @@ def _open(page, url: str, path: str, heading: str, below: str) -> None:
     page.goto(url + path)
     page.get_by_role("heading", name=heading).first.wait_for()
     page.get_by_role("heading", name=below).first.wait_for()
+    _idle(page)
     _clean(page)
+
+
+def _idle(page, timeout_s: float = 300) -> None:
+    """Until the page's script run has ended (Streamlit marks the app's root with its state): a person acts on
+    a page that has settled, and what the run then shows belongs to what they did."""
+    page.wait_for_timeout(300)
+    page.locator(f'{APP}[data-test-script-state="notRunning"]').wait_for(timeout=timeout_s * 1000)
 
 
 def _upload(page, files: list[Path]) -> None:
