@@ -133,6 +133,13 @@ def tokenizer(default_model):
     return load_tokenizer(str(default_model))
 
 
+def settled(page, timeout_s: float = 300) -> None:
+    """Until a Chromium page's script run has ended (Streamlit marks the app's root with its state): a
+    person acts on a page that has settled, and what the next run shows belongs to what they did."""
+    page.wait_for_timeout(300)
+    page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]').wait_for(timeout=timeout_s * 1000)
+
+
 def open_tab(at, key: str, english: str):
     """Pick a tab of ``st.tabs(..., key=key, on_change="rerun")`` as a click does (only the open tab's
     content runs), by its label in the page's language; runs the page again."""

@@ -19,7 +19,7 @@ from core.datasets import versions as ds_versions
 from core.jobs import queue, supervisor
 from core.jobs.files import STATUS
 from tests import bad_corpus
-from tests.conftest import studio_home as _home, OPERATOR, free_port, start_studio
+from tests.conftest import settled as _idle, studio_home as _home, OPERATOR, free_port, start_studio
 
 pytestmark = pytest.mark.extended
 
@@ -97,13 +97,6 @@ def _open(page, url: str, path: str, heading: str, below: str) -> None:
     page.get_by_role("heading", name=below).first.wait_for()
     _idle(page)
     _clean(page)
-
-
-def _idle(page, timeout_s: float = 300) -> None:
-    """Until the page's script run has ended (Streamlit marks the app's root with its state): a person acts on
-    a page that has settled, and what the run then shows belongs to what they did."""
-    page.wait_for_timeout(300)
-    page.locator(f'{APP}[data-test-script-state="notRunning"]').wait_for(timeout=timeout_s * 1000)
 
 
 def _upload(page, files: list[Path]) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import studio_home as _home, OPERATOR, cli, free_port, start_studio
+from tests.conftest import settled as _idle, studio_home as _home, OPERATOR, cli, free_port, start_studio
 
 pytestmark = [pytest.mark.slow, pytest.mark.extended]
 
@@ -31,7 +31,6 @@ SIDE_Q = "Khách hàng phàn nàn về hóa đơn sai, phải xử lý thế nà
 VOTE_Q = "Tôi muốn đổi địa chỉ giao hàng cho đơn đã đặt, phải làm sao?"
 EXCEPTION = '[data-testid="stException"]'
 ERROR = '[data-testid="stAlertContentError"]'
-APP = '[data-testid="stApp"]'
 POLL_MS = 30
 ANSWER_LIMIT_S = 900   # a first question starts its model's inference worker, on 2 shared cores
 
@@ -97,12 +96,6 @@ def _clean(page) -> None:
     assert page.locator(ERROR).count() == 0, page.locator(ERROR).all_inner_texts()
     body = page.inner_text("body")
     assert "Traceback" not in body and "an unexpected error" not in body, body[-3000:]
-
-
-def _idle(page, timeout_s: float = 300) -> None:
-    """Wait until the page's script run has ended (Streamlit marks the app's root with its state)."""
-    page.wait_for_timeout(300)
-    page.locator(f'{APP}[data-test-script-state="notRunning"]').wait_for(timeout=timeout_s * 1000)
 
 
 def _open_playground(page, url: str) -> None:
