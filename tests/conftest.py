@@ -133,11 +133,14 @@ def tokenizer(default_model):
     return load_tokenizer(str(default_model))
 
 
+APP = '[data-testid="stApp"]'   # a Streamlit page's root in Chromium
+
+
 def settled(page, timeout_s: float = 300) -> None:
     """Until a Chromium page's script run has ended (Streamlit marks the app's root with its state): a
     person acts on a page that has settled, and what the next run shows belongs to what they did."""
     page.wait_for_timeout(300)
-    page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]').wait_for(timeout=timeout_s * 1000)
+    page.locator(f'{APP}[data-test-script-state="notRunning"]').wait_for(timeout=timeout_s * 1000)
 
 
 def open_tab(at, key: str, english: str):

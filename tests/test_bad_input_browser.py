@@ -19,13 +19,12 @@ from core.datasets import versions as ds_versions
 from core.jobs import queue, supervisor
 from core.jobs.files import STATUS
 from tests import bad_corpus
-from tests.conftest import settled as _idle, studio_home as _home, OPERATOR, free_port, start_studio
+from tests.conftest import APP, settled as _idle, studio_home as _home, OPERATOR, free_port, start_studio
 
 pytestmark = pytest.mark.extended
 
 EXCEPTION = '[data-testid="stException"]'
 ALERT = '[data-testid="stAlert"]'
-APP = '[data-testid="stApp"]'
 IMPORT_BOX = '[data-testid="stExpander"]'   # the first on the Datasets page: "Import a file"
 
 
