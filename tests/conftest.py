@@ -143,6 +143,25 @@ def settled(page, timeout_s: float = 300) -> None:
     page.locator(f'{APP}[data-test-script-state="notRunning"]').wait_for(timeout=timeout_s * 1000)
 
 
+def unfolded(expander, timeout_s: float = 60) -> None:
+    """Until an expander (a locator of ``[data-testid="stExpander"]``) is open and done unfolding.
+    Streamlit animates an expander's height as it opens, and the content scrolls inside it meanwhile: a
+    click aimed at a button in it during those ~0.3 s can find the button moved away between the press
+    and the release, and the click goes to the form around it (seen: an Import press that never
+    submitted). Done means open, its height the same for three frames, and nothing scrolled inside."""
+    details = expander.locator("details").first.element_handle(timeout=timeout_s * 1000)
+    page = expander.page
+    page.evaluate("() => { window.__unfolding = {height: -1, same: 0}; }")
+    page.wait_for_function(
+        """(d) => {
+             const s = window.__unfolding, h = d.getBoundingClientRect().height;
+             s.same = d.open && h === s.height && d.scrollHeight <= d.clientHeight + 1 && d.scrollTop === 0
+               ? s.same + 1 : 0;
+             s.height = h;
+             return s.same >= 3;
+           }""", arg=details, polling="raf", timeout=timeout_s * 1000)
+
+
 def open_tab(at, key: str, english: str):
     """Pick a tab of ``st.tabs(..., key=key, on_change="rerun")`` as a click does (only the open tab's
     content runs), by its label in the page's language; runs the page again."""

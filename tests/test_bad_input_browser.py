@@ -19,7 +19,7 @@ from core.datasets import versions as ds_versions
 from core.jobs import queue, supervisor
 from core.jobs.files import STATUS
 from tests import bad_corpus
-from tests.conftest import APP, settled as _idle, studio_home as _home, OPERATOR, free_port, start_studio
+from tests.conftest import APP, settled as _idle, unfolded as _unfolded, studio_home as _home, OPERATOR, free_port, start_studio
 
 pytestmark = pytest.mark.extended
 
@@ -149,15 +149,17 @@ PARTIAL_DATASETS = {
 
 
 def _unfold_import(page):
-    """The import form's name box, its expander unfolded (it is folded away once a version exists)."""
+    """The import form's name box, its expander unfolded and done unfolding (it is folded away once a
+    version exists)."""
     form_name = page.get_by_label("Name of the dataset version")
     for _ in range(4):
         try:
             form_name.wait_for(state="visible", timeout=5_000)
-            return form_name
+            break
         except Exception:   # folded: unfold it (a click that came as it unfolded itself folds it again)
             page.get_by_text("Import a file", exact=True).click()
     form_name.wait_for(state="visible")
+    _unfolded(page.locator(IMPORT_BOX).first)
     return form_name
 
 
