@@ -5,6 +5,8 @@ sign-in once an account exists; a client's demo link (``?demo=TOKEN``) opens the
 link's models alone. The pages a role may not use are not registered, so no address reaches them;
 ``core`` checks the role again for every action.
 """
+from pathlib import Path
+
 import streamlit as st
 
 from core.access import projects
@@ -12,7 +14,10 @@ from core.jobs import supervisor
 from pages import common
 from pages.common import _
 
-st.set_page_config(page_title="ViTune Studio", page_icon=":material/translate:", layout="wide")
+# the tab's icon is a file of ours, sent inline: a Material icon (":material/…:") makes every browser (a
+# client's at a demo too) fetch it from Google's font CDN, which the team's network may not reach
+ICON = Path(__file__).resolve().parent / "assets" / "vitune.svg"
+st.set_page_config(page_title="ViTune Studio", page_icon=str(ICON), layout="wide")
 
 
 @st.cache_resource

@@ -204,6 +204,8 @@ def test_a_demo_link_shows_exactly_its_models_and_stops_when_revoked_or_expired(
                "Khách hỏi về hoàn tiền", "--base-url", studio.url, "--json", home=home)
     link = json.loads(made.stdout)
     page = browser.new_context().new_page()
+    asked = []   # every address the client's browser asks for, from the first load to the expired link
+    page.on("request", lambda r: asked.append(r.url))
     page.goto(link["url"])
     # a demo link opens in Vietnamese (this suite runs the team's pages in English: VITUNE_LANGUAGE=en)
     vi = lambda text: i18n.translate(text, "vi")  # noqa: E731
@@ -246,6 +248,10 @@ def test_a_demo_link_shows_exactly_its_models_and_stops_when_revoked_or_expired(
     audit = [r["action"] for r in store.rows("SELECT action FROM audit_log WHERE subject IN (?, ?) ORDER BY id",
                                              [link["id"], short["id"]])]
     assert audit == ["demo.created", "demo.revoked", "demo.created"]
+    # the client's browser asked the studio for everything and nothing of any other host (the tab's icon
+    # included: a Material icon would have come from Google's font CDN)
+    elsewhere = [u for u in asked if not u.startswith((studio.url + "/", "data:", "blob:"))]
+    assert asked and not elsewhere, elsewhere
 
 
 def test_a_sign_in_survives_a_reload_and_a_restart_and_sign_out_ends_it(team, browser):
