@@ -219,18 +219,32 @@ def test_rollback_refuses_a_gguf_whose_sha256_changed(pipeline, monkeypatch):
     assert back["rollback_of"] == release["id"] and back["gguf_sha256"] == release["gguf_sha256"]
 
 
-def test_q4_k_m_of_the_passing_run_is_blocked_by_the_preflight(pipeline, monkeypatch):
-    """Why the default is q8_0 for this model: at q4_k_m the same run loses its stop (and the preflight
-    says so, and how to check at q8_0); nothing is released."""
+def test_q4_k_m_of_the_passing_run_departs_from_it_and_a_lost_stop_is_blocked(pipeline, monkeypatch):
+    """Why the default is q8_0 for this model: at q4_k_m the same run no longer answers like the merged model
+    (q8_0 does: the test above). Where it also loses its stop on most golden prompts, the preflight blocks
+    it, names q8_0, and nothing is released. It loses its stop on most of them in most trainings, not in
+    all: CPU training differs in its last digits from one run to the next (loss 1.327 against 1.300 at
+    step 20), and one CI run's q4_k_m stopped on 4 of 8 and passed."""
     monkeypatch.setenv("VITUNE_HOME", str(pipeline["home"]))
     home, run_id = pipeline["home"], pipeline["run"]
     before = len(releases.list_releases(OPERATOR))
-    blocked = cli("deploy", "--run", run_id, "--name", "gemma3-vi-ghichu:q4", "--quant", "q4_k_m", "--golden", "2",
-                  home=home, check=False)
-    assert blocked.returncode == 1, blocked.stdout
-    assert "preflight blocked the release" in blocked.stderr and "quantization is the likely cause" in blocked.stderr
-    assert f"--run {run_id} --name gemma3-vi-ghichu:q4 --quant q8_0" in blocked.stderr
-    assert len(releases.list_releases(OPERATOR)) == before
+    proc = cli("deploy", "--run", run_id, "--name", "gemma3-vi-ghichu:q4", "--quant", "q4_k_m", "--golden", "8",
+               home=home, check=False)
+    row = store.one("SELECT result FROM jobs WHERE kind = 'preflight' ORDER BY id DESC LIMIT 1")
+    report = row["result"] if isinstance(row["result"], dict) else json.loads(row["result"])
+    assert report["n"] == 8 and all(e["prompt_matches_training"] for e in report["examples"]), report
+    # it departs from the merged model's answers (q8_0 matches them: exact on at least a third, ROUGE-L > 0.8)
+    assert report["exact_match_rate"] <= 0.5 and report["rouge_l"] < 0.8, report["examples"]
+    lost = sum(1 for e in report["examples"] if e["gguf_hit_max"] and not e["reference_hit_max"])
+    if lost * 2 > report["n"]:
+        assert proc.returncode == 1, proc.stdout
+        assert "preflight blocked the release" in proc.stderr and "quantization is the likely cause" in proc.stderr
+        assert f"--run {run_id} --name gemma3-vi-ghichu:q4 --quant q8_0" in proc.stderr
+        assert len(releases.list_releases(OPERATOR)) == before
+    else:   # it kept its stop: the preflight lets it through and says so; the release records the report
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "no runaway answers beyond the merged model's" in proc.stderr + proc.stdout
+        assert len(releases.list_releases(OPERATOR)) == before + 1
 
 
 def test_deploy_refuses_a_failing_run_then_records_an_override(home):
