@@ -19,7 +19,8 @@ from core.datasets import versions as ds_versions
 from core.jobs import queue, supervisor
 from core.jobs.files import STATUS
 from tests import bad_corpus
-from tests.conftest import APP, settled as _idle, unfolded as _unfolded, studio_home as _home, OPERATOR, free_port, start_studio
+from tests.conftest import (APP, OPERATOR, free_port, settled as _idle, start_studio, studio_home as _home,
+                            unfolded as _unfolded)
 
 pytestmark = pytest.mark.extended
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from core import prompt_format, store
-from core.deploy import exporter, exports, ollama, releases
+from core.deploy import exporter, exports, ollama, preflight, releases
 from tests.conftest import OPERATOR, cli, worker_pythons
 
 pytestmark = pytest.mark.slow
@@ -224,7 +224,7 @@ def test_q4_k_m_of_the_passing_run_departs_from_it_and_a_lost_stop_is_blocked(pi
     (q8_0 does: the test above). Where it also loses its stop on most golden prompts, the preflight blocks
     it, names q8_0, and nothing is released. It loses its stop on most of them in most trainings, not in
     all: CPU training differs in its last digits from one run to the next (loss 1.327 against 1.300 at
-    step 20), and one CI run's q4_k_m stopped on 4 of 8 and passed."""
+    step 20), and the q4_k_m of one CI run's training stopped on 4 of 8 and passed."""
     monkeypatch.setenv("VITUNE_HOME", str(pipeline["home"]))
     home, run_id = pipeline["home"], pipeline["run"]
     before = len(releases.list_releases(OPERATOR))
@@ -235,8 +235,9 @@ def test_q4_k_m_of_the_passing_run_departs_from_it_and_a_lost_stop_is_blocked(pi
     assert report["n"] == 8 and all(e["prompt_matches_training"] for e in report["examples"]), report
     # it departs from the merged model's answers (q8_0 matches them: exact on at least a third, ROUGE-L > 0.8)
     assert report["exact_match_rate"] <= 0.5 and report["rouge_l"] < 0.8, report["examples"]
-    lost = sum(1 for e in report["examples"] if e["gguf_hit_max"] and not e["reference_hit_max"])
-    if lost * 2 > report["n"]:
+    released, _ = preflight.judge(report["examples"], preflight.MAX_TOKENS)   # the rule the worker applied
+    assert report["passed"] == released
+    if not released:   # it lost its stop on most of them
         assert proc.returncode == 1, proc.stdout
         assert "preflight blocked the release" in proc.stderr and "quantization is the likely cause" in proc.stderr
         assert f"--run {run_id} --name gemma3-vi-ghichu:q4 --quant q8_0" in proc.stderr
