@@ -118,7 +118,11 @@ def browser():
 
 
 def _nav(page) -> list[str]:
-    return [t.split("\n")[-1] for t in page.locator('[data-testid="stSidebarNav"] a').all_inner_texts()]
+    # the sidebar's caption ("Signed in as …") is sent before st.navigation's message in the same run, so a
+    # test that waited for the caption may look before the links arrive: wait for the first link, then read
+    links = page.locator('[data-testid="stSidebarNav"] a')
+    links.first.wait_for(timeout=30_000)
+    return [t.split("\n")[-1] for t in links.all_inner_texts()]
 
 
 def _sign_in(page, studio, name, password=None, path="/"):
