@@ -1,6 +1,6 @@
 """A small but real OpenID Connect provider on loopback, for testing ``st.login`` end to end.
 
-Authorization-code flow with discovery, a sign-in form, RS256 ID tokens signed with Authlib's JOSE
+Authorization-code flow with discovery, a sign-in form, RS256 ID tokens signed with joserfc (Authlib's own JOSE library)
 and a JWKS endpoint, so that Streamlit's Authlib client checks the signature, issuer, audience, expiry
 and nonce as it would against Google or Microsoft. Accounts are given to the constructor.
 
@@ -21,11 +21,11 @@ from urllib.parse import parse_qs, urlencode, urlparse
 
 class Provider:
     def __init__(self, accounts: dict[str, tuple[str, str]], client_id: str, client_secret: str):
-        from authlib.jose import JsonWebKey
+        from joserfc.jwk import RSAKey
 
         self.accounts = accounts
         self.client_id, self.client_secret = client_id, client_secret
-        self.key = JsonWebKey.generate_key("RSA", 2048, is_private=True)
+        self.key = RSAKey.generate_key(2048, private=True)
         self.kid = secrets.token_hex(4)
         self.codes: dict[str, dict] = {}
         self.sign_ins: list[str] = []
@@ -45,14 +45,14 @@ class Provider:
         self.server.server_close()
 
     def _id_token(self, email: str, nonce: str | None) -> str:
-        from authlib.jose import jwt
+        from joserfc import jwt
 
         now = int(time.time())
         claims = {"iss": self.issuer, "sub": "sub-" + email, "aud": self.client_id, "iat": now, "exp": now + 600,
                   "email": email, "email_verified": True, "name": self.accounts[email][0]}
         if nonce:
             claims["nonce"] = nonce
-        return jwt.encode({"alg": "RS256", "kid": self.kid}, claims, self.key).decode("ascii")
+        return jwt.encode({"alg": "RS256", "kid": self.kid}, claims, self.key)
 
     def _handler(self):
         provider = self
@@ -91,7 +91,7 @@ class Provider:
                         "code_challenge_methods_supported": ["S256", "plain"],
                         "claims_supported": ["sub", "email", "name", "nonce"]})
                 if url.path == "/jwks":
-                    key = provider.key.as_dict(is_private=False)
+                    key = provider.key.as_dict(private=False)
                     return self._json({"keys": [{**key, "kid": provider.kid, "use": "sig", "alg": "RS256"}]})
                 if url.path == "/authorize":
                     if query.get("client_id") != provider.client_id or query.get("response_type") != "code":
