@@ -880,6 +880,8 @@ def cmd_deploy(args) -> int:
     out = {k: release[k] for k in ("id", "name", "tag", "run_id", "quantization", "gguf_path", "gguf_sha256",
                                    "modelfile_path", "ollama_status")}
     out["preflight"] = {k: pf[k] for k in ("passed", "reason", "n", "exact_match_rate", "rouge_l")}
+    if pf.get("held_out"):
+        out["preflight"]["held_out"] = pf["held_out"]
     _print(out, args.json)
     return 0
 

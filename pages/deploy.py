@@ -93,11 +93,24 @@ if last:
     c1.metric(_("Preflight"), _("passed") if pf.get("passed") else _("blocked"))
     c2.metric(_("Exact match vs merged model"), f"{pf.get('exact_match_rate', 0):.0%}")
     c3.metric(_("ROUGE-L vs merged model"), f"{pf.get('rouge_l', 0):.3f}")
+    held = pf.get("held_out")
+    if held:   # both models against the held-out answers, in the gate's terms
+        d1, d2 = st.columns(2)
+        d1.metric(_("GGUF vs held-out answers: BLEU / ROUGE-L"),
+                  f"{held['gguf']['bleu']:.3f} / {held['gguf']['rouge_l']:.3f}")
+        d2.metric(_("Merged model vs held-out answers: BLEU / ROUGE-L"),
+                  f"{held['merged']['bleu']:.3f} / {held['merged']['rouge_l']:.3f}")
+        lines = releases.held_out_lines(pf)
+        st.caption(say(lines[0]))
+        if held["gguf_below_gate_where_merged_passes"]:
+            st.warning(say(lines[1]))
     st.caption(_("Ollama: {status}").format(status=rel["ollama_status"]))
     if pf.get("examples"):
         st.dataframe(pd.DataFrame([{_("instruction"): e["instruction"], _("reference_answer"): e["reference_answer"],
                                     _("gguf_answer"): e["gguf_answer"], _("exact_match"): e["exact_match"],
-                                    _("rouge_l"): e["rouge_l"]} for e in pf["examples"]]),
+                                    _("rouge_l"): e["rouge_l"], _("held-out answer"): e.get("held_out_answer", ""),
+                                    _("ROUGE-L vs held-out"): e.get("gguf_rouge_l_vs_held_out")}
+                                   for e in pf["examples"]]),
                      hide_index=True)
 
 st.subheader(_("Releases"))

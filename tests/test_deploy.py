@@ -259,6 +259,56 @@ def test_preflight_judge():
     assert preflight.judge([_ex(gh=True, rh=True)] * 4, 48)[0]
 
 
+HELD = [{"instruction": "Khách hỏi về hoàn tiền", "input": "",
+         "output": "Dạ, quý khách được hoàn tiền trong vòng bảy ngày làm việc kể từ khi cửa hàng nhận lại sản phẩm."},
+        {"instruction": "Tóm tắt điều khoản", "input": "ĐIỀU 3",
+         "output": "Bên B phải hoàn thành dự án trong chín mươi ngày, nếu chậm thì chịu phạt theo điều năm."}]
+
+
+def test_the_preflight_scores_both_models_against_the_held_out_answers_in_the_gates_terms():
+    """The merged model that gives the held-out answers passes the gate; a GGUF cut after four syllables
+    does not, and the report flags it. The thresholds are the ones the app side sends."""
+    from core.evaluation import scoring
+
+    merged = [p["output"] for p in HELD]
+    cut = [" ".join(p["output"].split()[:4]) for p in HELD]
+    held = preflight.held_out_scores(HELD, merged, cut)
+    assert held["merged"]["bleu"] == pytest.approx(1.0) and held["merged"]["rouge_l"] == pytest.approx(1.0)
+    assert held["merged"]["passed"] and not held["gguf"]["passed"]
+    assert held["gguf"]["thresholds"] == scoring.DEFAULT_THRESHOLDS
+    assert held["gguf"]["rouge_l"] == pytest.approx(scoring.score([p["output"] for p in HELD], cut).rouge_l)
+    assert held["gguf_below_gate_where_merged_passes"]
+    # a prefix of 4 syllables of 21 and of 19: precision 1, recall 4/21 and 4/19, so F = 8/25 and 8/23
+    assert [e["rouge_l"] for e in held["per_example"]] == pytest.approx([8 / 25, 8 / 23])
+    # the studio's own thresholds, low enough for the cut answers: nothing to flag
+    low = preflight.held_out_scores(HELD, merged, cut, {"bleu": 0.0, "rouge_l": 0.1})
+    assert low["gguf"]["passed"] and not low["gguf_below_gate_where_merged_passes"]
+    # neither passes: the quantization is not what cost the gate
+    neither = preflight.held_out_scores(HELD, cut, cut)
+    assert not neither["merged"]["passed"] and not neither["gguf_below_gate_where_merged_passes"]
+
+
+def test_the_held_out_lines_say_the_scores_and_warn_in_either_language():
+    from core import i18n
+    from core.i18n import render
+
+    merged = [p["output"] for p in HELD]
+    held = preflight.held_out_scores(HELD, merged, [" ".join(p["output"].split()[:4]) for p in HELD])
+    held.pop("per_example")
+    report = {"max_tokens": 48, "held_out": held}
+    first, warning = releases.held_out_lines(report)
+    assert first == (f"preflight, against the held-out answers of the same prompts (cut at 48 tokens): GGUF BLEU "
+                     f"{held['gguf']['bleu']:.3f}, ROUGE-L {held['gguf']['rouge_l']:.3f}; merged model BLEU 1.000, "
+                     f"ROUGE-L 1.000; the gate asks BLEU > 0.35 and ROUGE-L > 0.45")
+    assert warning.startswith("warning: on these prompts the merged model passes the gate and the GGUF does not")
+    vi = i18n.translations("vi").gettext
+    assert "cổng phát hành yêu cầu BLEU > 0.35 và ROUGE-L > 0.45" in render(first, vi)
+    assert render(warning, vi).startswith("cảnh báo:")
+    held["gguf_below_gate_where_merged_passes"] = False
+    assert len(releases.held_out_lines(report)) == 1
+    assert releases.held_out_lines({"max_tokens": 48}) == []     # a release recorded before these scores
+
+
 # ── on the trained default model ─────────────────────────────────────────────
 
 

@@ -356,6 +356,16 @@ def test_deploy_page_exports_shows_the_modelfile_preflights_and_manages_releases
     assert "PARAMETER temperature 0.2" in rel["modelfile"] and rel["preflight"]["n"] == 2
     assert rel["override_reason"] is None and rel["quantization"] == "q8_0" and rel["evaluation_id"]
     assert any(m.label == "Preflight" and m.value == "passed" for m in at.metric)
+    # both models against the held-out answers, from the release's own report, and the warning only where due
+    held = rel["preflight"]["held_out"]
+    shown = {m.label: m.value for m in at.metric}
+    assert shown["GGUF vs held-out answers: BLEU / ROUGE-L"] == \
+        f"{held['gguf']['bleu']:.3f} / {held['gguf']['rouge_l']:.3f}"
+    assert shown["Merged model vs held-out answers: BLEU / ROUGE-L"] == \
+        f"{held['merged']['bleu']:.3f} / {held['merged']['rouge_l']:.3f}"
+    assert any("against the held-out answers of the same prompts" in c.value for c in at.caption)
+    assert any("quantization costs this run its gate" in w.value for w in at.warning) == \
+        held["gguf_below_gate_where_merged_passes"]
     at.selectbox[-1].set_value(rel["id"])
     next(b for b in at.button if b.label.startswith("Delete")).click().run()
     _clean(at)

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from core import prompt_format, store
-from core.deploy import exporter, exports, ollama, preflight, releases
+from core.deploy import exporter, exports, ollama, preflight, preflights, releases
+from core.evaluation import gate, scoring
+from core.training import runs
 from tests.conftest import OPERATOR, cli, worker_pythons
 
 pytestmark = pytest.mark.slow
@@ -117,6 +119,26 @@ def test_every_job_of_the_pipeline_ran_under_the_worker_environment(pipeline, wo
     assert all(pythons == {str(worker_env)} for pythons in ran.values()), ran
 
 
+def _held_out_recomputes(report: dict, run_id: str) -> dict:
+    """The preflight's scores against the held-out answers are the gate's, on the run's golden pairs, by the
+    studio's thresholds, and recompute from the report's own examples."""
+    ex, held = report["examples"], report["held_out"]
+    golden = preflights.golden_pairs(runs.get_run(run_id, OPERATOR)["dataset_version_id"], len(ex))
+    assert [e["held_out_answer"] for e in ex] == [p["output"] for p in golden]
+    assert held["gguf"]["thresholds"] == held["merged"]["thresholds"] == gate.thresholds()
+    for side, answers in (("gguf", [e["gguf_answer"] for e in ex]), ("merged", [e["reference_answer"] for e in ex])):
+        again = scoring.score([e["held_out_answer"] for e in ex], answers, gate.thresholds())
+        assert (held[side]["bleu"], held[side]["rouge_l"], held[side]["passed"]) == (again.bleu, again.rouge_l,
+                                                                                     again.passed)
+    assert [e["gguf_rouge_l_vs_held_out"] for e in ex] == [p["rouge_l"] for p in scoring.score(
+        [e["held_out_answer"] for e in ex], [e["gguf_answer"] for e in ex]).per_example]
+    assert held["gguf_below_gate_where_merged_passes"] == (held["merged"]["passed"] and not held["gguf"]["passed"])
+    print(f"\nagainst the held-out answers ({report['n']} prompts, {report['max_tokens']} tokens): GGUF BLEU "
+          f"{held['gguf']['bleu']:.3f} ROUGE-L {held['gguf']['rouge_l']:.3f}, merged BLEU {held['merged']['bleu']:.3f} "
+          f"ROUGE-L {held['merged']['rouge_l']:.3f}")
+    return held
+
+
 def test_deploy_the_passing_run_through_the_cli_then_delete_and_roll_back(pipeline, monkeypatch, worker_env):
     """`python -m core deploy --run RUN --name NAME` on the fixture's passing run: no override, the default
     quantization for a model this small (q8_0, the fixture's export reused), a passing preflight, and a
@@ -143,6 +165,9 @@ def test_deploy_the_passing_run_through_the_cli_then_delete_and_roll_back(pipeli
     assert report["runaway_answers"] == 0 and report["empty_answers"] == 0, report["examples"]
     assert report["rouge_l"] > 0.8 and report["exact_match_rate"] >= 1 / 3, report["examples"]
     assert release["preflight"]["exact_match_rate"] == report["exact_match_rate"]
+    # both models against the held-out answers, in the gate's terms: printed by the CLI, kept with the release
+    assert release["preflight"]["held_out"] == report["held_out"] == _held_out_recomputes(report, run_id)
+    assert "against the held-out answers of the same prompts (cut at 48 tokens): GGUF BLEU" in done.stderr
     assert worker_pythons(home)["preflight"] == {str(worker_env)}  # the preflight worker was app-free too
     audit = store.rows("SELECT action FROM audit_log WHERE subject = ?", [run_id])
     assert {"action": "gate.override"} not in audit
@@ -237,6 +262,9 @@ def test_q4_k_m_of_the_passing_run_departs_from_it_and_a_lost_stop_is_blocked(pi
     assert report["exact_match_rate"] <= 0.5 and report["rouge_l"] < 0.8, report["examples"]
     released, _ = preflight.judge(report["examples"], preflight.MAX_TOKENS)   # the rule the worker applied
     assert report["passed"] == released
+    held = _held_out_recomputes(report, run_id)   # what the departure costs in the gate's terms, said either way
+    assert "against the held-out answers of the same prompts" in proc.stderr
+    assert ("the quantization costs this run its gate" in proc.stderr) == held["gguf_below_gate_where_merged_passes"]
     if not released:   # it lost its stop on most of them
         assert proc.returncode == 1, proc.stdout
         assert "preflight blocked the release" in proc.stderr and "quantization is the likely cause" in proc.stderr

@@ -4,8 +4,15 @@ and is compared with the merged model's transformers answers (exact-match rate a
 ``core.evaluation.scoring``).
 
 A broken template blocks the release: a TEMPLATE that renders a different prompt from training,
-mostly empty answers, or answers that run to the token limit where the merged model stops. The
-report is written to ``preflight.json`` in the job folder and returned as the job's result;
+mostly empty answers, or answers that run to the token limit where the merged model stops.
+
+Both models' answers are also scored against the prompts' held-out answers with the gate's BLEU and
+ROUGE-L (``held_out`` in the report), so the team sees what the quantization costs in the gate's own
+terms on the very file it ships. This does not block yet: eight prompts cut at ``MAX_TOKENS`` are a thin
+sample, and a threshold wants real Gemma 4 numbers; the report flags a GGUF that falls below the gate
+where the merged model passes it.
+
+The report is written to ``preflight.json`` in the job folder and returned as the job's result;
 ``core.deploy.preflights`` (app side) queues the job, and deploy stores the report with the release.
 """
 from __future__ import annotations
@@ -59,6 +66,20 @@ def judge(examples: list[dict], max_tokens: int) -> tuple[bool, str]:
                        "where the merged model stopped. The prompts match training, so the quantization is the likely "
                        "cause (a small model loses its stop at q4_k_m): export q8_0 or f16, or train longer")
     return True, f"{n - empty}/{n} answers non-empty; no runaway answers beyond the merged model's"
+
+
+def held_out_scores(pairs: list[dict], merged_answers: list[str], gguf_answers: list[str],
+                    thresholds: dict | None = None) -> dict:
+    """Both models' answers against the prompts' held-out answers, in the gate's BLEU and ROUGE-L and
+    judged by its thresholds (the app side sends the studio's own; the defaults otherwise); with the GGUF's
+    per-prompt scores under ``per_example``."""
+    thresholds = thresholds or scoring.DEFAULT_THRESHOLDS
+    held = [p.get("output") or "" for p in pairs]
+    merged = scoring.score(held, merged_answers, thresholds)
+    gguf = scoring.score(held, gguf_answers, thresholds)
+    return {"merged": merged.summary(), "gguf": gguf.summary(),
+            "gguf_below_gate_where_merged_passes": merged.passed and not gguf.passed,
+            "per_example": gguf.per_example}
 
 
 def _first_difference(a: str, b: str) -> int:
@@ -143,14 +164,16 @@ def run(job: dict, job_dir: Path, status, log: Callable[[str], None]) -> dict:
         status.update(progress={"done": len(pairs) + i + 1, "total": total, "label": "GGUF (llama.cpp)"})
 
     scores = scoring.score(references, answers)
+    held_out = held_out_scores(pairs, references, answers, job.get("thresholds"))
     examples = []
-    for p, train_p, rend, ref, ans, rh, gh, per in zip(pairs, training, rendered, references, answers, ref_hit,
-                                                        hits, scores.per_example):
+    for p, train_p, rend, ref, ans, rh, gh, per, vs in zip(pairs, training, rendered, references, answers, ref_hit,
+                                                            hits, scores.per_example, held_out.pop("per_example")):
         examples.append({
             "instruction": p["instruction"], "input": p["input"], "prompt": rend,
             "prompt_matches_training": rend == train_p, "first_difference": _first_difference(rend, train_p),
             "reference_answer": ref, "gguf_answer": ans, "exact_match": ans == ref,
             "reference_hit_max": rh, "gguf_hit_max": gh, "rouge_l": per["rouge_l"],
+            "held_out_answer": p.get("output") or "", "gguf_rouge_l_vs_held_out": vs["rouge_l"],
         })
     passed, reason = judge(examples, max_tokens)
     report = {
@@ -162,6 +185,7 @@ def run(job: dict, job_dir: Path, status, log: Callable[[str], None]) -> dict:
         "empty_answers": sum(1 for e in examples if not e["gguf_answer"]),
         "runaway_answers": sum(1 for e in examples if e["gguf_hit_max"]),
         "max_tokens": max_tokens,
+        "held_out": held_out,
         "gguf": job["gguf"],
         "prompt_format": fmt,
         "duration_s": round(time.time() - t0, 1),
@@ -169,5 +193,7 @@ def run(job: dict, job_dir: Path, status, log: Callable[[str], None]) -> dict:
     }
     (job_dir / REPORT).write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
     log(f"preflight {'passed' if passed else 'BLOCKED'}: {reason}; exact match {report['exact_match_rate']:.2f}, "
-        f"ROUGE-L {report['rouge_l']:.3f}")
+        f"ROUGE-L {report['rouge_l']:.3f}; against the held-out answers: GGUF BLEU {held_out['gguf']['bleu']:.3f} "
+        f"ROUGE-L {held_out['gguf']['rouge_l']:.3f}, merged model BLEU {held_out['merged']['bleu']:.3f} "
+        f"ROUGE-L {held_out['merged']['rouge_l']:.3f}")
     return report

@@ -10,6 +10,7 @@ from core import paths
 from core.access.principal import Principal, require
 from core.datasets import versions
 from core.deploy.preflight import GOLDEN_SIZE, MAX_TOKENS, PreflightError
+from core.evaluation import gate
 from core.jobs import queue
 from core.training import runs
 
@@ -38,6 +39,7 @@ def submit(run_id: str, gguf: str | Path, merged_dir: str | Path, modelfile_text
         "modelfile": modelfile_text,
         "pairs": golden_pairs(run["dataset_version_id"], n),
         "max_tokens": max_tokens,
+        "thresholds": gate.thresholds(),   # the worker scores both models against the held-out answers by these
     }
     where = out_dir or paths.exports_dir() / "preflight"
     job_dir = where / f"preflight-{time.strftime('%H%M%S')}-{uuid.uuid4().hex[:6]}"

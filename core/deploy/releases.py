@@ -93,6 +93,23 @@ def prepare(run_id: str, name: str, *, system: str | None = None, quantization: 
             "override_reason": None if verdict["releasable"] else override_reason}
 
 
+def held_out_lines(report: dict) -> list[M]:
+    """What the preflight's scores against the held-out answers say, for the progress log and the page."""
+    held = report.get("held_out")
+    if not held:   # a report from before these scores
+        return []
+    g, m, t = held["gguf"], held["merged"], held["gguf"]["thresholds"]
+    lines = [M("preflight, against the held-out answers of the same prompts (cut at {max_tokens} tokens): GGUF BLEU "
+               "{gguf_bleu:.3f}, ROUGE-L {gguf_rouge:.3f}; merged model BLEU {merged_bleu:.3f}, ROUGE-L "
+               "{merged_rouge:.3f}; the gate asks BLEU > {bleu:.2f} and ROUGE-L > {rouge:.2f}",
+               max_tokens=report["max_tokens"], gguf_bleu=g["bleu"], gguf_rouge=g["rouge_l"], merged_bleu=m["bleu"],
+               merged_rouge=m["rouge_l"], bleu=t["bleu"], rouge=t["rouge_l"])]
+    if held["gguf_below_gate_where_merged_passes"]:
+        lines.append(M("warning: on these prompts the merged model passes the gate and the GGUF does not: the "
+                       "quantization costs this run its gate (q8_0 keeps more)"))
+    return lines
+
+
 def release(prepared: dict, *, modelfile_text: str | None = None, ollama_quantize: str | None = None,
             actor: Principal, golden: int = preflight.GOLDEN_SIZE,
             on_progress: Callable[[str], None] = print) -> dict:
@@ -113,6 +130,8 @@ def release(prepared: dict, *, modelfile_text: str | None = None, ollama_quantiz
     report = job["result"]
     on_progress(M("preflight: exact match {exact:.0%}, ROUGE-L {rouge_l:.3f} against the merged model; {reason}",
                   exact=report["exact_match_rate"], rouge_l=report["rouge_l"], reason=report["reason"]))
+    for line in held_out_lines(report):
+        on_progress(line)
     if not report["passed"]:
         hint = ""
         if report.get("runaway_answers") and prepared["quantization"] == "q4_k_m":
