@@ -165,9 +165,10 @@ def run(job: dict, job_dir: Path, status, log: Callable[[str], None]) -> dict:
 
     scores = scoring.score(references, answers)
     held_out = held_out_scores(pairs, references, answers, job.get("thresholds"))
+    gguf_vs_held_out = held_out.pop("per_example")   # kept per prompt in the examples below
     examples = []
     for p, train_p, rend, ref, ans, rh, gh, per, vs in zip(pairs, training, rendered, references, answers, ref_hit,
-                                                            hits, scores.per_example, held_out.pop("per_example")):
+                                                            hits, scores.per_example, gguf_vs_held_out):
         examples.append({
             "instruction": p["instruction"], "input": p["input"], "prompt": rend,
             "prompt_matches_training": rend == train_p, "first_difference": _first_difference(rend, train_p),
