@@ -100,7 +100,7 @@ if last:
                   f"{held['gguf']['bleu']:.3f} / {held['gguf']['rouge_l']:.3f}")
         d2.metric(_("Merged model vs held-out answers: BLEU / ROUGE-L"),
                   f"{held['merged']['bleu']:.3f} / {held['merged']['rouge_l']:.3f}")
-        lines = releases.held_out_lines(pf)
+        lines = releases.held_out_lines(pf, rel["quantization"])
         st.caption(say(lines[0]))
         if held["gguf_below_gate_where_merged_passes"]:
             st.warning(say(lines[1]))

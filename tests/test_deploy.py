@@ -304,6 +304,10 @@ def test_the_held_out_lines_say_the_scores_and_warn_in_either_language():
     vi = i18n.translations("vi").gettext
     assert "cổng phát hành yêu cầu BLEU > 0.35 và ROUGE-L > 0.45" in render(first, vi)
     assert render(warning, vi).startswith("cảnh báo:")
+    # only a q4_k_m GGUF is pointed at q8_0; a q8_0 or f16 one has nothing finer to go to
+    assert "--quant q8_0" in releases.held_out_lines(report, "q4_k_m")[1] and "q8_0" not in warning
+    assert all("q8_0" not in releases.held_out_lines(report, quant)[1] for quant in ("q8_0", "f16"))
+    assert "--quant q8_0" in render(releases.held_out_lines(report, "q4_k_m")[1], vi)
     held["gguf_below_gate_where_merged_passes"] = False
     assert len(releases.held_out_lines(report)) == 1
     assert releases.held_out_lines({"max_tokens": 48}) == []     # a release recorded before these scores

@@ -93,8 +93,9 @@ def prepare(run_id: str, name: str, *, system: str | None = None, quantization: 
             "override_reason": None if verdict["releasable"] else override_reason}
 
 
-def held_out_lines(report: dict) -> list[M]:
-    """What the preflight's scores against the held-out answers say, for the progress log and the page."""
+def held_out_lines(report: dict, quantization: str | None = None) -> list[M]:
+    """What the preflight's scores against the held-out answers say, for the progress log and the page; the
+    warning names q8_0 only for a q4_k_m GGUF (a q8_0 or f16 one has nothing finer to go to)."""
     held = report.get("held_out")
     if not held:   # a report from before these scores
         return []
@@ -104,9 +105,13 @@ def held_out_lines(report: dict) -> list[M]:
                "{merged_rouge:.3f}; the gate asks BLEU > {bleu:.2f} and ROUGE-L > {rouge:.2f}",
                max_tokens=report["max_tokens"], gguf_bleu=g["bleu"], gguf_rouge=g["rouge_l"], merged_bleu=m["bleu"],
                merged_rouge=m["rouge_l"], bleu=t["bleu"], rouge=t["rouge_l"])]
-    if held["gguf_below_gate_where_merged_passes"]:
+    if held["gguf_below_gate_where_merged_passes"] and quantization == "q4_k_m":
         lines.append(M("warning: on these prompts the merged model passes the gate and the GGUF does not: the "
-                       "quantization costs this run its gate (q8_0 keeps more)"))
+                       "quantization costs this run its gate; q8_0 keeps more of a fine-tune (--quant q8_0, or "
+                       "q8_0 on the Deploy page)"))
+    elif held["gguf_below_gate_where_merged_passes"]:
+        lines.append(M("warning: on these prompts the merged model passes the gate and the GGUF does not: the "
+                       "quantization costs this run its gate"))
     return lines
 
 
@@ -130,7 +135,7 @@ def release(prepared: dict, *, modelfile_text: str | None = None, ollama_quantiz
     report = job["result"]
     on_progress(M("preflight: exact match {exact:.0%}, ROUGE-L {rouge_l:.3f} against the merged model; {reason}",
                   exact=report["exact_match_rate"], rouge_l=report["rouge_l"], reason=report["reason"]))
-    for line in held_out_lines(report):
+    for line in held_out_lines(report, prepared["quantization"]):
         on_progress(line)
     if not report["passed"]:
         hint = ""
