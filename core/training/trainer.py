@@ -46,6 +46,33 @@ def choose_backend(requested: str = "auto") -> str:
         return "hf"
 
 
+MEMORY_CAP_ENV = "VITUNE_GPU_MEMORY_GIB"
+
+
+def memory_cap(log: Callable[[str], None]) -> float | None:
+    """``$VITUNE_GPU_MEMORY_GIB``: train as on a card of that many GiB. PyTorch's allocator refuses more
+    (an out-of-memory error, as on the smaller card) and "fit to this GPU" sizes the batch for it. For
+    sharing one large GPU, and for measuring what fits a 24 or 16 GB card on a bigger one."""
+    import os
+
+    import torch
+
+    raw = os.environ.get(MEMORY_CAP_ENV)
+    if not raw or not torch.cuda.is_available():
+        return None
+    try:
+        cap = float(raw)
+    except ValueError:
+        raise ValueError(f"{MEMORY_CAP_ENV}={raw!r}: give the memory in GiB, e.g. 24") from None
+    total = torch.cuda.get_device_properties(0).total_memory / GIB
+    if not 0 < cap < total:
+        log(f"{MEMORY_CAP_ENV}={raw}: not below this GPU's {total:.1f} GiB; no cap")
+        return None
+    torch.cuda.set_per_process_memory_fraction(cap / total)
+    log(f"memory cap: {cap:g} GiB of this GPU's {total:.1f} GiB ({MEMORY_CAP_ENV})")
+    return cap
+
+
 def read_rows(path: str) -> list[dict]:
     import pyarrow.parquet as pq
 
@@ -65,7 +92,7 @@ def _load(cfg: TrainConfig, backend: str, log: Callable[[str], None]):
         model = FastLanguageModel.get_peft_model(
             model,
             r=cfg.lora_r,
-            target_modules=cfg.target_modules,
+            target_modules=lora_targets(model, cfg.target_modules),
             lora_alpha=cfg.lora_alpha,
             lora_dropout=cfg.lora_dropout,
             bias="none",
@@ -102,11 +129,24 @@ def _load(cfg: TrainConfig, backend: str, log: Callable[[str], None]):
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
-        target_modules=cfg.target_modules,
+        target_modules=lora_targets(model, cfg.target_modules),
         bias="none",
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, lora), tokenizer
+
+
+def lora_targets(model, modules: list[str]):
+    """The LoRA targets: ``modules`` (projection names) in the language model alone. A multimodal checkpoint
+    (Gemma 4's hub checkpoints are ``Gemma4ForConditionalGeneration``, with vision and audio towers) has
+    ``q_proj`` … in its towers too, some of them wrapped (Gemma 4's clippable linears, which PEFT cannot
+    adapt); the studio trains text, so the towers keep their weights and the export their exact tensors."""
+    import re
+
+    names = [n for n, _ in model.named_modules()]
+    if not any(".language_model." in f".{n}." for n in names):
+        return list(modules)
+    return r".*\.language_model\..*\.(" + "|".join(re.escape(m) for m in modules) + r")"
 
 
 def _with_template(tokenizer, base: str):
@@ -192,9 +232,14 @@ def run(job: dict, job_dir: Path, status, log: Callable[[str], None]) -> dict:
     backend = choose_backend(cfg.backend)
     log(f"backend: {backend}; base model: {cfg.resolved_base_model()}")
     status.update(backend=backend)
+    cap = memory_cap(log)
+    if cap:
+        status.update(memory_cap_gib=cap)
     fit = None
     if cfg.fit_to_gpu:   # sized by the memory free before the model is loaded: the estimate counts its weights
         free = torch.cuda.mem_get_info()[0] / GIB if torch.cuda.is_available() else None
+        if cap and free is not None:
+            free = min(free, cap)
         fit = batch_fit.choose(cfg, free, backend)
         cfg = dataclasses.replace(cfg, per_device_train_batch_size=fit.batch, gradient_accumulation_steps=fit.accumulation,
                                   packing=False)
@@ -342,6 +387,9 @@ def run(job: dict, job_dir: Path, status, log: Callable[[str], None]) -> dict:
         "fit": fit_shown if fit else None,   # what it chose, why, and its rows (`python -m core train` prints it)
         "per_device_train_batch_size": cfg.per_device_train_batch_size,
         "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
+        "memory_cap_gib": cap,
+        "peak_gpu_mem_gib": round(torch.cuda.max_memory_allocated() / GIB, 3) if torch.cuda.is_available() else None,
+        "peak_gpu_reserved_gib": round(torch.cuda.max_memory_reserved() / GIB, 3) if torch.cuda.is_available() else None,
     }
 
 
