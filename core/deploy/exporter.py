@@ -9,8 +9,10 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -135,7 +137,7 @@ def llama_generate(gguf: Path, prompts: list[str], max_tokens: int = 32, n_ctx: 
     """Greedy token ids from llama.cpp for each rendered prompt (BOS added by llama.cpp)."""
     import llama_cpp
 
-    llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=2, verbose=False, seed=0)
+    llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=os.cpu_count() or 2, verbose=False, seed=0)
     eos = {llm.token_eos()}
     for marker in prompt_format.TURN_ENDS:  # Gemma 3's <end_of_turn>, Gemma 4's <turn|>
         end_turn = llm.tokenize(marker.encode(), add_bos=False, special=True)
@@ -160,32 +162,38 @@ def run(job: dict, job_dir: Path, status, log: Callable[[str], None]) -> dict:
 
     steps = 2 + len([q for q in job["quantizations"] if q != "f16"]) + 1
     done = 0
+    timings: dict[str, float] = {}   # seconds each step took: merge, f16, each quantization, smoke
+    clock = [None, time.time()]
 
-    def step(label: str) -> None:
+    def step(label: str, key: str) -> None:
         nonlocal done
+        if clock[0]:
+            timings[clock[0]] = round(time.time() - clock[1], 1)
+        clock[:] = [key, time.time()]
         status.update(progress={"done": done, "total": steps, "label": label})
         log(label)
         done += 1
 
     out_dir = Path(job["out_dir"])
     name = Path(job["run_id"]).name
-    step("merging the adapter into the base model")
+    step("merging the adapter into the base model", "merge")
     merged = merge(job["base_model"], job.get("adapter_dir"), out_dir / "merged", log)
-    step("converting to GGUF (f16) with llama.cpp")
+    step("converting to GGUF (f16) with llama.cpp", "f16")
     f16 = convert(merged, out_dir / f"{name}-f16.gguf", log)
     files = {"f16": str(f16)}
     for q in job["quantizations"]:
         if q == "f16":
             continue
-        step(f"quantizing to {q} with llama.cpp")
+        step(f"quantizing to {q} with llama.cpp", q)
         files[q] = str(quantize(f16, out_dir / f"{name}-{q}.gguf", q))
-    step("smoke test in llama.cpp")
+    step("smoke test in llama.cpp", "smoke")
     tokenizer = load_tokenizer(str(merged))
     prompt = prompt_format.render_prompt({"instruction": "Xin chào, bạn là ai?"}, job["prompt_format"], tokenizer)
     primary = job["quantizations"][-1]
     ids = llama_generate(Path(files[primary]), [prompt], max_tokens=24)[0]
     smoke = tokenizer.decode(ids, skip_special_tokens=True)
     log(f"llama.cpp answered: {smoke!r}")
+    timings["smoke"] = round(time.time() - clock[1], 1)
     status.update(progress={"done": steps, "total": steps, "label": "done"})
     return {
         "merged_dir": str(merged),
@@ -195,4 +203,5 @@ def run(job: dict, job_dir: Path, status, log: Callable[[str], None]) -> dict:
         "prompt_format": job["prompt_format"],
         "smoke_answer": smoke,
         "architecture": architecture(merged),
+        "timings_s": timings,
     }
