@@ -452,7 +452,7 @@ def cmd_evaluate(args) -> int:
 def cmd_ask(args) -> int:
     """The playground headless: one question to a run (or its base model) through an inference worker."""
     from core.access.principal import AccessDenied
-    from core.evaluation import playground
+    from core.playground import playground
     from core.evaluation.inference import Decoding
     from core.jobs import queue
 
@@ -577,7 +577,7 @@ def cmd_demo(args) -> int:
         if args.action == "create":
             prompts = list(args.prompt or [])
             if args.conversation:   # a saved conversation's questions become the link's demo prompts
-                from core.evaluation import conversations
+                from core.playground import conversations
 
                 try:
                     prompts += conversations.questions(conversations.get(args.conversation, _actor()))
@@ -607,8 +607,8 @@ def cmd_demo(args) -> int:
 
 
 def cmd_conversations(args) -> int:
-    from core.evaluation import conversations as convs
-    from core.evaluation import playground
+    from core.playground import conversations as convs
+    from core.playground import playground
 
     who, project = _actor(), getattr(args, "project", None)
     try:
