@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    refused = args.check(args) if hasattr(args, "check") else None   # a command's own check of its arguments
+    refused = args.check_args(args) if hasattr(args, "check_args") else None   # a command's own check, first
     if refused is not None:
         return refused
     from core.access.principal import AccessDenied

@@ -256,7 +256,7 @@ def add_dataset(sub) -> None:
                    help="import in DuckDB SQL (bounded memory, for millions of pairs); automatic for JSONL files "
                         "over 64 MB")
     d.add_argument("--json", action="store_true")
-    d.set_defaults(fn=cmd_dataset, check=_check_import)
+    d.set_defaults(fn=cmd_dataset, check_args=_check_import)
 
 
 def add_review(sub) -> None:

@@ -15,6 +15,8 @@ from pathlib import Path
 from core.cli_common import _actor, _check_output, _fail, _print, _progress_printer, _seconds, _write
 
 
+# an argparse type, as core/cli_common.py's: score's thresholds, a usage error when not a share
+
 def _share(text: str) -> float:
     import math
 
