@@ -31,7 +31,7 @@ TURN_2 = "Viết lại câu trả lời trên ngắn gọn hơn."
 
 
 def one(target: dict, messages: list[dict], decoding, actor) -> dict:
-    from core.evaluation import playground
+    from core.playground import playground
 
     info: dict = {}
     t0 = time.perf_counter()
@@ -61,7 +61,7 @@ def main() -> int:
     os.environ.setdefault("VITUNE_SLOTS", "cpu")
     os.environ.setdefault("VITUNE_PLAYGROUND_IDLE_S", "120")
     from core.access.principal import operator
-    from core.evaluation import playground
+    from core.playground import playground
     from core.evaluation.inference import Decoding
 
     me = operator()

@@ -6,7 +6,8 @@ from core import labels, models
 from core.access import demo_links
 from core.deploy import releases
 from core.datasets import versions
-from core.evaluation import conversations, inference, playground, votes
+from core.evaluation import inference, votes
+from core.playground import conversations, playground
 from pages.common import _, actor, can, fail, label, md, project, say
 
 who = actor()

@@ -18,7 +18,8 @@ from core.access.principal import ACTIONS, RANK, ROLES, AccessDenied, Principal,
 from core.datasets import importer, review, samples, versions
 from core.datasets.generation import endpoints, generations
 from core.deploy import exports, releases
-from core.evaluation import evaluations, gate, playground
+from core.evaluation import evaluations, gate
+from core.playground import playground
 from core.jobs import queue, supervisor
 from core.training import presets, runs
 from tests.conftest import OPERATOR, REPO, free_port, person, tiny_pairs, write_jsonl

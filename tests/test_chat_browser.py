@@ -58,7 +58,7 @@ _SNAPSHOT_JS = """() => {
 def studio(pipeline, default_model):
     """The studio's server on the pipeline's home (operator mode on loopback), and the two models the test
     puts side by side: the tuned run and its q8_0 export (the quantization test_pipeline keeps the stop of)."""
-    from core.evaluation import playground
+    from core.playground import playground
 
     proc = start_studio(pipeline["home"], port := free_port())
     with _home(pipeline["home"]):

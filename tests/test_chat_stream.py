@@ -10,7 +10,8 @@ import pytest
 
 from core import prompt_format
 from core.access.principal import AccessDenied
-from core.evaluation import inference, playground
+from core.evaluation import inference
+from core.playground import playground
 from core.evaluation.inference import Decoding
 from tests.conftest import OPERATOR, person
 

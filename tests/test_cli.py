@@ -1,3 +1,5 @@
+import json
+import os
 import subprocess
 import sys
 
@@ -30,3 +32,19 @@ def test_heavy_libraries_are_not_imported_for_score_and_dataset():
             "print(sorted(m for m in ('torch', 'transformers', 'streamlit') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert proc.stdout.strip() == "[]"
+
+
+def test_the_help_of_every_command_is_byte_for_byte_the_golden_file():
+    """``--help`` of the top level and of every command, walked from today's parser, is what
+    tests/data/cli_help.json keeps (written from the parser before the commands moved into their stages;
+    ``python tests/cli_help.py`` writes it again for a change that is meant)."""
+    from tests import cli_help
+
+    golden = json.loads(cli_help.GOLDEN.read_text(encoding="utf-8"))
+    now = cli_help.walk()
+    assert list(now) == list(golden)   # the same commands, in the same order
+    for command, text in golden.items():
+        assert now[command] == text, command
+    proc = subprocess.run([sys.executable, "-m", "core", "--help"], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": cli_help.COLUMNS})
+    assert proc.returncode == 0 and proc.stdout == golden["python -m core"]   # what a terminal gets, too

@@ -7,7 +7,7 @@ import pytest
 
 from core import store
 from core.access.principal import AccessDenied
-from core.evaluation import conversations as convs
+from core.playground import conversations as convs
 from core.evaluation.inference import Decoding
 from tests.conftest import OPERATOR, cli, person
 
@@ -72,7 +72,7 @@ def test_the_cli_saves_lists_and_a_demo_link_offers_the_questions(home, tmp_path
 
 @pytest.mark.slow   # a real inference worker on the default model
 def test_a_replay_asks_the_questions_again_and_carries_each_answer_on(home, default_model):
-    from core.evaluation import playground
+    from core.playground import playground
 
     conv = convs.save("Hóa đơn sai", TURNS, actor=OPERATOR)
     target = convs.target(f"base:{default_model}", actor=OPERATOR)

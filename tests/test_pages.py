@@ -113,7 +113,7 @@ def test_every_page_renders_with_a_finished_pipeline(pipeline, monkeypatch, page
 
 @pytest.mark.slow
 def test_playground_chats_with_the_tuned_run(pipeline, monkeypatch):
-    from core.evaluation import playground
+    from core.playground import playground
 
     monkeypatch.setenv("VITUNE_HOME", str(pipeline["home"]))
     at = _run("playground")
@@ -127,7 +127,7 @@ def test_playground_chats_with_the_tuned_run(pipeline, monkeypatch):
 
 @pytest.mark.slow
 def test_playground_streams_a_run_and_its_exported_gguf_side_by_side(pipeline, monkeypatch):
-    from core.evaluation import playground
+    from core.playground import playground
 
     monkeypatch.setenv("VITUNE_HOME", str(pipeline["home"]))
     at = _run("playground")

@@ -14,9 +14,10 @@ import pytest
 
 from core import store
 from core.datasets import importer
-from core.evaluation import inference, playground
+from core.evaluation import inference
 from core.evaluation.inference import Decoding
 from core.jobs import queue, supervisor
+from core.playground import playground
 from core.training import presets, runs
 from tests.conftest import OPERATOR, REPO, approve_review, person, tiny_pairs, write_jsonl
 
@@ -112,7 +113,7 @@ def test_a_gpu_without_the_memory_fails_the_worker_with_the_reason(home, default
 
 def test_the_web_process_never_loads_a_model_for_the_playground(home, default_model):
     """playground.ask in a fresh interpreter: torch is never imported there, the answer still comes."""
-    code = ("import sys; from core.evaluation import playground; from core.evaluation.inference import Decoding; "
+    code = ("import sys; from core.playground import playground; from core.evaluation.inference import Decoding; "
             "from core.access.principal import operator; me = operator(); "
             f"a = playground.ask({str(default_model)!r}, None, 'chat', 'Xin chào', decoding=Decoding(max_new_tokens=4), "
             "actor=me); [playground.stop(j['id'], actor=me) for j in playground.servers()]; "

@@ -48,7 +48,7 @@ def test_counters_count_connections_and_queries(home):
 
 
 def test_one_open_serves_a_burst_and_the_file_is_free_after(home, monkeypatch):
-    monkeypatch.setattr(store, "LINGER_S", 30.0)
+    monkeypatch.setattr(store.connection, "LINGER_S", 30.0)
     store.rows("SELECT 1")
     before = store.counters()
     for _ in range(5):
@@ -63,8 +63,8 @@ def test_one_open_serves_a_burst_and_the_file_is_free_after(home, monkeypatch):
 def test_a_process_waiting_for_the_file_is_let_in(home, monkeypatch):
     """This process would keep the file for 30 s after its last query; another process that wants it
     marks that it waits, and this one closes the file for it at once."""
-    monkeypatch.setattr(store, "LINGER_S", 30.0)
-    monkeypatch.setattr(store, "MAX_HOLD_S", 60.0)
+    monkeypatch.setattr(store.connection, "LINGER_S", 30.0)
+    monkeypatch.setattr(store.connection, "MAX_HOLD_S", 60.0)
     store.rows("SELECT count(*) FROM jobs")
     before = store.counters()
     probe = ("import json, sys; sys.path.insert(0, sys.argv[1]); from core import store; "

@@ -123,7 +123,7 @@ def test_the_playground_records_a_blind_vote_between_two_real_models(home, defau
     are shown unlabelled, the pick is stored with the model that was shown first as model_a."""
     from streamlit.testing.v1 import AppTest
 
-    from core.evaluation import playground
+    from core.playground import playground
     from tests.conftest import REPO
 
     at = AppTest.from_file(str(REPO / "pages" / "playground.py"), default_timeout=600)

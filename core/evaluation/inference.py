@@ -1,7 +1,7 @@
 """Generation with a base model, optionally with a run's LoRA adapter: batched, greedy by default.
 
 Used by the evaluation and preflight workers and by the playground's inference worker
-(``core.evaluation.server``). Prompts come from ``core.prompt_format``.
+(``core.playground.server``). Prompts come from ``core.prompt_format``.
 Prompts are sorted by length and cut into batches, left-padded so that every row's last prompt
 token sits at the same position and decoding proceeds with the KV cache for the whole batch;
 answers come back in the prompts' order. On CUDA a batch of prompts goes through the static

@@ -48,7 +48,7 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
          ("docx", "pypdf"),
          "instruction pairs from raw documents by an OpenAI-compatible LLM",
          optional=("llama_cpp.server",)),   # --local: llama.cpp's server for the default model
-    Kind("inference", "core.evaluation.server", "core.evaluation.playground",
+    Kind("inference", "core.playground.server", "core.playground.playground",
          ("torch", "transformers", "peft"),
          "one model served on loopback for the playground", resident=True),
 )}

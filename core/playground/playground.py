@@ -1,7 +1,7 @@
 """The playground, app side: models answer from inference workers, never inside the web process.
 
 ``ensure`` finds the running inference worker of a model (base model + adapter + prompt format) or
-queues one (an ``inference`` job, run by ``core.evaluation.server``) and waits until it listens;
+queues one (an ``inference`` job, run by ``core.playground.server``) and waits until it listens;
 ``ask`` sends it a question over loopback. The supervisor starts inference workers at once, counts
 them on their slot (GPU memory), and evicts them when a training job needs the slot, or they end by
 themselves after ``idle_s`` without a question. A model that cannot load ends its worker with the
@@ -23,9 +23,9 @@ from core import models, paths, prompt_format, store
 from core.access.principal import AccessDenied, Principal, require
 from core.evaluation.inference import Decoding
 from core.i18n import M
-from core.evaluation.server import DEFAULT_IDLE_S
 from core.jobs import queue, supervisor
 from core.jobs.files import STATUS, TERMINAL, read_json
+from core.playground.server import DEFAULT_IDLE_S
 
 LOAD_TIMEOUT_S = 900.0
 

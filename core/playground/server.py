@@ -4,7 +4,7 @@ An ``inference`` job is long-lived: ``run`` loads the base model (and the run's 
 127.0.0.1 at a free port, writes the port to ``status.json`` and answers until it has been idle for
 ``idle_s`` seconds (then the job ends, ``reason: idle``) or the supervisor evicts it (a training job
 needs the slot's memory). Every request must carry the job's token (``Authorization: Bearer …``).
-The web process never loads a model: ``core.evaluation.playground`` (app side) starts these workers
+The web process never loads a model: ``core.playground.playground`` (app side) starts these workers
 through the job queue, so the scheduler knows where each model sits and how much memory it holds.
 
     POST /ask       {"question", "context", "system", "decoding"}  → {"answer", "seconds", "new_tokens"}

@@ -109,7 +109,7 @@ def questions(conv: dict) -> list[str]:
 def target(model_id: str, *, actor: Principal, project: str | None = None) -> dict:
     """The playground target named ``model_id`` (``run:RUN``, ``gguf:PATH``…), if the playground offers it
     to ``actor``: a typed name is looked up among what is offered, never used as a path."""
-    from core.evaluation import playground
+    from core.playground import playground
 
     for t in playground.targets_for(actor, project):
         if t["id"] == model_id:
@@ -123,7 +123,7 @@ def replay(conv: dict, target: dict, *, actor: Principal, project: str | None = 
     ``(turn number, question, the answer's pieces)`` for each; the answer (once its pieces are consumed)
     becomes the next turn's history, so turn 2 sees what the model answered to turn 1 this time.
     ``infos`` (a list) gets each turn's ``info`` (the rendered prompt, token counts, timings)."""
-    from core.evaluation import playground
+    from core.playground import playground
 
     history: list[dict] = []
     for n, question in enumerate(questions(conv), 1):

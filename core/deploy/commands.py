@@ -1,0 +1,141 @@
+"""The deploy stage from the command line: ``export`` (GGUF), ``modelfile``, ``deploy`` (export, preflight,
+``ollama create``, the release) and ``releases`` (list, delete, roll back).
+
+``core/cli.py`` adds each command's parser (``add_…(sub)``: its arguments and their checks) in the order
+``python -m core --help`` lists them; heavy libraries are imported inside the commands.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+from core.cli_common import _actor, _fail, _print, _progress_printer, _seconds
+
+
+def cmd_export(args) -> int:
+    from core.deploy import exporter, exports
+    from core.jobs import queue, supervisor
+
+    try:
+        job = exports.submit(args.run, args.quant, actor=_actor())
+    except (exporter.ExportError, queue.JobError) as exc:
+        return _fail(str(exc))
+    job = supervisor.wait(job["id"], timeout=args.timeout, on_update=_progress_printer("export"))
+    if job["state"] != "succeeded":
+        return _fail(f"export job {job['id']} {job['state']}: {job['error']}")
+    _print(job["result"], args.json)
+    return 0
+
+
+def cmd_modelfile(args) -> int:
+    from core import prompt_format
+    from core.deploy import modelfile
+
+    try:
+        if args.name:
+            modelfile.check_name(args.name)
+        prompt_format.check_gguf(args.gguf)
+        print(modelfile.build(args.gguf, args.format, system=args.system), end="")
+    except (modelfile.ModelfileError, prompt_format.FormatError) as exc:
+        return _fail(str(exc))
+    return 0
+
+
+def cmd_deploy(args) -> int:
+    from core import prompt_format
+    from core.deploy import exporter, modelfile, ollama, preflight, releases
+    from core.jobs import queue
+
+    try:
+        release = releases.deploy(args.run, args.name, system=args.system, quantization=args.quant,
+                                  override_reason=args.override_reason, actor=_actor(),
+                                  ollama_quantize=args.ollama_quantize, golden=args.golden,
+                                  on_progress=lambda m: print(m, file=sys.stderr, flush=True))
+    except (releases.DeployRefused, ollama.OllamaError, modelfile.ModelfileError, exporter.ExportError,
+            queue.JobError, preflight.PreflightError, prompt_format.FormatError) as exc:
+        return _fail(str(exc).replace("\n", " | "))
+    pf = release["preflight"] if isinstance(release["preflight"], dict) else json.loads(release["preflight"])
+    out = {k: release[k] for k in ("id", "name", "tag", "run_id", "quantization", "gguf_path", "gguf_sha256",
+                                   "modelfile_path", "ollama_status")}
+    out["preflight"] = {k: pf[k] for k in ("passed", "reason", "n", "exact_match_rate", "rouge_l")}
+    if pf.get("held_out"):
+        out["preflight"]["held_out"] = pf["held_out"]
+    _print(out, args.json)
+    return 0
+
+
+def cmd_releases(args) -> int:
+    from core.deploy import releases
+
+    try:
+        if args.action == "list":
+            rows = releases.list_releases(_actor(), args.project)
+            if args.json:
+                print(json.dumps(rows, ensure_ascii=False, indent=2, default=str))
+                return 0
+            for r in rows:
+                pf = r.get("preflight") or {}
+                print(f"{r['id']}  {r['name'] + ':' + r['tag']:<28} {r['state'] or 'active':<8} {r['run_id']}  "
+                      f"{r['quantization'] or '':<6} preflight "
+                      f"{'-' if not pf else ('pass' if pf.get('passed') else 'BLOCK')}  "
+                      f"{r['created_by'] or ''}  {r['created_at']:%Y-%m-%d %H:%M}"
+                      + (f"  rollback of {r['rollback_of']}" if r.get("rollback_of") else "")
+                      + (f"  override: {r['override_reason']}" if r.get("override_reason") else ""))
+            return 0
+        if not args.id:
+            return _fail(f"releases {args.action} needs a release id (see `python -m core releases list`)", 2)
+        if args.action == "delete":
+            rel = releases.delete_release(args.id, actor=_actor())
+        else:
+            rel = releases.rollback(args.id, actor=_actor(), on_progress=lambda m: print(m, file=sys.stderr))
+    except releases.DeployRefused as exc:
+        return _fail(str(exc))
+    _print({k: rel.get(k) for k in ("id", "name", "tag", "state", "rollback_of", "modelfile_path", "ollama_status")
+            if k in rel}, args.json)
+    return 0
+
+
+# ── parsers ──────────────────────────────────────────────────────────────────
+
+
+def add_export(sub) -> None:
+    x = sub.add_parser("export", help="merge a run and export GGUF with llama.cpp")
+    x.add_argument("--run", required=True)
+    x.add_argument("--quant", nargs="+", choices=["f16", "q8_0", "q4_k_m"],
+                   help="default: q4_k_m, or q8_0 for a base model under a billion parameters")
+    x.add_argument("--timeout", type=_seconds, default=3600)
+    x.add_argument("--json", action="store_true")
+    x.set_defaults(fn=cmd_export)
+
+
+def add_modelfile(sub) -> None:
+    mf = sub.add_parser("modelfile", help="print an Ollama Modelfile for a GGUF")
+    mf.add_argument("--gguf", required=True)
+    mf.add_argument("--system", default=None)
+    mf.add_argument("--format", default="chat", choices=["chat", "alpaca-vi"])
+    mf.add_argument("--name")
+    mf.set_defaults(fn=cmd_modelfile)
+
+
+def add_deploy(sub) -> None:
+    dp = sub.add_parser("deploy", help="export, write the Modelfile, ollama create, record the release")
+    dp.add_argument("--run", required=True)
+    dp.add_argument("--name", required=True, help="Ollama model name, e.g. gemma3-vi-cskh:v1")
+    dp.add_argument("--system")
+    dp.add_argument("--quant", choices=["f16", "q8_0", "q4_k_m"],
+                    help="default: q4_k_m, or q8_0 for a base model under a billion parameters (q4_k_m loses a "
+                         "short fine-tune of a model that small; the preflight blocks it)")
+    dp.add_argument("--override-reason", help="deploy a run that has not passed the gate, recording why")
+    dp.add_argument("--ollama-quantize", choices=["q4_K_M", "q4_K_S", "q8_0"],
+                    help="let `ollama create --quantize` quantize (only with --quant f16)")
+    dp.add_argument("--golden", type=int, default=8, help="held-out prompts in the preflight")
+    dp.add_argument("--json", action="store_true")
+    dp.set_defaults(fn=cmd_deploy)
+
+
+def add_releases(sub) -> None:
+    rl = sub.add_parser("releases", help="list releases, delete one (ollama rm) or roll back to one")
+    rl.add_argument("action", choices=["list", "delete", "rollback"])
+    rl.add_argument("id", nargs="?", help="release id (delete, rollback)")
+    rl.add_argument("--json", action="store_true")
+    rl.set_defaults(fn=cmd_releases)
