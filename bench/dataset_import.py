@@ -110,6 +110,7 @@ def watch_threads(seen: dict, stop: threading.Event) -> None:
 
 
 def child_studio(path: str) -> dict:
+    from core.access.principal import operator
     from core.datasets import importer
 
     seen: dict = {}
@@ -117,7 +118,7 @@ def child_studio(path: str) -> dict:
     watcher = threading.Thread(target=watch_threads, args=(seen, stop), daemon=True)
     watcher.start()
     t0 = time.perf_counter()
-    version, report = importer.import_files([path], "bench-import", created_by="bench", bulk=True)
+    version, report = importer.import_files([path], "bench-import", actor=operator(), bulk=True)
     wall = time.perf_counter() - t0
     stop.set()
     watcher.join()

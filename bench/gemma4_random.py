@@ -233,8 +233,13 @@ def _save_tokenizer_and_processor(out_dir: Path, tokenizer_from: Path | None) ->
         image.save_pretrained(str(out_dir))
         audio.save_pretrained(str(out_dir))
         return
-    Gemma4Processor(feature_extractor=audio, image_processor=image, tokenizer=tok, video_processor=video,
-                    chat_template=tok.chat_template).save_pretrained(str(out_dir))
+    try:
+        Gemma4Processor(feature_extractor=audio, image_processor=image, tokenizer=tok, video_processor=video,
+                        chat_template=tok.chat_template).save_pretrained(str(out_dir))
+    except AttributeError:   # a transformers whose processor wants the tokenizer's image/audio token names
+        image.save_pretrained(str(out_dir))
+        audio.save_pretrained(str(out_dir))
+        video.save_pretrained(str(out_dir))
 
 
 def build_model(out_dir: Path, *, layers: int = 8, hidden: int = 640, intermediate: int | None = None,

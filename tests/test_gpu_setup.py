@@ -94,3 +94,34 @@ def test_the_workers_interpreter_is_recorded_after_its_self_check(home, worker_e
     cleared = _cli("jobs", "worker-python", "--clear", home=home)
     assert cleared.returncode == 0 and store.get_setting("worker_python") is None
     assert shutil.which("bash")
+
+
+@pytest.mark.extended
+def test_the_carry_folder_is_built_from_the_projects_pins(tmp_path):
+    """`bash scripts/gpu_env.sh carry DIR` (needs PyPI: CI has it): what a GPU box that can install nothing
+    lacks, at the versions requirements-gpu.txt resolves to for CPython 3.12, small enough to travel."""
+    import tarfile
+
+    carry = tmp_path / "carry"
+    proc = subprocess.run(["bash", "scripts/gpu_env.sh", "carry", str(carry)], cwd=REPO, capture_output=True,
+                          text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    manifest = (carry / "MANIFEST.txt").read_text()
+    pins = dict(p.split("==") for p in manifest.split("site.tgz: ", 1)[1].splitlines()[0].split())
+    required = dict(line.split("==") for line in (REPO / "requirements-gpu.txt").read_text().splitlines()
+                    if "==" in line and not line.startswith("#") and ";" not in line)
+    for name in ("unsloth", "bitsandbytes", "trl", "datasets"):
+        assert pins[name] == required[name], name
+    with tarfile.open(carry / "site.tgz") as tar:
+        names = tar.getnames()
+    assert "./unsloth/__init__.py" in names and "./trl/__init__.py" in names and not any("/studio/" in n for n in names)
+    apps = [w.name for w in (carry / "appwheels").iterdir()]
+    duckdb_pin = next(line for line in (REPO / "requirements.txt").read_text().splitlines() if line.startswith("duckdb=="))
+    assert len(apps) == 1 and apps[0].startswith(duckdb_pin.replace("==", "-") + "-") and "cp312" in apps[0]
+    assert not any(w.name.startswith(("duckdb", "streamlit", "plotly")) for w in (carry / "wheels").iterdir())
+    with tarfile.open(carry / "llama_cpp_src.tgz") as tar:
+        src = tar.getnames()
+    assert "llama.cpp/CMakeLists.txt" in src and any(n.startswith("llama.cpp/ggml/src/ggml-cuda/") for n in src)
+    assert not any(n.startswith(("llama.cpp/models/", "llama.cpp/ggml/src/ggml-vulkan")) for n in src)
+    total = sum(f.stat().st_size for f in carry.rglob("*") if f.is_file())
+    assert total < 60 * 2**20, total   # the device tool carries 64 MiB in all, the checkout included
