@@ -185,7 +185,8 @@ def main() -> int:
     def job_outcome(job: dict) -> dict:
         return {"job": job["id"], "state": job["state"], "error": job["error"], "slot": job["slot"]}
 
-    worker = args.worker_python or sys.executable
+    # the interpreter the supervisor starts the jobs' workers with (core.jobs.supervisor.worker_python)
+    worker = args.worker_python or os.environ.get("VITUNE_WORKER_PYTHON") or sys.executable
     base = home / "models" / "base" / (f"gemma4-{args.shape}" + ("-tiny" if args.tiny else "") if args.shape
                                        else "gemma4-random")
     device = args.device
