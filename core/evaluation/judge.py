@@ -52,7 +52,7 @@ from core.jobs import queue
 from core.jobs.files import STATUS, read_json
 
 LIMITS = "judge_limits"
-DEFAULT_LIMITS = {"max_items": 200, "max_cost": 1.0, "timeout_s": 120.0, "max_tokens": 256}
+DEFAULT_LIMITS = {"max_items": 200, "max_cost": 1.0, "timeout_s": 300.0, "max_tokens": 256}
 TOO_FEW = 20            # below this many pairs, an agreement is shown with "n too small to say"
 MIN_AGREEMENT = 0.6     # the share of decisive votes the judge must agree with to gate without an override
 KINDS = ("example", "vote", "review")

@@ -41,8 +41,8 @@ Thang điểm:
 2 — phần lớn sai, có thông tin bịa đặt, hoặc không trả lời bằng tiếng Việt.
 1 — sai hoàn toàn, lạc đề, hoặc không có câu trả lời.
 
-Trả về DUY NHẤT một đối tượng JSON, lý do trước, điểm sau:
-{{"reason": "<một câu ngắn bằng tiếng Việt giải thích điểm>", "score": <số nguyên từ 1 đến 5>}}"""
+Trả về DUY NHẤT một đối tượng JSON có hai khóa, theo thứ tự: "reason" là một câu ngắn bằng tiếng Việt nêu lý do \
+cho điểm (viết lý do trước khi cho điểm), rồi "score" là điểm, một số nguyên từ 1 đến 5."""
 
 RUBRIC = ("Bạn là giám khảo chấm câu trả lời của một trợ lý AI cho doanh nghiệp Việt Nam. So sánh CÂU TRẢ LỜI "
           "với ĐÁP ÁN THAM CHIẾU cho CÂU HỎI dưới đây và cho điểm từ 1 đến 5.\n\n"
