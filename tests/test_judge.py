@@ -297,7 +297,7 @@ def test_limits_on_count_and_cost_are_checked_before_and_during_and_add_up_per_e
         job = judged(judge.submit_evaluation(e["id"], endpoint="judge", actor=ENGINEER))
         assert judge.run_of(job["id"])["items"] == 2 and judge.summary(e["id"])["n"] == 3
         assert judge.spent("example", e["id"])["cost"] == pytest.approx(0.3)
-        with pytest.raises(judge.JudgeRefused, match="eval-j has 3 judged examples, the 3 it may have"):
+        with pytest.raises(judge.JudgeRefused, match=r"eval-j has 3 judged answers \(every judge's\), the 3 it may have"):
             judge.submit_evaluation(e["id"], endpoint="judge", actor=ENGINEER)
     with pytest.raises(AccessDenied, match="may not judge run: that needs engineer"):
         judge.submit_evaluation(e["id"], local=True, actor=REVIEWER)

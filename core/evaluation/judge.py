@@ -299,8 +299,8 @@ def _submit(kind: str, ref: str | None, items: list[dict], project: str, *, endp
         count -= before["scored"]
         budget -= before["cost"]
         if count <= 0:
-            raise JudgeRefused(f"evaluation {ref} has {before['scored']} judged examples, the {count + before['scored']} "
-                               "it may have: raise the limit to judge more")
+            raise JudgeRefused(f"evaluation {ref} has {before['scored']} judged answers (every judge's), the "
+                               f"{count + before['scored']} it may have: raise the limit to judge more")
         if budget <= 0 and (backend.price_in_per_mtok or backend.price_out_per_mtok):
             raise JudgeRefused(f"judging evaluation {ref} has cost {before['cost']:.4f} of the {budget + before['cost']:g} "
                                "it may: raise the limit to judge more")
