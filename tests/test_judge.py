@@ -195,9 +195,9 @@ def test_a_judge_that_times_out_answers_garbage_or_scores_7_loses_no_score_and_s
     waits past the timeout, the third gets prose, the fourth a 7 — each stored with its own one-line reason.
     A second run (the server mended) asks only those three; the first example's score stays as it was."""
     e = an_evaluation(home)
-    judge.set_limits(timeout_s=1, actor=ADMIN)
+    judge.set_limits(timeout_s=3, actor=ADMIN)
     refs = [x["prediction"] for x in judge_examples(e["id"])]
-    behaviour = {refs[0]: verdict(4), refs[1]: ("sleep", 4), refs[2]: {"content": "Tôi không chắc lắm."},
+    behaviour = {refs[0]: verdict(4), refs[1]: ("sleep", 8), refs[2]: {"content": "Tôi không chắc lắm."},
                  refs[3]: verdict(7)}
     with JudgeServer(lambda answer, _: behaviour[answer]) as srv:
         configure(home, srv.url)
@@ -207,7 +207,7 @@ def test_a_judge_that_times_out_answers_garbage_or_scores_7_loses_no_score_and_s
         assert srv.seen == refs
     assert out["state"] == "succeeded" and (out["asked"], out["scored"], out["failed"]) == (4, 1, 3)
     failures = {f["part"]: f["error"] for f in out["failures"]}
-    assert failures[1] == f"the judge endpoint failed: {srv.url}/chat/completions did not answer within 1 s (timed out)"
+    assert failures[1] == f"the judge endpoint failed: {srv.url}/chat/completions did not answer within 3 s (timed out)"
     assert failures[2] == "the judge's answer is not usable: no score in the judge's answer: 'Tôi không chắc lắm.'"
     assert failures[3] == ("the judge's answer is not usable: the score 7 is out of range (the rubric's scores are "
                            "1 to 5)")
