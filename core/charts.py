@@ -159,3 +159,18 @@ def review_progress(status: dict, tr: Tr = None) -> go.Figure:
     fig.update_layout(barmode="stack", height=140, margin={"t": 10, "b": 10, "l": 10, "r": 10},
                       legend={"orientation": "h", "y": -0.4})
     return fig
+
+
+def judge_scores(distribution: dict, mean: float | None = None, tr: Tr = None) -> go.Figure:
+    """How many examples the LLM judge scored 1, 2, 3, 4 and 5, and its mean."""
+    T = tr or _same
+    xs = [1, 2, 3, 4, 5]
+    ys = [int(distribution.get(s) or distribution.get(str(s)) or 0) for s in xs]
+    colors = ["#c62828", "#ef6c00", "#f9a825", "#7cb342", "#2e7d32"]
+    fig = go.Figure(go.Bar(x=xs, y=ys, marker_color=colors, text=ys, textposition="outside", name=T("examples")))
+    if mean is not None:
+        fig.add_vline(x=mean, line_dash="dash", line_color="#424242",
+                      annotation_text=T("mean {mean:.2f}").format(mean=mean), annotation_position="top")
+    fig.update_layout(title=T("The judge's scores (1–5)"), xaxis={"tickmode": "array", "tickvals": xs, "title": T("score")},
+                      yaxis_title=T("examples"), height=300, margin={"t": 50, "b": 40})
+    return fig

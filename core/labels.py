@@ -12,7 +12,8 @@ from core.i18n import M, render
 JOB_STATES = {"queued": M("queued"), "running": M("running"), "succeeded": M("succeeded"), "failed": M("failed"),
               "cancelled": M("cancelled")}
 JOB_KINDS = {"train": M("training"), "evaluate": M("evaluation"), "export": M("export"), "preflight": M("preflight"),
-             "generate": M("pair generation"), "inference": M("inference (playground)")}
+             "generate": M("pair generation"), "inference": M("inference (playground)"),
+             "judge": M("LLM judge")}
 DECISIONS = {"approved": M("approved"), "edited": M("edited"), "rejected": M("rejected"), "pending": M("pending"),
              None: M("pending")}
 RELEASE_STATES = {"active": M("active"), "replaced": M("replaced"), "deleted": M("deleted")}
@@ -21,6 +22,7 @@ VERSION_SOURCES = {"import": M("import"), "generate": M("generated pairs"), "rev
                    "general": M("general Vietnamese")}
 # what a job's progress counts (the ``label`` its worker writes in status.json)
 PROGRESS = {"steps": M("steps"), "examples": M("examples"), "chunks": M("chunks"), "done": M("done"),
+            "answers": M("answers"),
             "loading the model": M("loading the model"), "serving": M("serving"),
             "loading the merged model": M("loading the merged model"),
             "merged model (transformers)": M("merged model (transformers)"), "GGUF (llama.cpp)": M("GGUF (llama.cpp)"),

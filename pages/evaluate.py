@@ -1,7 +1,7 @@
 import streamlit as st
 
 from core import charts, labels, models
-from core.evaluation import evaluations, gate, report, votes, words
+from core.evaluation import evaluations, gate, judge, report, votes, words
 from core.jobs import queue
 from core.training import runs as train_runs
 from core.evaluation.inference import Decoding, parse_stop
@@ -73,8 +73,8 @@ evals = evaluations.list_evaluations(who, project=here, limit=PICKABLE) if filte
 if not evals:
     st.info(_("No evaluations yet."))
 eval_labels = {e["id"]: say(e["label"]) for e in evals}
-board_tab, compare_tab, drill_tab, votes_tab, gate_tab = st.tabs(
-    [_("Leaderboard"), _("Compare"), _("Examples"), _("Preference votes"), _("Gate thresholds")],
+board_tab, compare_tab, drill_tab, votes_tab, judge_tab, gate_tab = st.tabs(
+    [_("Leaderboard"), _("Compare"), _("Examples"), _("Preference votes"), _("LLM judge"), _("Gate thresholds")],
     key="evaluate-tab", on_change="rerun")
 
 with board_tab:
@@ -223,6 +223,99 @@ with drill_tab:
                 r2.markdown(_("**Prediction** — BLEU {bleu:.3f}, ROUGE-L {rouge_l:.3f}").format(bleu=ex["bleu"], rouge_l=ex["rouge_l"]))
                 r2.html(report.DIFF_STYLE + report.diff_html(d["prediction"], "pred"))
                 st.caption(_("{n} words in common; differing words are highlighted.").format(n=d["same_words"]))
+                verdict = judge.verdicts(pick).get(idx)
+                if verdict:
+                    if verdict["score"] is not None:
+                        st.markdown(_("**LLM judge: {score}/5** ({judge}, rubric {rubric})").format(
+                            score=verdict["score"], judge=verdict["judge"], rubric=verdict["rubric_version"]))
+                        st.text(verdict["reason"] or _("(no reason given)"))   # the judge's words, as text
+                    else:
+                        st.markdown(_("**LLM judge: no score** ({judge})").format(judge=verdict["judge"]))
+                        st.text(verdict["error"] or "")
+
+def _agreement_rows(ag: dict) -> list[dict]:
+    v, r = ag["votes"], ag["reviews"]
+    share = lambda x: "–" if x is None else f"{x:.0%}"
+    return [{_("checked against"): _("blind preference votes"), "n": v["n"],
+             _("agreement"): _("{share} of votes; {decisive} of the {n} decisive ones").format(
+                 share=share(v["agreement"]), decisive=share(v["agreement_decisive"]), n=v["n_decisive"]),
+             "Kendall τ": v["kendall_tau"], _("note"): say(v["note"]) if v["note"] else ""},
+            {_("checked against"): _("reviewers' decisions"), "n": r["n"],
+             _("agreement"): _("concordance {share} over {pairs} pairs").format(share=share(r["concordance"]),
+                                                                              pairs=r["pairs"]),
+             "Kendall τ": r["kendall_tau"], _("note"): say(r["note"]) if r["note"] else ""}]
+
+
+with judge_tab:
+    if judge_tab.open:
+        st.caption(_("An LLM reads each answer with a written Vietnamese rubric (correct against the reference, "
+                     "complete, nothing invented, in Vietnamese) and gives a 1–5 score with a one-line reason: a "
+                     "judge of meaning beside BLEU and ROUGE-L, which count shared syllables. It is checked against "
+                     "the team's blind votes and reviewers' decisions before it may gate."))
+        pick = None
+        if evals:
+            pick = st.selectbox(_("Evaluation"), [e["id"] for e in evals], format_func=eval_labels.get, key="judge-eval")
+            sm = judge.summary(pick, who)
+            shown = judge.verdict_of(pick, who)
+            j1, j2, j3, j4 = st.columns(4)
+            j1.metric(_("Judge's mean (1–5)"), f"{sm['mean']:.2f}" if sm["mean"] is not None else "–")
+            j2.metric(_("Judged"), f"{sm['n']} / {sm['examples']}")
+            j3.metric(_("Failed"), sm["failed"])
+            j4.metric(_("Cost"), f"{sm['cost']:.4f}")
+            if sm["judge"]:
+                st.caption(_("Judge {judge}, rubric {rubric}. {reason}").format(
+                    judge=sm["judge"], rubric=sm["rubric_version"], reason=say(shown["reason"])))
+                st.plotly_chart(charts.judge_scores(sm["distribution"], sm["mean"], tr=_), key="judge-scores")
+                st.markdown(_("**Agreement with the team** (n below {few}: too small to say)").format(few=judge.TOO_FEW))
+                st.dataframe(_agreement_rows(judge.agreement(sm["judge"], sm["rubric_version"], actor=who)),
+                             hide_index=True)
+                failed = [v for v in judge.verdicts(pick, sm["judge"], sm["rubric_version"]).values()
+                          if v["score"] is None]
+                if failed:
+                    st.markdown(_("**Examples the judge could not score** (a re-run asks them again)"))
+                    st.dataframe([{"#": v["idx"], _("why"): v["error"]} for v in failed], hide_index=True)
+                if len(sm["judges"]) > 1:
+                    st.dataframe([{_("judge"): j["judge"], _("rubric"): j["rubric_version"], "n": j["n"],
+                                   _("mean"): None if j["mean"] is None else round(j["mean"], 3)} for j in sm["judges"]],
+                                 hide_index=True)
+            else:
+                st.info(_("No LLM judge has scored this evaluation yet."))
+        if can("judge.run"):
+            lim = judge.limits()
+            with st.form("judge-run"):
+                k1, k2 = st.columns(2)
+                judge_choice = k1.selectbox(_("Judge"), judge.judge_options(),
+                                            format_func=lambda o: _("the default model (local, llama.cpp)")
+                                            if o == "local" else o)
+                what = k2.radio(_("What to judge"), ["evaluation", "votes", "reviews"], horizontal=True,
+                                format_func=lambda w: {"evaluation": _("this evaluation's examples"),
+                                                       "votes": _("the blind votes' answers"),
+                                                       "reviews": _("the reviewed pairs")}[w])
+                k3, k4 = st.columns(2)
+                most = k3.number_input(_("Answers at most"), 1, int(lim["max_items"]), int(lim["max_items"]))
+                spend = k4.number_input(_("Cost at most (the endpoint's prices; the evaluation's earlier runs count)"),
+                                        0.0, float(lim["max_cost"]), float(lim["max_cost"]))
+                go_judge = st.form_submit_button(_("Queue the judge"))
+            if go_judge:
+                try:
+                    common = dict(endpoint=None if judge_choice == "local" else judge_choice.split(":", 1)[1],
+                                  local=judge_choice == "local", max_items=int(most), max_cost=float(spend), actor=who)
+                    if what == "evaluation":
+                        if pick is None:
+                            raise ValueError(_("No evaluations yet."))
+                        job = judge.submit_evaluation(pick, **common)
+                    elif what == "votes":
+                        job = judge.submit_votes(**common, project=here)
+                    else:
+                        job = judge.submit_reviews(**common, project=here)
+                    refresh_live()
+                    st.success(_("Queued judge job {job} ({n} answers).").format(job=job["id"], n=job["config"]["items"]))
+                except (ValueError, queue.JobError, PermissionError) as exc:
+                    fail(exc)
+        for job in live_jobs(10, "judge"):
+            if job["state"] in ("queued", "running"):
+                job_progress(job)
+
 
 with gate_tab:
     if gate_tab.open:
@@ -243,6 +336,33 @@ with gate_tab:
                 if st.form_submit_button(_("Save thresholds")):
                     try:
                         gate.set_thresholds(min_bleu, min_rouge, actor=who, override_reason=reason or None)
+                        st.success(_("Saved."))
+                    except (ValueError, PermissionError) as exc:
+                        fail(exc)
+        jc = gate.judge_gate()
+        st.markdown(_("**The LLM judge**"))
+        st.caption((_("The judge {judge} (rubric {rubric}) gates: its mean must be at least {min_mean} over at least "
+                      "{min_share:.0%} of the evaluation.").format(judge=jc["judge"], rubric=jc["rubric_version"],
+                                                                   min_mean=jc["min_mean"], min_share=jc["min_share"])
+                    if jc["enabled"] else _("The judge's mean is shown beside the gate; it does not gate."))
+                   + ("" if can("judge.gate") else " " + _("Changing it needs an admin.")))
+        if can("judge.gate"):
+            known = list(dict.fromkeys([j["judge"] for j in judge.judges(who)] + ([jc["judge"]] if jc["judge"] else [])))
+            with st.form("judge-gate"):
+                let = st.checkbox(_("Let the judge's mean gate a release"), value=bool(jc["enabled"]))
+                gating_judge = st.selectbox(_("The judge whose mean gates"), known or [""],
+                                            index=known.index(jc["judge"]) if jc["judge"] in known else 0)
+                g1, g2 = st.columns(2)
+                judge_min = g1.number_input(_("The judge's mean must be at least (1–5)"), 1.0, 5.0,
+                                            float(jc["min_mean"]), 0.1)
+                judge_share = g2.number_input(_("Share of an evaluation the judge must have scored"), 0.1, 1.0,
+                                              float(jc["min_share"]), 0.05)
+                judge_reason = st.text_input(_("Reason, when the judge's agreement with the team is too small to say "
+                                               "or too low (recorded)"))
+                if st.form_submit_button(_("Save the judge's gate")):
+                    try:
+                        judge.set_gate(let, judge=gating_judge or None, min_mean=judge_min, min_share=judge_share,
+                                       actor=who, override_reason=judge_reason or None)
                         st.success(_("Saved."))
                     except (ValueError, PermissionError) as exc:
                         fail(exc)

@@ -126,7 +126,8 @@ def _shown(at: AppTest) -> list[str]:
 
 
 # pages whose tabs run lazily (only the open tab's content runs): their tab key and every tab's label
-LAZY_TABS = {"evaluate": ("evaluate-tab", ["Leaderboard", "Compare", "Examples", "Preference votes", "Gate thresholds"])}
+LAZY_TABS = {"evaluate": ("evaluate-tab", ["Leaderboard", "Compare", "Examples", "Preference votes", "LLM judge",
+                                           "Gate thresholds"])}
 
 
 def _every_tab(page: str):

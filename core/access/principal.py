@@ -4,9 +4,9 @@ button is still refused, and the audit log records the signed-in identity, never
 
 Roles, each including the ones below it:
 
-- **admin**: users and roles, projects, the gate's thresholds, generation endpoints, the workers'
-  interpreter, deleting releases;
-- **engineer**: datasets, pair generation, training, evaluation, export, deploy and rollback, demo links,
+- **admin**: users and roles, projects, the gate's thresholds and whether the LLM judge gates, generation
+  endpoints, the workers' interpreter, deleting releases;
+- **engineer**: datasets, pair generation, training, evaluation and its LLM judge, export, deploy and rollback, demo links,
   and the gate and review overrides (each with a reason, recorded under the engineer's identity);
 - **reviewer**: the review sample (drawing it, deciding its pairs) and blind preference votes in the playground;
 - **viewer**: read-only: leaderboards, reports, the playground.
@@ -36,6 +36,7 @@ ACTIONS: dict[str, str] = {
     "job.cancel": "engineer",
     "job.resume": "engineer",
     "evaluate.submit": "engineer",
+    "judge.run": "engineer",               # an LLM judge over an evaluation's examples, the votes or the reviews
     "export.submit": "engineer",
     "deploy.release": "engineer",
     "release.rollback": "engineer",
@@ -45,6 +46,7 @@ ACTIONS: dict[str, str] = {
     "demo.revoke": "engineer",
     "project.create": "admin",
     "gate.thresholds": "admin",
+    "judge.gate": "admin",                 # let the LLM judge's mean gate a release; its limits (audited)
     "endpoint.manage": "admin",
     "release.delete": "admin",
     "users.manage": "admin",

@@ -1,6 +1,7 @@
 """The evaluation stage from the command line: ``evaluate`` (queue an evaluation; list, show, compare,
-report), ``gate`` (the verdict and its thresholds), ``score`` (BLEU and ROUGE-L of a file) and ``votes``
-(the blind preference votes and their win rates).
+report), ``gate`` (the verdict and its thresholds), ``score`` (BLEU and ROUGE-L of a file), ``votes``
+(the blind preference votes and their win rates) and ``judge`` (the LLM judge: run it over an
+evaluation, the votes or the reviews; its scores, its agreement with the team, whether it gates).
 
 ``core/cli.py`` adds each command's parser (``add_…(sub)``: its arguments and their checks) in the order
 ``python -m core --help`` lists them; heavy libraries are imported inside the commands.
@@ -12,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from core.cli_common import _actor, _check_output, _fail, _print, _progress_printer, _seconds, _write
+from core.cli_common import _actor, _check_output, _count, _fail, _print, _progress_printer, _seconds, _write
 
 
 # an argparse type, as core/cli_common.py's: score's thresholds, a usage error when not a share
@@ -143,8 +144,11 @@ def cmd_gate(args) -> int:
     except queue.JobError as exc:
         return _fail(str(exc), 2)
     e = verdict["evaluation"]
+    judged = verdict.get("judge")
     print(json.dumps({"run": args.run, "releasable": verdict["releasable"], "reason": verdict["reason"],
-                      "evaluation": e["id"] if e else None, "thresholds": verdict.get("thresholds")},
+                      "evaluation": e["id"] if e else None, "thresholds": verdict.get("thresholds"),
+                      **({"judge": {k: judged[k] for k in ("judge", "n", "mean", "gating", "passes", "blocks", "reason")}}
+                         if judged else {})},
                      ensure_ascii=False))
     return 0 if verdict["releasable"] else 1
 
@@ -188,6 +192,122 @@ def cmd_votes(args) -> int:
         print(f"{r['created_at']:%Y-%m-%d %H:%M}  {r['id']}  {r['voter']:<16} {r['choice']:<4} {r['model_a']}  vs  "
               f"{r['model_b']}  · {r['prompt'][:60]}")
     return 0
+
+
+def _judge_wait(job: dict, args) -> int:
+    from core.evaluation import judge
+    from core.jobs import supervisor
+
+    print(f"queued judge job {job['id']} ({job['config']['items']} answers, judge {job['config']['judge']}); stop it "
+          f"and keep what it judged with `python -m core judge stop {job['id']}`", file=sys.stderr)
+    job = supervisor.wait(job["id"], timeout=args.timeout, on_update=_progress_printer("judge"))
+    run = judge.run_of(job["id"]) or {}
+    failed = judge.failures(job["id"])
+    out = {"job": job["id"], "state": job["state"], "error": job["error"], "judge": job["config"]["judge"],
+           "rubric_version": job["config"]["rubric_version"], "what": job["config"]["what"], "ref": job["config"]["ref"],
+           **{k: run.get(k) for k in ("items", "asked", "scored", "failed", "tokens_in", "tokens_out", "cost",
+                                      "stopped")}, "failures": failed}
+    if job["config"]["what"] == "example":
+        out["summary"] = judge.summary(job["config"]["ref"], judge=job["config"]["judge"],
+                                       rubric_version=job["config"]["rubric_version"])
+    if args.json:
+        print(json.dumps(out, ensure_ascii=False, indent=2, default=str))
+    else:
+        for k, v in out.items():
+            if k not in ("failures", "summary"):
+                print(f"{k}: {v}")
+        if out.get("summary"):
+            sm = out["summary"]
+            print(f"mean: {sm['mean']} over {sm['n']} of {sm['examples']} examples; scores 1–5: "
+                  f"{[sm['distribution'][s] for s in range(1, 6)]}")
+        for f in failed:
+            print(f"  {f['kind']} {f['ref']}#{f['part']}: {f['error']}")
+    if job["state"] != "succeeded":
+        return _fail(f"judge job {job['id']} {job['state']}: {job['error']}")
+    return 0
+
+
+def cmd_judge(args) -> int:
+    from core.evaluation import gate, judge
+    from core.jobs import queue
+
+    action, who = args.action, _actor()
+    try:
+        if action in ("run", "votes", "reviews"):
+            if not args.local and not args.endpoint:
+                return _fail("judge needs --local (the default model) or --endpoint NAME", 2)
+            if args.local and args.endpoint:
+                return _fail("judge takes --local or --endpoint NAME, not both", 2)
+            common = dict(endpoint=args.endpoint, local=args.local, max_items=args.max_items, max_cost=args.max_cost,
+                          actor=who)
+            if action == "run":
+                if not args.target:
+                    return _fail("judge run needs an evaluation id", 2)
+                job = judge.submit_evaluation(args.target, **common)
+            elif action == "votes":
+                job = judge.submit_votes(**common, project=args.project)
+            else:
+                job = judge.submit_reviews(**common, project=args.project)
+            return _judge_wait(job, args)
+        if action == "stop":
+            job = queue.get_job(int(args.target)) if (args.target or "").isdigit() else None
+            if not job or job["kind"] != "judge" or job["state"] not in ("queued", "running"):
+                return _fail(f"{args.target} is not a queued or running judge job", 2)
+            judge.request_stop(job, actor=who)
+            print(f"judge job {job['id']} will stop after its current answer and keep what it judged")
+            return 0
+        if action == "show":
+            if not args.target:
+                return _fail("judge show needs an evaluation id", 2)
+            out = judge.verdict_of(args.target, who)
+            out["summary"] = judge.summary(args.target, who)
+            out["examples"] = list(judge.verdicts(args.target).values())
+            if args.json:
+                _print(out, True)
+                return 0
+            print(f"{args.target}: judge {out['judge'] or '(none)'}, mean {out['mean']} over {out['n']} examples "
+                f"({out['share']:.0%}); {out['failed']} failed; cost {out['cost']:.4f}\n{out['reason']}\n"
+                f"agreement: {json.dumps(out['agreement'], ensure_ascii=False)}")
+            return 0
+        if action == "agreement":
+            found = judge.judges(who)
+            wanted = [j for j in found if not args.target or j["judge"] == args.target]
+            if args.target and not wanted:
+                wanted = [{"judge": args.target, "rubric_version": None}]
+            rows = [judge.agreement(j["judge"], j["rubric_version"], actor=who, project=args.project) for j in wanted]
+            if args.json:
+                print(json.dumps(rows, ensure_ascii=False, indent=2, default=str))
+                return 0
+            if not rows:
+                print("no judge has scored anything yet (`python -m core judge votes --local` scores the blind votes)")
+            for a in rows:
+                v, r = a["votes"], a["reviews"]
+                print(f"{a['judge']} (rubric {a['rubric_version']}):\n"
+                      f"  votes: n={v['n']}, agrees with {v['agreement'] if v['agreement'] is not None else '–'} "
+                      f"(decisive: {v['agreement_decisive'] if v['agreement_decisive'] is not None else '–'} of "
+                      f"{v['n_decisive']}), Kendall tau {v['kendall_tau']}" + (f"; {v['note']}" if v["note"] else "")
+                      + f"\n  reviews: n={r['n']}, concordance {r['concordance']} over {r['pairs']} pairs, Kendall "
+                      f"tau {r['kendall_tau']}, mean by decision {r['mean_by_decision']}"
+                      + (f"; {r['note']}" if r["note"] else ""))
+            return 0
+        if action == "gate":
+            if args.enable and args.disable:
+                return _fail("judge gate takes --enable or --disable, not both", 2)
+            if args.enable or args.disable or args.min_mean is not None or args.min_share is not None:
+                enabled = args.enable or (not args.disable and gate.judge_gate()["enabled"])
+                judge.set_gate(enabled, judge=args.target, min_mean=args.min_mean, min_share=args.min_share,
+                               actor=who, override_reason=args.override_reason)
+            print(json.dumps(gate.judge_gate(), ensure_ascii=False))
+            return 0
+        if action == "limits":
+            if any(v is not None for v in (args.max_items, args.max_cost, args.timeout_s, args.max_tokens)):
+                judge.set_limits(max_items=args.max_items, max_cost=args.max_cost, timeout_s=args.timeout_s,
+                                 max_tokens=args.max_tokens, actor=who)
+            print(json.dumps(judge.limits(), ensure_ascii=False))
+            return 0
+    except (ValueError, queue.JobError) as exc:
+        return _fail(str(exc))
+    return _fail(f"unknown judge action '{action}'", 2)
 
 
 # ── parsers ──────────────────────────────────────────────────────────────────
@@ -253,3 +373,35 @@ def add_votes(sub) -> None:
     vt.add_argument("--limit", type=int, default=200)
     vt.add_argument("--json", action="store_true")
     vt.set_defaults(fn=cmd_votes)
+
+
+def add_judge(sub) -> None:
+    j = sub.add_parser(
+        "judge", help="the LLM judge: 1–5 scores of an evaluation's answers, its agreement with the team, the gate",
+        description="`judge run EVAL --local|--endpoint NAME` scores the evaluation's examples that have no score yet "
+                    "(a Vietnamese rubric: correct against the reference, complete, nothing invented, in Vietnamese); "
+                    "`judge votes` / `judge reviews` score the blind votes' answers and the reviewed pairs, to "
+                    "measure the judge against the team; `judge show EVAL`; `judge agreement [JUDGE]`; "
+                    "`judge gate --enable JUDGE --min-mean X` (admins; audited) lets its mean gate a release; "
+                    "`judge limits` (admins) caps what judging one evaluation may take.")
+    j.add_argument("action", choices=["run", "votes", "reviews", "show", "agreement", "gate", "limits", "stop"])
+    j.add_argument("target", nargs="?", metavar="EVAL|JUDGE|JOB",
+                   help="run, show: the evaluation; agreement, gate --enable: the judge (local:MODEL or "
+                        "endpoint:NAME:MODEL); stop: the judge job")
+    j.add_argument("--local", action="store_true", help="the default model as the judge (llama.cpp's server)")
+    j.add_argument("--endpoint", metavar="NAME", help="a configured endpoint as the judge")
+    j.add_argument("--max-items", type=_count, help="answers to judge at most (within the studio's limit)")
+    j.add_argument("--max-cost", type=float, help="what judging may spend at most, in the endpoint's currency "
+                   "(within the studio's limit; an evaluation's earlier judge runs count)")
+    j.add_argument("--enable", action="store_true", help="gate: let the judge's mean gate a release")
+    j.add_argument("--disable", action="store_true", help="gate: show the judge's mean, but do not gate on it")
+    j.add_argument("--min-mean", type=float, help="gate: the judge's mean must be at least this (1–5; default 3.5)")
+    j.add_argument("--min-share", type=float, help="gate: the share of the evaluation the judge must have scored "
+                   "(default 0.8)")
+    j.add_argument("--override-reason", help="gate --enable: why a judge whose agreement with the team is too small "
+                   "to say, or too low, may gate anyway (recorded)")
+    j.add_argument("--timeout-s", type=float, help="limits: seconds to wait for one answer of the judge")
+    j.add_argument("--max-tokens", type=int, help="limits: tokens of one answer of the judge")
+    j.add_argument("--timeout", type=_seconds, default=6 * 3600, help="seconds to wait for the judge job")
+    j.add_argument("--json", action="store_true")
+    j.set_defaults(fn=cmd_judge)

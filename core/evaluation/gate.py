@@ -8,6 +8,12 @@ proves nothing. Every evaluation keeps the thresholds it was gated with.
 
 The thresholds are a studio setting that only admins change; below the floor (the guide's 0.35 and
 0.45) they move only with an override reason, which the audit log keeps.
+
+The LLM judge (``core.evaluation.judge``) is shown with every verdict (``verdict["judge"]``: its mean on
+the evaluation the verdict rests on); it gates only when an admin has let it (``judge_gate()``: on, for
+one judge and rubric, with a minimum mean and a minimum share of the evaluation it must have scored).
+Then a run whose evaluation passes BLEU and ROUGE-L is still refused when that judge's mean is below the
+minimum, or when that judge has not scored enough of it.
 """
 from __future__ import annotations
 
@@ -23,6 +29,8 @@ from core.training import runs
 
 FLOOR = dict(scoring.DEFAULT_THRESHOLDS)   # the guide's gate: lower only with an audited override
 DEFAULT_MIN_SHARE = 1.0                    # the share of the held-out split an evaluation must cover
+JUDGE_GATE = "judge_gate"                  # the setting: whether (and how) the LLM judge's mean gates
+JUDGE_GATE_DEFAULT = {"enabled": False, "judge": None, "rubric_version": None, "min_mean": 3.5, "min_share": 0.8}
 
 
 class GateError(ValueError):
@@ -58,8 +66,55 @@ def min_share() -> float:
 
 def settings() -> dict:
     """The gate's settings in one read: ``{"thresholds": {...}, "min_share": float}``."""
-    got = store.get_settings({"thresholds": dict(scoring.DEFAULT_THRESHOLDS), "gate_min_share": DEFAULT_MIN_SHARE})
-    return {"thresholds": got["thresholds"], "min_share": float(got["gate_min_share"])}
+    got = _settings()
+    return {"thresholds": got["thresholds"], "min_share": got["min_share"]}
+
+
+def _settings() -> dict:
+    """``settings()`` and ``judge_gate()`` in one query (what a verdict reads)."""
+    got = store.get_settings({"thresholds": dict(scoring.DEFAULT_THRESHOLDS), "gate_min_share": DEFAULT_MIN_SHARE,
+                              JUDGE_GATE: {}})
+    return {"thresholds": got["thresholds"], "min_share": float(got["gate_min_share"]),
+            "judge": {**JUDGE_GATE_DEFAULT, **(got[JUDGE_GATE] or {})}}
+
+
+def judge_gate() -> dict:
+    """Whether the LLM judge's mean gates a release: ``enabled``, the ``judge`` and ``rubric_version`` whose
+    scores count, ``min_mean`` (1–5) and ``min_share`` (of the evaluation's examples it must have scored).
+    Admins change it (``core.evaluation.judge.set_gate``)."""
+    return {**JUDGE_GATE_DEFAULT, **(store.get_setting(JUDGE_GATE, {}) or {})}
+
+
+def judge_check(examples: int, n: int, mean: float | None, judge: str | None, rubric_version: str | None,
+                cfg: dict) -> dict:
+    """The judge's part of a verdict on an evaluation of ``examples`` examples, ``n`` of them scored by
+    ``judge`` with mean ``mean``: ``gating`` (the setting is on), ``may_gate`` (it is on for this judge),
+    ``passes`` (None when not judged), ``blocks`` (gating and not passing) and the one-line ``reason``."""
+    gating = bool(cfg.get("enabled"))
+    trusted = gating and judge == cfg.get("judge") and rubric_version == cfg.get("rubric_version")
+    share = n / examples if examples else 0.0
+    out = {"gating": gating, "may_gate": trusted, "judge": judge, "rubric_version": rubric_version, "n": n,
+           "mean": mean, "share": share, "min_mean": cfg["min_mean"], "min_share": cfg["min_share"], "passes": None}
+    if gating and not trusted:
+        who = cfg.get("judge")
+        out.update(passes=False, reason=M("the release gate counts the judge {judge} (rubric {rubric}), which has not "
+                                          "judged this evaluation: judge it with that judge",
+                                          judge=who, rubric=cfg.get("rubric_version")))
+    elif not n:
+        out["reason"] = M("not judged by an LLM judge")
+    elif share < cfg["min_share"]:
+        out.update(passes=False, reason=M("the judge {judge} scored {n} of {examples} examples ({share:.0%}); the gate "
+                                          "needs at least {min_share:.0%}: judge the rest", judge=judge, n=n,
+                                          examples=examples, share=share, min_share=cfg["min_share"]))
+    else:
+        passes = mean >= cfg["min_mean"]
+        out.update(passes=passes, reason=M("the judge {judge}: mean {mean:.2f} over {n} examples ({verdict} the "
+                                           "minimum {min_mean})", judge=judge, mean=mean, n=n,
+                                           verdict=M("meets") if passes else M("below"), min_mean=cfg["min_mean"]))
+    if not gating and n:
+        out["reason"] = M("{reason}; shown, it does not gate (an admin can let it)", reason=out["reason"])
+    out["blocks"] = gating and not out["passes"]
+    return out
 
 
 def set_min_share(share: float, *, actor: Principal) -> float:
@@ -93,14 +148,23 @@ def verdicts(of_runs: list[dict]) -> dict[str, dict]:
     if not of_runs:
         return {}
     ids = [r["id"] for r in of_runs]
-    share = min_share()
+    gs = _settings()
+    share, judge_cfg = gs["min_share"], gs["judge"]
     picked = store.rows(
         """WITH r AS (SELECT runs.id, runs.dataset_version_id, coalesce(dv.rows_test, 0) AS held_out_rows,
                              greatest(1, ceil(coalesce(dv.rows_test, 0) * ?)) AS need
                       FROM runs LEFT JOIN dataset_versions dv ON dv.id = runs.dataset_version_id
                       WHERE runs.id IN (SELECT unnest(?::VARCHAR[]))),
+           j AS (SELECT ref, judge, rubric_version, count(score) AS n, avg(score) AS mean FROM judgements
+                 WHERE kind = 'example' AND score IS NOT NULL
+                   AND ref IN (SELECT id FROM evaluations WHERE run_id IN (SELECT id FROM r))
+                 GROUP BY ref, judge, rubric_version
+                 QUALIFY row_number() OVER (PARTITION BY ref ORDER BY
+                     coalesce(judge = ? AND rubric_version = ?, false) DESC, count(score) DESC, judge) = 1),
            ranked AS (
                SELECT e.*, r.held_out_rows AS _held_out_rows, r.need AS _need,
+                      j.judge AS _judge, j.rubric_version AS _judge_rubric, coalesce(j.n, 0) AS _judge_n,
+                      j.mean AS _judge_mean,
                       count(*) OVER (PARTITION BY e.run_id) AS _evaluations,
                       (e.split = 'test' AND e.dataset_version_id = r.dataset_version_id) AS _held_out,
                       (e.split = 'test' AND e.dataset_version_id = r.dataset_version_id AND e.n >= r.need) AS _covers,
@@ -108,22 +172,27 @@ def verdicts(of_runs: list[dict]) -> dict[str, dict]:
                           (e.split = 'test' AND e.dataset_version_id = r.dataset_version_id AND e.n >= r.need) DESC,
                           (e.split = 'test' AND e.dataset_version_id = r.dataset_version_id) DESC,
                           e.created_at DESC) AS _pick
-               FROM evaluations e JOIN r ON e.run_id = r.id)
-           SELECT * FROM ranked WHERE _pick = 1""", [share, ids])
+               FROM evaluations e JOIN r ON e.run_id = r.id LEFT JOIN j ON j.ref = e.id)
+           SELECT * FROM ranked WHERE _pick = 1""",
+        [share, ids, judge_cfg.get("judge"), judge_cfg.get("rubric_version")])
     best = {e["run_id"]: e for e in picked}
     passing = [r for r in of_runs if r["id"] in best and best[r["id"]]["_covers"] and best[r["id"]]["passed"]]
     reviews = review.statuses([r["dataset_version_id"] for r in passing])
-    return {r["id"]: _verdict_of(r, best.get(r["id"]), reviews, share) for r in of_runs}
+    return {r["id"]: _verdict_of(r, best.get(r["id"]), reviews, share, judge_cfg) for r in of_runs}
 
 
-def _verdict_of(run: dict, e: dict | None, reviews: dict[str, dict], share: float) -> dict:
+def _verdict_of(run: dict, e: dict | None, reviews: dict[str, dict], share: float, judge_cfg: dict) -> dict:
+    """The verdict; with an evaluation, ``judge``: the LLM judge's part of it (``judge_check``)."""
     none = {"releasable": False, "evaluation": None, "thresholds": None}
     if e is None:
         return {**none, "reason": M("the run has no evaluation yet")}
     n_evals, held_out, covers = e.pop("_evaluations"), e.pop("_held_out"), e.pop("_covers")
     held_out_rows, need = int(e.pop("_held_out_rows")), int(e.pop("_need"))
     e.pop("_pick", None)
+    judged = judge_check(e["n"], int(e.pop("_judge_n")), e.pop("_judge_mean"), e.pop("_judge"),
+                         e.pop("_judge_rubric"), judge_cfg)
     e = _decode(e)
+    none["judge"] = judged
     if not held_out:
         return {**none, "reason": M("the run has no evaluation on the held-out test split of its dataset version "
                                     "{version} ({n} on other splits or versions do not count)",
@@ -136,17 +205,21 @@ def _verdict_of(run: dict, e: dict | None, reviews: dict[str, dict], share: floa
                             share=share)}
     th = e["thresholds"]   # the latest that covers the split: a later failure outweighs an earlier pass
     if not e["passed"]:
-        return {"releasable": False, "evaluation": e, "thresholds": th,
+        return {"releasable": False, "evaluation": e, "thresholds": th, "judge": judged,
                 "reason": M("the latest held-out evaluation {evaluation} (n={n}): BLEU {bleu:.3f}, ROUGE-L "
                             "{rouge_l:.3f} is below the gate (BLEU > {bleu_min}, ROUGE-L > {rouge_l_min})",
                             evaluation=e["id"], n=e["n"], bleu=e["bleu"], rouge_l=e["rouge_l"], bleu_min=th["bleu"],
                             rouge_l_min=th["rouge_l"])}
+    if judged["blocks"]:
+        return {"releasable": False, "evaluation": e, "thresholds": th, "judge": judged,
+                "reason": M("evaluation {evaluation} passed BLEU and ROUGE-L, but the LLM judge gates and refuses it: "
+                            "{why}", evaluation=e["id"], why=judged["reason"])}
     reviewed = reviews.get(run["dataset_version_id"]) or {"reviewed": False, "reason": M("its version is gone")}
     if not reviewed["reviewed"]:
-        return {"releasable": False, "evaluation": e, "thresholds": th,
+        return {"releasable": False, "evaluation": e, "thresholds": th, "judge": judged,
                 "reason": M("evaluation {evaluation} passed the gate, but the run's dataset version is not reviewed "
                             "({why})", evaluation=e["id"], why=reviewed["reason"])}
-    return {"releasable": True, "evaluation": e, "thresholds": th,
+    return {"releasable": True, "evaluation": e, "thresholds": th, "judge": judged,
             "reason": M("the latest held-out evaluation {evaluation} covers {n} of {rows} pairs of {version} and "
                         "passed the gate ({verdict})", evaluation=e["id"], n=e["n"], rows=held_out_rows,
                         version=e["dataset_version_id"],

@@ -48,6 +48,9 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
          ("docx", "pypdf"),
          "instruction pairs from raw documents by an OpenAI-compatible LLM",
          optional=("llama_cpp.server",)),   # --local: llama.cpp's server for the default model
+    Kind("judge", "core.evaluation.judge_worker", "core.evaluation.judge", (),
+         "an LLM judge's 1–5 scores of an evaluation's answers (an endpoint, or the default model)",
+         optional=("llama_cpp.server",)),   # the default model as the judge: llama.cpp's server
     Kind("inference", "core.playground.server", "core.playground.playground",
          ("torch", "transformers", "peft"),
          "one model served on loopback for the playground", resident=True),

@@ -314,9 +314,62 @@ def _m010_saved_conversations(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+def _m011_judge(con: duckdb.DuckDBPyConnection) -> None:
+    """The LLM judge: one verdict per judged answer and judge — an evaluation's example (``example``, the evaluation,
+    its idx), either answer of a blind vote (``vote``, the vote, 0 for answer_a and 1 for answer_b) or a
+    reviewed dataset pair (``review``, the review, its idx) — a 1–5 score and a one-line reason, or the
+    one-line reason there is none (``error``); and each judge run's meta: the judge, the rubric, the
+    limits, what it asked, scored and spent."""
+    con.execute(
+        """
+        CREATE TABLE judgements (
+            kind          VARCHAR NOT NULL,          -- example | vote | review
+            ref           VARCHAR NOT NULL,          -- evaluation id | vote id | review id
+            part          INTEGER NOT NULL,          -- example idx | 0 (answer_a), 1 (answer_b) | review item idx
+            score         INTEGER CHECK (score BETWEEN 1 AND 5),   -- NULL: not judged yet (error says why)
+            reason        VARCHAR,
+            error         VARCHAR,
+            answer        VARCHAR,                   -- the judge's raw answer (cut), for a reader in doubt
+            judge         VARCHAR NOT NULL,          -- local:MODEL or endpoint:NAME:MODEL
+            rubric_version VARCHAR NOT NULL,
+            judge_run     INTEGER,                   -- the judge job
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            cost          DOUBLE,
+            judged_at     TIMESTAMPTZ NOT NULL,
+            PRIMARY KEY (kind, ref, part, judge, rubric_version)   -- a re-run fills what has no score
+        );
+        CREATE TABLE judge_runs (
+            job_id        INTEGER PRIMARY KEY,
+            kind          VARCHAR NOT NULL,          -- example | vote | review: what it judged
+            ref           VARCHAR,                   -- the evaluation (kind example); NULL for votes, reviews
+            project       VARCHAR NOT NULL DEFAULT 'default',
+            judge         VARCHAR NOT NULL,
+            endpoint      VARCHAR,                   -- the configured endpoint's name; NULL: the local model
+            model         VARCHAR,
+            base_url      VARCHAR,
+            rubric_version VARCHAR NOT NULL,
+            rubric_sha256 VARCHAR NOT NULL,
+            max_items     INTEGER,
+            max_cost      DOUBLE,
+            items         INTEGER NOT NULL,          -- answers sent to it
+            asked         INTEGER NOT NULL DEFAULT 0,
+            scored        INTEGER NOT NULL DEFAULT 0,
+            failed        INTEGER NOT NULL DEFAULT 0,
+            tokens_in     INTEGER NOT NULL DEFAULT 0,
+            tokens_out    INTEGER NOT NULL DEFAULT 0,
+            cost          DOUBLE NOT NULL DEFAULT 0,
+            stopped       VARCHAR,
+            created_by    VARCHAR,
+            created_at    TIMESTAMPTZ NOT NULL
+        );
+        """
+    )
+
+
 MIGRATIONS = [_m001_initial, _m002_reviews, _m004_evaluation_details, _m005_release_lifecycle,
               _m006_training_metrics, _m007_team_access, _m008_preference_votes, _m009_word_scores,
-              _m010_saved_conversations]
+              _m010_saved_conversations, _m011_judge]
 
 
 def _migration_number(fn) -> int:

@@ -75,8 +75,10 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 _OPENER = urllib.request.build_opener(_NoRedirect)
 
 
-def chat(backend: Backend, messages: list[dict], api_key: str | None = None) -> tuple[str, dict]:
-    """One chat completion: (answer text, usage). BackendError with a one-line, key-free reason."""
+def chat(backend: Backend, messages: list[dict], api_key: str | None = None,
+         schema: dict | None = None) -> tuple[str, dict]:
+    """One chat completion: (answer text, usage). BackendError with a one-line, key-free reason.
+    With ``structured`` on, the answer's JSON schema goes with it: ``schema``, else pair generation's."""
     body: dict[str, Any] = {
         "model": backend.model,
         "messages": messages,
@@ -84,7 +86,7 @@ def chat(backend: Backend, messages: list[dict], api_key: str | None = None) -> 
         "max_tokens": backend.max_tokens,
     }
     if backend.structured:
-        body["response_format"] = {"type": "json_object", "schema": ANSWER_SCHEMA}
+        body["response_format"] = {"type": "json_object", "schema": schema or ANSWER_SCHEMA}
     headers = {"Content-Type": "application/json"}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
@@ -109,6 +111,8 @@ def chat(backend: Backend, messages: list[dict], api_key: str | None = None) -> 
                            status=exc.code) from None
     except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as exc:
         reason = getattr(exc, "reason", exc)
+        if isinstance(reason, (socket.timeout, TimeoutError)):
+            raise BackendError(f"{url} did not answer within {backend.timeout_s:g} s (timed out)") from None
         raise BackendError(scrub(f"cannot reach {url}: {reason}", api_key)) from None
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise BackendError(f"{url} did not answer with JSON") from None
