@@ -376,10 +376,10 @@ def _sign_in_post(base: str, name: str, password: str, address: str | None = Non
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served_studio(tmp_path_factory):
     """``scripts/serve.py`` on loopback for a home with an admin, an engineer and a viewer (passwords typed
-    at the CLI's prompt, as a person does), and the core calls of the test process on the same home."""
-    from tests.conftest import start_studio, studio_home
+    at the CLI's prompt, as a person does)."""
+    from tests.conftest import start_studio
 
     home = tmp_path_factory.mktemp("served-home")
     env = dict(os.environ, VITUNE_HOME=str(home))
@@ -388,10 +388,16 @@ def served(tmp_path_factory):
                        input=f"mat-khau-cua-{name}\n", text=True, check=True, capture_output=True, cwd=REPO, env=env)
     port = free_port()
     proc = start_studio(home, port)
-    with studio_home(home):
-        yield {"home": home, "url": f"http://127.0.0.1:{port}", "port": port}
+    yield {"home": home, "url": f"http://127.0.0.1:{port}", "port": port}
     proc.terminate()
     proc.wait(30)
+
+
+@pytest.fixture
+def served(served_studio, monkeypatch):
+    """That studio, and the core calls of the test process on its home."""
+    monkeypatch.setenv("VITUNE_HOME", str(served_studio["home"]))
+    return served_studio
 
 
 def _audit_since(before: int, action: str = "auth.failed") -> list[dict]:
@@ -509,16 +515,15 @@ def _relay(target: int, *flags: str, user: int | None = None) -> tuple[subproces
     return proc, port
 
 
-@pytest.fixture(scope="module")
-def bare(tmp_path_factory):
+@pytest.fixture
+def bare(tmp_path, monkeypatch):
     """``scripts/serve.py`` on loopback for a home with no account yet: the operator's studio on a laptop."""
-    from tests.conftest import start_studio, studio_home
+    from tests.conftest import start_studio
 
-    home = tmp_path_factory.mktemp("bare-home")
+    monkeypatch.setenv("VITUNE_HOME", str(tmp_path))
     port = free_port()
-    proc = start_studio(home, port)
-    with studio_home(home):
-        yield {"home": home, "url": f"http://127.0.0.1:{port}", "port": port}
+    proc = start_studio(tmp_path, port)
+    yield {"home": tmp_path, "url": f"http://127.0.0.1:{port}", "port": port}
     proc.terminate()
     proc.wait(30)
 

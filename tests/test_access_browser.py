@@ -369,13 +369,17 @@ def test_a_disabled_engineers_open_train_tab_stops_and_its_cancel_cancels_nothin
     cancel = page.get_by_role("button", name="Cancel")
     cancel.first.wait_for(timeout=60_000)
     accounts.disable("nam", actor=OPERATOR)
-    _click_if_there(cancel.first)
-    page.get_by_text("Sign in to continue.").wait_for(timeout=30_000)
-    assert queue.get_job(job["id"])["state"] == "queued"
-    assert not store.rows("SELECT id FROM audit_log WHERE action = 'job.cancelled' AND subject = ?", [str(job["id"])])
-    assert page.locator('[data-testid="stSidebarNav"]').count() == 0
-    accounts.reset_password("nam", PASSWORDS["nam"], actor=OPERATOR)   # enables it again, for the tests below
-    supervisor.cancel(job["id"], actor=OPERATOR)
+    try:
+        _click_if_there(cancel.first)
+        page.get_by_text("Sign in to continue.").wait_for(timeout=30_000)
+        assert queue.get_job(job["id"])["state"] == "queued"
+        assert not store.rows("SELECT id FROM audit_log WHERE action = 'job.cancelled' AND subject = ?",
+                              [str(job["id"])])
+        assert page.locator('[data-testid="stSidebarNav"]').count() == 0
+    finally:
+        accounts.reset_password("nam", PASSWORDS["nam"], actor=OPERATOR)   # enables it again, for the tests below
+        if queue.get_job(job["id"])["state"] == "queued":
+            supervisor.cancel(job["id"], actor=OPERATOR)
 
 
 def test_a_demoted_engineers_open_generate_tab_stops_nothing(guarded, browser):
@@ -392,12 +396,14 @@ def test_a_demoted_engineers_open_generate_tab_stops_nothing(guarded, browser):
     stop = page.get_by_role("button", name="Stop and keep what was made")
     stop.first.wait_for(timeout=60_000)
     accounts.set_role("nam", "viewer", actor=OPERATOR)
-    _click_if_there(stop.first)
-    page.get_by_role("heading", name="Datasets").first.wait_for(timeout=30_000)   # a viewer's first page
-    assert _nav(page) == ["Datasets", "Evaluate", "Playground"]
-    assert not (Path(job["job_dir"]) / STOP_FILE).exists()
-    accounts.set_role("nam", "engineer", actor=OPERATOR)
-    supervisor.cancel(job["id"], actor=OPERATOR)
+    try:
+        _click_if_there(stop.first)
+        page.get_by_role("heading", name="Datasets").first.wait_for(timeout=30_000)   # a viewer's first page
+        assert _nav(page) == ["Datasets", "Evaluate", "Playground"]
+        assert not (Path(job["job_dir"]) / STOP_FILE).exists()
+    finally:
+        accounts.set_role("nam", "engineer", actor=OPERATOR)
+        supervisor.cancel(job["id"], actor=OPERATOR)
 
 
 def _company_sign_in(browser, studio, provider, login: str, password: str):
