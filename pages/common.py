@@ -65,9 +65,9 @@ def resolve() -> tuple[Principal | None, str | None]:
     who = accounts.from_session(st.context.cookies.get(COOKIE))
     if who:
         return who, None
+    if binding.operator_mode(_headers()):   # the operator's own connection, and no account yet
+        return access.web_operator(), None
     if not accounts.any_account():
-        if binding.operator_mode(_headers()):
-            return access.web_operator(), None
         return None, "no-account"
     return None, "signed-out"
 
