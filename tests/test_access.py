@@ -660,3 +660,32 @@ def test_company_sign_in_needs_a_verified_email_from_the_pinned_issuer_and_stays
     accounts.disable("lan@saoviet.vn", actor=OPERATOR)
     with pytest.raises(accounts.OidcRefused, match="no account"):
         accounts.from_oidc({**lan, "hd": "saoviet.vn"}, google)
+
+
+def test_odd_sign_in_input_is_answered_with_the_form_never_a_traceback(served):
+    """Kept so (issue 24): whatever a POST to the sign-in form carries, the answer is the form again with one
+    line, never a 500: no CSRF token, more fields than the form has, bytes that are not UTF-8, a multipart
+    body, a NUL in the name, an empty body."""
+    import re
+    import urllib.parse
+
+    from tests.st_client import StClient
+
+    client = StClient(served["url"], headers={"X-Forwarded-For": "198.51.100.99"})
+    page = client.request("GET", "/auth/signin")[2]
+    csrf = re.search(rb'name="csrf" value="([^"]+)"', page).group(1).decode()
+    client.cookies["vitune_csrf"] = csrf
+    form = "application/x-www-form-urlencoded"
+    bodies = {
+        "no csrf": (urllib.parse.urlencode({"username": "boss", "password": "x"}).encode(), form),
+        "many fields": ("&".join(f"f{i}=v" for i in range(50)).encode() + f"&csrf={csrf}".encode(), form),
+        "not utf-8": (b"username=\xff\xfe&password=\xc3\x28&csrf=" + csrf.encode(), form),
+        "multipart": (b"--b\r\nContent-Disposition: form-data; name=\"username\"\r\n\r\nboss\r\n--b--\r\n",
+                      "multipart/form-data; boundary=b"),
+        "nul": (urllib.parse.urlencode({"username": "bo\x00ss", "password": "mat-khau-sai-roi", "csrf": csrf}).encode(),
+                form),
+        "empty": (b"", form),
+    }
+    for what, (body, kind) in bodies.items():
+        status, headers, _ = client.request("POST", "/auth/signin", body, {"Content-Type": kind})
+        assert status == 303 and headers["Location"].startswith("/auth/signin?error="), (what, status)
