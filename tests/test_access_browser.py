@@ -21,7 +21,7 @@ from core.access import accounts, demo_links
 from core.access.principal import AccessDenied
 from core.evaluation import gate
 from core.jobs import queue, supervisor
-from tests.conftest import OPERATOR, REPO, cli, free_port, person, tiny_pairs, write_jsonl
+from tests.conftest import OPERATOR, REPO, cli, free_port, person, settled, tiny_pairs, write_jsonl
 from tests.oidc_provider import Provider
 
 pytestmark = pytest.mark.slow
@@ -492,9 +492,10 @@ def test_operator_mode_is_this_machines_browser_alone_and_makes_no_account(bare_
     page.goto(studio.url + "/admin")
     page.get_by_text("Operator mode: no account exists yet").wait_for(timeout=60_000)
     page.get_by_role("heading", name="Admin").wait_for(timeout=30_000)
+    settled(page)
     form = page.locator('[data-testid="stForm"]').filter(has_text="Add company account")
     form.get_by_label("Email").fill("ke-gian@ngoai.vn")
-    form.locator('[data-testid="stSelectbox"]').click()
+    page.locator(".st-key-oidc-role").get_by_role("button", name="Open").click()   # the role: admin
     page.get_by_role("option", name="admin", exact=True).click()
     form.get_by_role("button", name="Add company account").click()
     page.get_by_text("made on the server").wait_for(timeout=30_000)
