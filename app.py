@@ -44,6 +44,7 @@ TITLES = {"Datasets": _("Datasets"), "Generate pairs": _("Generate pairs"), "Tra
 if st.query_params.get("signin") == "oidc" and common.auth_configured() and not st.user.is_logged_in:
     st.login()  # the sign-in form's "company account" link: off to the OIDC provider
 who, why = common.resolve()
+common.remember(who)   # the web server's upload gate lets in what this identity may upload, and nothing else
 if who is None:  # every page address shows the sign-in, and nothing else
     st.session_state.pop("principal", None)
     show = lambda: common.sign_in_page(why)  # noqa: E731

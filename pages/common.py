@@ -13,6 +13,7 @@ from core import i18n, labels, paths
 from core.access import accounts, binding, demo_links, projects
 from core.access import principal as access
 from core.access.principal import DEFAULT_PROJECT, Principal
+from core.access import web
 from core.access.web import COOKIE
 from core.jobs import queue
 from core.training import runs as train_runs
@@ -28,9 +29,26 @@ def auth_configured() -> bool:
         return False
 
 
+def _headers() -> dict[str, str]:
+    """The headers of this session's connection (its websocket's handshake), names in lower case."""
+    try:
+        return {str(k).lower(): v for k, v in st.context.headers.items()}
+    except Exception:   # no connection (a script run without a browser)
+        return {}
+
+
+def _provider_config() -> dict:
+    """The section of [auth] of the provider this st.login identity came through (its issuer, tenant…)."""
+    auth = st.secrets["auth"].to_dict()
+    provider = st.user.get("provider") or "default"
+    section = auth.get(provider) if provider != "default" else None
+    return section if isinstance(section, dict) else auth
+
+
 def resolve() -> tuple[Principal | None, str | None]:
     """Who this browser session is, and why nobody when nobody: a demo link, an OIDC identity with an
-    account, a signed-in local account, or — on loopback while no account exists — the operator."""
+    account, a signed-in local account, or — while no account exists — the machine's operator, for the
+    request that the web server marked as the operator's own (``core.access.binding``)."""
     token = st.query_params.get("demo")
     if token is None:   # the address lost its ?demo= (Streamlit drops it on its way to the default page)
         token = st.session_state.get("demo_token")
@@ -39,16 +57,45 @@ def resolve() -> tuple[Principal | None, str | None]:
         who = demo_links.resolve(token)   # checked on every run: a revoked or expired link stops at once
         return who, None if who else "demo"
     if auth_configured() and st.user.is_logged_in:
-        who = accounts.from_oidc(st.user.get("email"))
-        return who, None if who else "oidc"
+        try:
+            return accounts.from_oidc(st.user.to_dict(), _provider_config()), None
+        except accounts.OidcRefused as exc:
+            st.session_state["oidc_refusal"] = (exc.email or st.user.get("email"), exc.reason)
+            return None, "oidc"
     who = accounts.from_session(st.context.cookies.get(COOKIE))
     if who:
         return who, None
+    if binding.operator_mode(_headers()):   # the operator's own connection, and no account yet
+        return access.web_operator(), None
     if not accounts.any_account():
-        if binding.is_loopback(st.get_option("server.address") or "127.0.0.1"):
-            return access.operator(), None
         return None, "no-account"
     return None, "signed-out"
+
+
+def remember(who: Principal | None) -> None:
+    """Tell the web server who this session is (what its upload gate lets in: ``core.access.web``)."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    if ctx is not None:
+        web.remember_session(ctx.session_id, who)
+
+
+def still_signed_in() -> None:
+    """A live view's own refresh runs without app.py: it asks again who this browser is (its cookie, its link,
+    its company identity, operator mode), and when that is nobody now, or someone else (a role taken away),
+    the whole page runs again, which shows the sign-in or what the identity may see, and nothing of the
+    refresh runs (no Cancel, no Stop)."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    if ctx is None or not ctx.fragment_ids_this_run:   # a run of the whole page: app.py has just resolved it
+        return
+    who, _why = resolve()
+    if who != st.session_state.get("principal"):
+        remember(who)
+        st.session_state.pop("principal", None)
+        st.rerun(scope="app")
 
 
 def sign_in_page(why: str) -> None:
@@ -58,13 +105,16 @@ def sign_in_page(why: str) -> None:
         st.error(_("This demo link is not valid: it has expired or been revoked. Ask the team for a new one."))
         st.stop()
     if why == "oidc":
-        st.error(_("{email} has no access to this studio. Ask an admin to add your account "
-                   "(python -m core users add {email} --oidc --role viewer).").format(email=st.user.get("email")))
+        email, reason = st.session_state.get("oidc_refusal") or (st.user.get("email"), "")
+        st.error(_("{email} has no access to this studio: {reason}.").format(email=email, reason=say(reason)))
+        st.caption(_("An admin gives a company email a role (python -m core users add EMAIL --oidc --role viewer), "
+                     "and releases an account bound to another identity (python -m core users unbind EMAIL)."))
         st.button(_("Sign out"), on_click=st.logout)
         st.stop()
     if why == "no-account":
-        st.error(_("No account exists yet, and the studio is served beyond this machine: create the first admin on "
-                   "the server with `python -m core users add NAME --role admin`."))
+        st.error(_("No account exists yet, and this browser is not the machine's operator (operator mode is for the "
+                   "browser of the user who started the studio with scripts/serve.py on loopback): create the "
+                   "first admin on the server with `python -m core users add NAME --role admin`."))
         st.stop()
     st.write(_("Sign in to continue."))
     here = urlsplit(getattr(st.context, "url", None) or "/").path or "/"
@@ -168,10 +218,12 @@ def unexpected(exc: Exception, where: str) -> None:
 
 def live_view(where: str, every: str = "2s"):
     """A fragment refreshed every ``every``, with an edge of its own: a refresh runs the function alone,
-    outside app.py's, so an error nobody foresaw shows one line there too (``where`` names it in the log)."""
+    outside app.py's, so an error nobody foresaw shows one line there too (``where`` names it in the log),
+    and it asks again who the browser is before anything else (``still_signed_in``)."""
     def wrap(fn):
         @functools.wraps(fn)   # the fragment's identity is the function's name, so each keeps its own
         def guarded(*args, **kwargs):
+            still_signed_in()   # outside the edge below: its rerun is how the page changes
             try:
                 return fn(*args, **kwargs)
             except Exception as exc:

@@ -4,7 +4,10 @@
 - It listens on 127.0.0.1 unless told otherwise; beyond loopback it refuses to start, with one line
   and exit code 2, until an admin account exists and HTTPS is configured (``core.access.binding``).
 - It serves ``app.py`` through ``st.App`` with the studio's own sign-in routes beside Streamlit's
-  (``core.access.web``), so passwords go to a plain form, never through the app's websocket.
+  (``core.access.web``), so passwords go to a plain form, never through the app's websocket, and with
+  the middleware that gates pages and uploads and caps request bodies.
+- It tells ``core.access.binding`` the address it serves on: operator mode (no account yet) exists only
+  for a studio started here on loopback, for the machine's own user (``streamlit run app.py`` has none).
 - Streamlit treats an app that has a ``pages/`` folder as an old-style multipage app until some
   session has run ``app.py`` (whose ``st.navigation`` switches it over); a first visit straight to a
   bookmarked ``/train`` after a restart would get that page without ``app.py``'s sign-in and
@@ -105,6 +108,7 @@ def main(argv: list[str]) -> int:
         print(f"error: {problem}", file=sys.stderr)
         return 2
     PagesManager.uses_pages_directory = False
+    binding.serving(address)
     supervisor.start_background(interval=2.0)
 
     import streamlit as st

@@ -2,7 +2,11 @@
 
 Authorization-code flow with discovery, a sign-in form, RS256 ID tokens signed with joserfc (Authlib's own JOSE library)
 and a JWKS endpoint, so that Streamlit's Authlib client checks the signature, issuer, audience, expiry
-and nonce as it would against Google or Microsoft. Accounts are given to the constructor.
+and nonce as it would against Google or Microsoft. Accounts are given to the constructor: a login email, a
+name and a password, and optionally claims that replace the ID token's own (``{"email_verified": False}``,
+another ``email`` or ``sub``), as a provider does for an address it never verified or an identity it
+reissued. ``speak_as`` makes it another issuer for a while (its discovery document and its tokens both
+say so, as a multi-tenant endpoint's tokens name each sign-in's own tenant).
 
     provider = Provider({"chi@saoviet.vn": ("Chi Nguyen", "mật-khẩu-đủ-dài")}, client_id="vitune", client_secret="…")
     provider.start(); … provider.issuer … provider.stop()
@@ -20,7 +24,7 @@ from urllib.parse import parse_qs, urlencode, urlparse
 
 
 class Provider:
-    def __init__(self, accounts: dict[str, tuple[str, str]], client_id: str, client_secret: str):
+    def __init__(self, accounts: dict[str, tuple], client_id: str, client_secret: str):
         from joserfc.jwk import RSAKey
 
         self.accounts = accounts
@@ -31,6 +35,14 @@ class Provider:
         self.sign_ins: list[str] = []
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.issuer = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.speaking_as: str | None = None   # another issuer, while set
+
+    @property
+    def current_issuer(self) -> str:
+        return self.speaking_as or self.issuer
+
+    def speak_as(self, issuer: str | None) -> None:
+        self.speaking_as = issuer
 
     @property
     def metadata_url(self) -> str:
@@ -48,8 +60,9 @@ class Provider:
         from joserfc import jwt
 
         now = int(time.time())
-        claims = {"iss": self.issuer, "sub": "sub-" + email, "aud": self.client_id, "iat": now, "exp": now + 600,
-                  "email": email, "email_verified": True, "name": self.accounts[email][0]}
+        claims = {"iss": self.current_issuer, "sub": "sub-" + email, "aud": self.client_id, "iat": now,
+                  "exp": now + 600, "email": email, "email_verified": True, "name": self.accounts[email][0]}
+        claims.update(self.accounts[email][2] if len(self.accounts[email]) > 2 else {})
         if nonce:
             claims["nonce"] = nonce
         return jwt.encode({"alg": "RS256", "kid": self.kid}, claims, self.key)
@@ -82,7 +95,7 @@ class Provider:
                 query = {k: v[0] for k, v in parse_qs(url.query).items()}
                 if url.path == "/.well-known/openid-configuration":
                     return self._json({
-                        "issuer": provider.issuer, "authorization_endpoint": provider.issuer + "/authorize",
+                        "issuer": provider.current_issuer, "authorization_endpoint": provider.issuer + "/authorize",
                         "token_endpoint": provider.issuer + "/token", "jwks_uri": provider.issuer + "/jwks",
                         "userinfo_endpoint": provider.issuer + "/userinfo", "response_types_supported": ["code"],
                         "subject_types_supported": ["public"], "id_token_signing_alg_values_supported": ["RS256"],

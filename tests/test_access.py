@@ -157,7 +157,7 @@ def test_accounts_keep_a_hash_slow_down_a_guessed_password_and_sessions_end(home
     # the fifth wrong password in a row: from now on, 30 s, doubling, before any attempt is even checked
     with pytest.raises(AccessDenied, match="wrong name or password"):
         accounts.sign_in("lan", "sai-mat-khau")
-    with pytest.raises(AccessDenied, match=r"too many wrong passwords for lan: try again in 3\d s"):
+    with pytest.raises(AccessDenied, match=r"^too many attempts: try again in (2\d|30) s$"):   # the name is not named
         accounts.sign_in("lan", "mat-khau-du-dai")
     assert accounts.delay_after(5) == 30 and accounts.delay_after(6) == 60 and accounts.delay_after(20) == 900
     accounts.sign_out(token)
@@ -338,3 +338,357 @@ def test_serve_refuses_beyond_loopback_then_serves_https_with_a_secure_cookie(ho
         except subprocess.TimeoutExpired:
             proc.kill()
             raise AssertionError("serve.py did not stop on SIGTERM: " + _output(proc)[-2000:]) from None
+
+
+# ── the second pass (issue 24): what an attacker on the team's network, or a careless teammate, tried ──────
+
+
+def _signed_in_cookie(base: str, name: str, password: str, address: str | None = None) -> dict[str, str]:
+    """The session cookie of a sign-in through the real form (empty when refused)."""
+    status, headers, _ = _sign_in_post(base, name, password, address)
+    for value in headers.get_all("Set-Cookie") or []:
+        if value.startswith("vitune_session="):
+            return {"vitune_session": value.split(";")[0].split("=", 1)[1]}
+    return {}
+
+
+def _sign_in_post(base: str, name: str, password: str, address: str | None = None, body: bytes | None = None):
+    """GET the sign-in form for its CSRF token, POST ``name`` and ``password`` (from ``address``, as a reverse
+    proxy on loopback says with X-Forwarded-For): (status, headers, the error the form shows, '' if none)."""
+    import re
+    import urllib.parse
+
+    from tests.st_client import StClient
+
+    client = StClient(base, headers={"X-Forwarded-For": address} if address else {})
+    status, headers, page = client.request("GET", "/auth/signin")
+    assert status == 200, status
+    csrf = re.search(rb'name="csrf" value="([^"]+)"', page).group(1).decode()
+    client.cookies["vitune_csrf"] = csrf
+    form = body if body is not None else urllib.parse.urlencode(
+        {"username": name, "password": password, "csrf": csrf, "next": "/"}).encode()
+    status, headers, _ = client.request("POST", "/auth/signin", form,
+                                        {"Content-Type": "application/x-www-form-urlencoded"})
+    error = ""
+    if status == 303 and "error=" in (headers.get("Location") or ""):
+        error = urllib.parse.parse_qs(urllib.parse.urlsplit(headers["Location"]).query)["error"][0]
+    return status, headers, error
+
+
+@pytest.fixture(scope="module")
+def served_studio(tmp_path_factory):
+    """``scripts/serve.py`` on loopback for a home with an admin, an engineer and a viewer (passwords typed
+    at the CLI's prompt, as a person does)."""
+    from tests.conftest import start_studio
+
+    home = tmp_path_factory.mktemp("served-home")
+    env = dict(os.environ, VITUNE_HOME=str(home))
+    for name, role in (("boss", "admin"), ("nam", "engineer"), ("vy", "viewer")):
+        subprocess.run([sys.executable, "-m", "core", "users", "add", name, "--role", role],
+                       input=f"mat-khau-cua-{name}\n", text=True, check=True, capture_output=True, cwd=REPO, env=env)
+    port = free_port()
+    proc = start_studio(home, port)
+    yield {"home": home, "url": f"http://127.0.0.1:{port}", "port": port}
+    proc.terminate()
+    proc.wait(30)
+
+
+@pytest.fixture
+def served(served_studio, monkeypatch):
+    """That studio, and the core calls of the test process on its home."""
+    monkeypatch.setenv("VITUNE_HOME", str(served_studio["home"]))
+    return served_studio
+
+
+def _audit_since(before: int, action: str = "auth.failed") -> list[dict]:
+    rows = store.rows("SELECT subject, detail FROM audit_log WHERE id > ? AND action = ? ORDER BY id", [before, action])
+    return [{"subject": r["subject"], **json.loads(r["detail"])} for r in rows]
+
+
+def _last_audit_id() -> int:
+    return store.one("SELECT coalesce(max(id), 0) AS n FROM audit_log")["n"]
+
+
+def test_forty_parallel_wrong_passwords_get_five_checks_and_then_the_slow_down(served):
+    """Item 5: the attempt is counted before its password is checked, so 40 POSTs at once get exactly the five
+    free checks; every other one is refused unchecked, the right password too, until the wait is over."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    before = _last_audit_id()
+    with ThreadPoolExecutor(40) as pool:
+        answers = list(pool.map(lambda i: _sign_in_post(served["url"], "nam", f"doan-sai-lan-{i:02d}", "198.51.100.5"),
+                                range(40)))
+    errors = [error for _, _, error in answers]
+    assert errors.count("wrong name or password") == accounts.FREE_ATTEMPTS, [(s, e) for s, _, e in answers]
+    assert all(status == 303 for status, _, _ in answers)
+    slowed = [e for e in errors if e != "wrong name or password"]
+    assert len(slowed) == 40 - accounts.FREE_ATTEMPTS and all(e.startswith("too many attempts: try again in ")
+                                                              for e in slowed), slowed
+    reasons = [row["reason"] for row in _audit_since(before)]
+    assert reasons.count("wrong password") == accounts.FREE_ATTEMPTS and reasons.count("slowed down") == 35
+    assert _sign_in_post(served["url"], "nam", "mat-khau-cua-nam", "198.51.100.5")[2].startswith("too many attempts")
+    accounts.reset_password("nam", "mat-khau-cua-nam", actor=OPERATOR)   # lifts the slow-down
+    assert _signed_in_cookie(served["url"], "nam", "mat-khau-cua-nam", "198.51.100.6")
+
+
+def test_one_address_trying_many_names_is_slowed_down_with_the_same_words(served):
+    """Items 5 and 17: an address that tries many names (one guess each, under every name's own limit) is slowed
+    down; the slow-down reads the same for a real name and an unknown one, and names neither."""
+    address, free = "203.0.113.9", 20
+    errors = [_sign_in_post(served["url"], f"khong-co-{i}", "doan-sai-mat-khau", address)[2] for i in range(free)]
+    assert set(errors) == {"wrong name or password"}
+    unknown = _sign_in_post(served["url"], "khong-co-nua", "doan-sai-mat-khau", address)[2]
+    real = _sign_in_post(served["url"], "vy", "mat-khau-cua-vy", address)[2]   # even the right password waits
+    assert unknown.startswith("too many attempts: try again in ") and real.startswith("too many attempts: try again in ")
+    assert "vy" not in real and "khong-co" not in unknown
+    assert _signed_in_cookie(served["url"], "vy", "mat-khau-cua-vy", "203.0.113.10")   # another address is not
+    assert accounts.ADDRESS_FREE_ATTEMPTS == free
+
+
+def test_an_unknown_name_costs_a_password_check_and_is_slowed_down_like_a_real_one(home):
+    """Item 17: no account-name oracle. An unknown name gets an argon2 check as a real one does (counted, and
+    in CPU time), the same refusal, and the same slow-down in the same words."""
+    accounts.add_user("lan", "engineer", actor=OPERATOR, password="mat-khau-du-dai")
+    accounts.sign_in("lan", "mat-khau-du-dai")   # the hasher's first use (the library's loading) is behind us
+    spent = {}
+    for name in ("lan", "khong-co-ai"):
+        checks, cpu = accounts.password_checks(), time.process_time()
+        for _ in range(accounts.FREE_ATTEMPTS):
+            with pytest.raises(AccessDenied, match="^wrong name or password$"):
+                accounts.sign_in(name, "doan-sai-mat-khau", source=f"addr-{name}")
+        spent[name] = (accounts.password_checks() - checks, time.process_time() - cpu)
+        with pytest.raises(AccessDenied) as slowed:
+            accounts.sign_in(name, "doan-sai-mat-khau", source=f"addr-{name}")
+        assert str(slowed.value) in {f"too many attempts: try again in {s} s" for s in range(25, 32)}, slowed.value
+    assert spent["lan"][0] == spent["khong-co-ai"][0] == accounts.FREE_ATTEMPTS, spent
+    assert spent["khong-co-ai"][1] > 0.5 * spent["lan"][1], spent   # the same work, not a tenth of it
+
+
+def test_a_huge_account_name_is_bounded_in_the_form_the_request_and_the_audit_log(served):
+    """Item 18: an anonymous POST with a 1,000,000-character name stores no such thing, nor does a direct call;
+    the form's fields say how long they may be."""
+    before = _last_audit_id()
+    status, _, _ = _sign_in_post(served["url"], "a" * 1_000_000, "doan-sai-mat-khau", "198.51.100.77")
+    assert status == 413   # the body is capped before anything reads it
+    longest = store.one("SELECT max(length(subject)) AS n, max(length(detail)) AS d FROM audit_log WHERE id > ?", [before])
+    assert (longest["n"] or 0) <= accounts.NAME_MAX and (longest["d"] or 0) <= 1000, longest
+    with pytest.raises(AccessDenied, match="^wrong name or password$"):
+        accounts.sign_in("b" * 1_000_000, "doan-sai-mat-khau", source="198.51.100.78")
+    row = store.one("SELECT subject, detail FROM audit_log ORDER BY id DESC LIMIT 1")
+    assert len(row["subject"]) <= accounts.NAME_MAX and json.loads(row["detail"])["name_length"] == 1_000_000
+    from tests.st_client import StClient
+
+    form = StClient(served["url"]).request("GET", "/auth/signin")[2].decode()
+    assert f'name="username" maxlength="{accounts.NAME_MAX}"' in form
+    assert f'name="password" type="password" maxlength="{accounts.PASSWORD_MAX}"' in form
+
+
+def test_an_upload_needs_a_signed_in_session_allowed_to_upload(served):
+    """Item 9: Streamlit's upload route takes a file only into a session whose signed-in identity may import or
+    generate; the app's shell (any ?demo=…) or a viewer's session gets 403, and nothing is stored."""
+    from tests.st_client import StClient
+
+    line = b'{"instruction": "a", "output": "b"}\n'
+    for query, cookies in (("demo=anything", {}), ("", {}),
+                           ("", _signed_in_cookie(served["url"], "vy", "mat-khau-cua-vy", "198.51.100.20"))):
+        with StClient(served["url"], query=query, cookies=cookies) as app:
+            assert app.session_id
+            status, body = app.upload(line)
+            assert status == 403, (query, cookies, status, body)
+    with StClient(served["url"], cookies=_signed_in_cookie(served["url"], "boss", "mat-khau-cua-boss",
+                                                           "198.51.100.21")) as app:
+        assert "Signed in as **boss**" in app.texts()
+        assert app.upload(line)[0] == 204
+    # and a request body anywhere else is capped
+    status, _, _ = StClient(served["url"]).request("POST", "/auth/signin", b"x" * (2 << 20),
+                                                   {"Content-Type": "application/x-www-form-urlencoded"})
+    assert status == 413
+
+
+def _relay(target: int, *flags: str, user: int | None = None) -> tuple[subprocess.Popen, int]:
+    """tests/relay.py in front of the studio (under OS user ``user`` when given): (process, its port)."""
+    port = free_port()
+    # another user cannot read this interpreter's tree (it may live under /root): the system's Python runs it
+    prefix = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", "/usr/bin/python3"] \
+        if user is not None else [sys.executable]
+    proc = subprocess.Popen(prefix + [str(REPO / "tests" / "relay.py"), str(port), str(target), *flags],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout.readline().strip() == "ready", proc.communicate(timeout=10)
+    return proc, port
+
+
+@pytest.fixture
+def bare(tmp_path, monkeypatch):
+    """``scripts/serve.py`` on loopback for a home with no account yet: the operator's studio on a laptop."""
+    from tests.conftest import start_studio
+
+    monkeypatch.setenv("VITUNE_HOME", str(tmp_path))
+    port = free_port()
+    proc = start_studio(tmp_path, port)
+    yield {"home": tmp_path, "url": f"http://127.0.0.1:{port}", "port": port}
+    proc.terminate()
+    proc.wait(30)
+
+
+OPERATOR_MODE = "Operator mode: no account exists yet"
+NO_ACCOUNT = "No account exists yet"
+
+
+def test_operator_mode_is_the_machines_own_browser_alone(bare):
+    """Item 1: before any account exists, the studio (started by serve.py on loopback) acts as the operator for
+    a request from this machine's own user on loopback and nobody else: not for a reverse proxy's visitor (it
+    says so with X-Forwarded-For), not for another OS user's program opening 127.0.0.1, not for a page that
+    reached 127.0.0.1 under another host name (DNS rebinding). Those see how to make the first admin, and may
+    not upload."""
+    from tests.st_client import StClient
+
+    line = b'{"instruction": "a", "output": "b"}\n'
+    with StClient(bare["url"]) as app:
+        assert OPERATOR_MODE in app.texts()
+        assert app.upload(line)[0] == 204
+    proxy, port = _relay(bare["port"], "--forwarded")
+    others = [("a reverse proxy's visitor", StClient(f"http://127.0.0.1:{port}")),
+              ("a page under another host name", StClient(f"http://rebound.example:{bare['port']}",
+                                                          connect_to=("127.0.0.1", bare["port"])))]
+    as_root = os.geteuid() == 0 and os.path.exists("/usr/bin/python3")
+    if as_root:   # another OS user (nobody) opening 127.0.0.1: a relay running as that user
+        stranger, stranger_port = _relay(bare["port"], user=65534)
+        others.append(("another OS user", StClient(f"http://127.0.0.1:{stranger_port}")))
+    try:
+        for who, client in others:
+            with client as app:
+                text = app.texts()
+                assert OPERATOR_MODE not in text and NO_ACCOUNT in text, (who, text)
+                assert app.upload(line)[0] == 403, who
+    finally:
+        proxy.terminate()
+        if as_root:
+            stranger.terminate()
+    assert not accounts.any_account()
+
+
+def test_streamlit_run_app_py_is_not_operator_mode(tmp_path):
+    """Item 1: ``streamlit run app.py`` (no serve.py, every interface) shows how to make the first admin, never
+    the operator's studio."""
+    from tests.st_client import StClient
+
+    port = free_port()
+    env = dict(os.environ, VITUNE_HOME=str(tmp_path), VITUNE_SLOTS=",")
+    log = open(tmp_path / "streamlit-run.log", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+                             "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        import urllib.request
+
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1)
+                break
+            except Exception:
+                assert proc.poll() is None, (tmp_path / "streamlit-run.log").read_text()[-2000:]
+                time.sleep(0.5)
+        with StClient(f"http://127.0.0.1:{port}") as app:
+            text = app.texts()
+        assert OPERATOR_MODE not in text and NO_ACCOUNT in text, text
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_no_account_is_made_from_a_page_in_operator_mode(home):
+    """Item 1: the first admin is made on the server, never by a web page: the browser's operator may not add
+    an account (of any role, a company email included), while the CLI's operator may."""
+    from core.access.principal import web_operator
+
+    browser = web_operator()
+    assert browser.role == "admin" and browser.kind == "operator"
+    for name, oidc in (("boss@saoviet.vn", True), ("boss", False)):
+        with pytest.raises(accounts.AccountError, match="made on the server"):
+            accounts.add_user(name, "admin", actor=browser, oidc=oidc, password=None if oidc else "mat-khau-du-dai")
+    assert not accounts.any_account() and store.one("SELECT count(*) AS n FROM audit_log")["n"] == 0
+    assert accounts.add_user("boss@saoviet.vn", "admin", actor=OPERATOR, oidc=True)["role"] == "admin"
+
+
+def test_company_sign_in_needs_a_verified_email_from_the_pinned_issuer_and_stays_bound_to_its_subject(home):
+    """Item 4: an ID token's email gets its account's role only when the provider says it verified it, the token
+    comes from the configured issuer (the one discovery names: the metadata URL without its well-known path,
+    or [auth] issuer), and, where configured, from the tenant or Workspace domain; the first sign-in binds the
+    account to the identity's (iss, sub), and another identity with the same email is refused after that."""
+    iss = "https://login.example.com/tenant-sao-viet/v2.0"
+    config = {"server_metadata_url": iss + "/.well-known/openid-configuration"}
+    accounts.add_user("chi@saoviet.vn", "viewer", actor=OPERATOR, oidc=True)
+    accounts.add_user("sep@saoviet.vn", "admin", actor=OPERATOR, oidc=True)
+    chi = {"iss": iss, "sub": "sub-chi", "email": "chi@saoviet.vn", "email_verified": True, "name": "Chi"}
+    refused = {
+        "not verified": [{**chi, "email_verified": False}, {**chi, "email_verified": "false"},
+                         {k: v for k, v in chi.items() if k != "email_verified"}],
+        "issuer": [{**chi, "iss": "https://login.example.com/tenant-ke-la/v2.0"}],
+        "no account": [{**chi, "email": "la@ngoai.vn"}],
+    }
+    for reason, tokens in refused.items():
+        for claims in tokens:
+            with pytest.raises(accounts.OidcRefused) as why:
+                accounts.from_oidc(claims, config)
+            assert reason in str(why.value), (claims, why.value)
+    assert store.one("SELECT oidc_subject FROM users WHERE name = 'chi@saoviet.vn'")["oidc_subject"] is None
+    who = accounts.from_oidc(chi, config)
+    assert (who.name, who.role, who.kind) == ("chi@saoviet.vn", "viewer", "oidc")
+    bound = store.one("SELECT oidc_issuer, oidc_subject FROM users WHERE name = 'chi@saoviet.vn'")
+    assert (bound["oidc_issuer"], bound["oidc_subject"]) == (iss, "sub-chi")
+    assert accounts.from_oidc(chi, config) == who   # the same identity, again
+    with pytest.raises(accounts.OidcRefused, match="bound to another identity"):
+        accounts.from_oidc({**chi, "sub": "sub-nguoi-khac"}, config)   # the email, reissued to someone else
+    audit = [r["action"] for r in store.rows("SELECT action FROM audit_log WHERE subject = 'chi@saoviet.vn' ORDER BY id")]
+    assert audit == ["user.added", "user.oidc_bound"]
+    accounts.unbind_oidc("chi@saoviet.vn", actor=OPERATOR)   # an admin lets the next sign-in bind it again
+    assert accounts.from_oidc({**chi, "sub": "sub-moi"}, config).name == "chi@saoviet.vn"
+    # an explicit issuer, a tenant (Entra's tid) and a Workspace domain (Google's hd)
+    entra = {"server_metadata_url": "https://login.microsoftonline.com/organizations/v2.0/.well-known/openid-configuration",
+             "issuer": "https://login.microsoftonline.com/11111111-2222/v2.0", "tenant": "11111111-2222"}
+    sep = {"iss": entra["issuer"], "sub": "sub-sep", "tid": "11111111-2222", "email": "sep@saoviet.vn",
+           "xms_edov": True}   # Entra sends no email_verified: its optional xms_edov claim, in the pinned tenant
+    with pytest.raises(accounts.OidcRefused, match="tenant"):
+        accounts.from_oidc({**sep, "tid": "99999999-0000"}, entra)
+    with pytest.raises(accounts.OidcRefused, match="not verified"):
+        accounts.from_oidc({**sep, "xms_edov": False}, entra)
+    assert accounts.from_oidc(sep, entra).role == "admin"
+    google = {"server_metadata_url": "https://accounts.google.com/.well-known/openid-configuration",
+              "hosted_domain": "saoviet.vn"}
+    lan = {"iss": "https://accounts.google.com", "sub": "g-1", "email": "lan@saoviet.vn", "email_verified": True}
+    accounts.add_user("lan@saoviet.vn", "engineer", actor=OPERATOR, oidc=True)
+    with pytest.raises(accounts.OidcRefused, match="domain"):
+        accounts.from_oidc(lan, google)          # a personal Google account that uses the same address
+    assert accounts.from_oidc({**lan, "hd": "saoviet.vn"}, google).role == "engineer"
+    accounts.disable("lan@saoviet.vn", actor=OPERATOR)
+    with pytest.raises(accounts.OidcRefused, match="no account"):
+        accounts.from_oidc({**lan, "hd": "saoviet.vn"}, google)
+
+
+def test_odd_sign_in_input_is_answered_with_the_form_never_a_traceback(served):
+    """Kept so (issue 24): whatever a POST to the sign-in form carries, the answer is the form again with one
+    line, never a 500: no CSRF token, more fields than the form has, bytes that are not UTF-8, a multipart
+    body, a NUL in the name, an empty body."""
+    import re
+    import urllib.parse
+
+    from tests.st_client import StClient
+
+    client = StClient(served["url"], headers={"X-Forwarded-For": "198.51.100.99"})
+    page = client.request("GET", "/auth/signin")[2]
+    csrf = re.search(rb'name="csrf" value="([^"]+)"', page).group(1).decode()
+    client.cookies["vitune_csrf"] = csrf
+    form = "application/x-www-form-urlencoded"
+    bodies = {
+        "no csrf": (urllib.parse.urlencode({"username": "boss", "password": "x"}).encode(), form),
+        "many fields": ("&".join(f"f{i}=v" for i in range(50)).encode() + f"&csrf={csrf}".encode(), form),
+        "not utf-8": (b"username=\xff\xfe&password=\xc3\x28&csrf=" + csrf.encode(), form),
+        "multipart": (b"--b\r\nContent-Disposition: form-data; name=\"username\"\r\n\r\nboss\r\n--b--\r\n",
+                      "multipart/form-data; boundary=b"),
+        "nul": (urllib.parse.urlencode({"username": "bo\x00ss", "password": "mat-khau-sai-roi", "csrf": csrf}).encode(),
+                form),
+        "empty": (b"", form),
+    }
+    for what, (body, kind) in bodies.items():
+        status, headers, _ = client.request("POST", "/auth/signin", body, {"Content-Type": kind})
+        assert status == 303 and headers["Location"].startswith("/auth/signin?error="), (what, status)

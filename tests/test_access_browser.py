@@ -21,7 +21,7 @@ from core.access import accounts, demo_links
 from core.access.principal import AccessDenied
 from core.evaluation import gate
 from core.jobs import queue, supervisor
-from tests.conftest import OPERATOR, REPO, cli, free_port, tiny_pairs, write_jsonl
+from tests.conftest import OPERATOR, REPO, cli, free_port, person, settled, tiny_pairs, write_jsonl
 from tests.oidc_provider import Provider
 
 pytestmark = pytest.mark.slow
@@ -35,17 +35,17 @@ PAGE_PATHS = ["/", "/datasets", "/generate", "/train", "/evaluate", "/playground
 class Studio:
     """The studio's server on a home of its own, started the way scripts/studio.sh starts it."""
 
-    def __init__(self, home: Path, port: int, secrets: Path):
-        self.home, self.port, self.secrets = home, port, secrets
+    def __init__(self, home: Path, port: int, secrets: Path | None, slots: str = "cpu"):
+        self.home, self.port, self.secrets, self.slots = home, port, secrets, slots
         self.url = f"http://127.0.0.1:{port}"
         self.proc = None
 
     def start(self) -> "Studio":
-        env = dict(os.environ, VITUNE_HOME=str(self.home), VITUNE_SLOTS="cpu", AUTHLIB_INSECURE_TRANSPORT="1")
+        env = dict(os.environ, VITUNE_HOME=str(self.home), VITUNE_SLOTS=self.slots, AUTHLIB_INSECURE_TRANSPORT="1")
         log = open(self.home / f"studio-{self.port}.log", "ab")
-        self.proc = subprocess.Popen([sys.executable, "scripts/serve.py", "--server.port", str(self.port),
-                                      "--secrets.files", str(self.secrets)], cwd=REPO, env=env, stdout=log,
-                                     stderr=subprocess.STDOUT)
+        secrets = ["--secrets.files", str(self.secrets)] if self.secrets else []
+        self.proc = subprocess.Popen([sys.executable, "scripts/serve.py", "--server.port", str(self.port), *secrets],
+                                     cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         for _ in range(240):
             try:
                 urllib.request.urlopen(self.url + "/_stcore/health", timeout=1)
@@ -271,7 +271,7 @@ def test_a_sign_in_survives_a_reload_and_a_restart_and_sign_out_ends_it(team, br
     page.get_by_role("heading", name="Admin").wait_for(timeout=60_000)
     page.locator('[data-testid="stSidebar"]').get_by_text("Signed in as boss").wait_for(timeout=60_000)
     page.get_by_role("tab", name="Audit log").click()
-    page.get_by_test_id("stDownloadButton").get_by_role("button", name="Download as CSV").wait_for(timeout=30_000)
+    page.locator("#audit-csv").get_by_text("Download as CSV").wait_for(timeout=30_000)
     page.locator("#signout-link").click()
     page.wait_for_url(re.compile(r".*/auth/signin.*"), timeout=30_000)
     page.goto(team["studio"].url + "/admin")
@@ -301,3 +301,216 @@ def test_oidc_sign_in_end_to_end_against_a_provider_on_loopback(team, browser):
     other.click("#login_submit")
     other.get_by_text("la@ngoai.vn has no access to this studio").wait_for(timeout=60_000)
     assert other.locator('[data-testid="stSidebarNav"]').count() == 0
+
+
+# ── the second pass (issue 24) ──────────────────────────────────────────────────────────────────────────────
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory):
+    """A studio with no slot to run on (so a queued job stays queued), accounts (admin boss, engineer nam, the
+    company accounts sep@ (admin) and chi@ (viewer)), a dataset version, and an OIDC provider whose accounts
+    include an outsider claiming sep@'s address unverified, and another reissuing chi@'s to someone else."""
+    home = tmp_path_factory.mktemp("guarded-home")
+    data = write_jsonl(home / "p.jsonl", tiny_pairs(16))
+    version = json.loads(cli("dataset", "import", str(data), "--name", "cskh", "--json", home=home).stdout)
+    env = dict(os.environ, VITUNE_HOME=str(home))
+    for name, role in (("boss", "admin"), ("nam", "engineer")):
+        subprocess.run([sys.executable, "-m", "core", "users", "add", name, "--role", role], input=PASSWORDS[name] + "\n",
+                       text=True, check=True, capture_output=True, cwd=REPO, env=env)
+    for email, role in (("sep@saoviet.vn", "admin"), ("chi@saoviet.vn", "viewer")):
+        subprocess.run([sys.executable, "-m", "core", "users", "add", email, "--oidc", "--role", role],
+                       text=True, check=True, capture_output=True, cwd=REPO, env=env)
+    provider = Provider({
+        "chi@saoviet.vn": ("Chi Nguyễn", "mk-cong-ty-chi"),
+        "ke-gia@ngoai.vn": ("Kẻ giả", "mk-ke-gia-1", {"email": "sep@saoviet.vn", "email_verified": False}),
+        "ke-ngoai@ngoai.vn": ("Kẻ ngoài", "mk-ke-ngoai-1", {"email": "sep@saoviet.vn"}),
+        "chi-moi@saoviet.vn": ("Người khác", "mk-chi-moi-1", {"email": "chi@saoviet.vn", "sub": "sub-nguoi-khac"}),
+    }, client_id="vitune-studio", client_secret="bi-mat-client").start()
+    port = free_port()
+    secrets = home / "secrets.toml"
+    secrets.write_text(f"""[auth]
+redirect_uri = "http://127.0.0.1:{port}/oauth2callback"
+cookie_secret = "a-long-random-cookie-secret-for-the-test"
+client_id = "vitune-studio"
+client_secret = "bi-mat-client"
+server_metadata_url = "{provider.metadata_url}"
+""", encoding="utf-8")
+    studio = Studio(home, port, secrets, slots=",").start()
+    os.environ["VITUNE_HOME"], previous = str(home), os.environ.get("VITUNE_HOME")
+    yield {"home": home, "studio": studio, "provider": provider, "version": version["dataset_version"]}
+    studio.stop()
+    provider.stop()
+    if previous is None:
+        os.environ.pop("VITUNE_HOME")
+    else:
+        os.environ["VITUNE_HOME"] = previous
+
+
+def _click_if_there(locator, timeout_ms: int = 3000) -> bool:
+    """Click a button that may be gone by now (the page may already have redrawn without it)."""
+    try:
+        locator.click(timeout=timeout_ms)
+        return True
+    except Exception:
+        return False
+
+
+def test_a_disabled_engineers_open_train_tab_stops_and_its_cancel_cancels_nothing(guarded, browser):
+    """Item 3: the Train tab's live view reruns on its own every 2 s; each of its runs asks again who the browser
+    is, so an engineer disabled meanwhile sees the sign-in at the next refresh, and a Cancel pressed after the
+    disabling cancels nothing."""
+    from core.training import presets, runs
+
+    job = runs.submit_train(guarded["version"], presets.preset("quick test (CPU, 20 steps)"),
+                            actor=person("nam", "engineer"), override_review="a job to cancel")
+    page = browser.new_context().new_page()
+    _sign_in(page, guarded["studio"], "nam", path="/train")
+    cancel = page.get_by_role("button", name="Cancel")
+    cancel.first.wait_for(timeout=60_000)
+    accounts.disable("nam", actor=OPERATOR)
+    try:
+        _click_if_there(cancel.first)
+        page.get_by_text("Sign in to continue.").wait_for(timeout=30_000)
+        assert queue.get_job(job["id"])["state"] == "queued"
+        assert not store.rows("SELECT id FROM audit_log WHERE action = 'job.cancelled' AND subject = ?",
+                              [str(job["id"])])
+        assert page.locator('[data-testid="stSidebarNav"]').count() == 0
+    finally:
+        accounts.reset_password("nam", PASSWORDS["nam"], actor=OPERATOR)   # enables it again, for the tests below
+        if queue.get_job(job["id"])["state"] == "queued":
+            supervisor.cancel(job["id"], actor=OPERATOR)
+
+
+def test_a_demoted_engineers_open_generate_tab_stops_nothing(guarded, browser):
+    """Item 3: the same for a role taken away: the engineer made a viewer presses Stop on a generation in an open
+    Generate pairs tab; nothing is asked of the job, and the tab becomes what a viewer may see."""
+    from core.datasets.generation import generations
+    from core.datasets.generation.generations import STOP_FILE
+
+    doc = guarded["home"] / "quy-trinh.md"
+    doc.write_text("Quy trình đổi trả hàng trong 7 ngày làm việc.", encoding="utf-8")
+    job = generations.submit([doc], "sinh-thu", local=True, actor=person("nam", "engineer"))
+    page = browser.new_context().new_page()
+    _sign_in(page, guarded["studio"], "nam", path="/generate")
+    stop = page.get_by_role("button", name="Stop and keep what was made")
+    stop.first.wait_for(timeout=60_000)
+    accounts.set_role("nam", "viewer", actor=OPERATOR)
+    try:
+        _click_if_there(stop.first)
+        page.get_by_role("heading", name="Datasets").first.wait_for(timeout=30_000)   # a viewer's first page
+        assert _nav(page) == ["Datasets", "Evaluate", "Playground"]
+        assert not (Path(job["job_dir"]) / STOP_FILE).exists()
+    finally:
+        accounts.set_role("nam", "engineer", actor=OPERATOR)
+        supervisor.cancel(job["id"], actor=OPERATOR)
+
+
+def _company_sign_in(browser, studio, provider, login: str, password: str):
+    page = browser.new_context().new_page()
+    page.goto(studio.url + "/?signin=oidc")
+    page.wait_for_url(re.compile(re.escape(provider.issuer) + r"/authorize.*"), timeout=60_000)
+    page.fill("#login_email", login)
+    page.fill("#login_password", password)
+    page.click("#login_submit")
+    return page
+
+
+def test_company_sign_in_refuses_an_unverified_email_a_foreign_issuer_and_another_subject(guarded, browser):
+    """Item 4, against the real provider on loopback: an outsider whose token says sep@ (an admin's address)
+    unverified, or verified by another issuer, is refused; chi@'s first sign-in binds the account to its
+    identity, and another identity the provider later gives chi@'s address is refused."""
+    studio, provider = guarded["studio"], guarded["provider"]
+    page = _company_sign_in(browser, studio, provider, "ke-gia@ngoai.vn", "mk-ke-gia-1")
+    page.get_by_text("sep@saoviet.vn has no access to this studio").wait_for(timeout=60_000)
+    assert "not verified" in page.inner_text("body") and page.locator('[data-testid="stSidebarNav"]').count() == 0
+    provider.speak_as(provider.issuer + "/tenant-ke-la")
+    try:
+        page = _company_sign_in(browser, studio, provider, "ke-ngoai@ngoai.vn", "mk-ke-ngoai-1")
+        page.get_by_text("sep@saoviet.vn has no access to this studio").wait_for(timeout=60_000)
+        assert "issuer" in page.inner_text("body") and page.locator('[data-testid="stSidebarNav"]').count() == 0
+    finally:
+        provider.speak_as(None)
+    page = _company_sign_in(browser, studio, provider, "chi@saoviet.vn", "mk-cong-ty-chi")
+    page.locator('[data-testid="stSidebar"]').get_by_text("Signed in as chi@saoviet.vn").wait_for(timeout=60_000)
+    page = _company_sign_in(browser, studio, provider, "chi-moi@saoviet.vn", "mk-chi-moi-1")
+    page.get_by_text("chi@saoviet.vn has no access to this studio").wait_for(timeout=60_000)
+    assert "bound to another identity" in page.inner_text("body")
+    assert [r["action"] for r in store.rows("SELECT action FROM audit_log WHERE subject = 'sep@saoviet.vn'")] == \
+        ["user.added"]
+
+
+def test_the_audit_export_is_built_on_request_for_a_signed_in_admin_alone(guarded, browser):
+    """Item 16: the audit log's CSV is made when it is asked for (a row written after the page was drawn is in
+    it) and only for the admin's own signed-in browser: its address gives another browser nothing, nor the
+    same browser once signed out."""
+    from core.access import projects
+
+    context = browser.new_context(accept_downloads=True)
+    page = context.new_page()
+    _sign_in(page, guarded["studio"], "boss", path="/admin")
+    page.get_by_role("tab", name="Audit log").click()
+    link = page.get_by_text("Download as CSV")
+    link.wait_for(timeout=30_000)
+    projects.add_project("sau-khi-ve", actor=OPERATOR)   # after the page was drawn
+    with page.expect_download(timeout=30_000) as got:
+        link.click()
+    download = got.value
+    csv_text = Path(download.path()).read_text(encoding="utf-8-sig")
+    assert csv_text.startswith("id,ts,actor,role,action,subject,project,detail") and "sau-khi-ve" in csv_text
+    url = download.url
+    stranger = browser.new_context().request.get(url)
+    assert stranger.status == 403 and "sau-khi-ve" not in stranger.text()
+    page.goto(guarded["studio"].url + "/auth/signout")
+    page.wait_for_url(re.compile(r".*/auth/signin.*"), timeout=30_000)
+    after = context.request.get(url)
+    assert after.status == 403 and "sau-khi-ve" not in after.text()
+
+
+@pytest.fixture(scope="module")
+def bare_studio(tmp_path_factory):
+    """The studio on a laptop: serve.py on loopback, no account yet."""
+    home = tmp_path_factory.mktemp("bare-browser-home")
+    studio = Studio(home, free_port(), None).start()
+    os.environ["VITUNE_HOME"], previous = str(home), os.environ.get("VITUNE_HOME")
+    yield {"home": home, "studio": studio}
+    studio.stop()
+    if previous is None:
+        os.environ.pop("VITUNE_HOME")
+    else:
+        os.environ["VITUNE_HOME"] = previous
+
+
+def test_operator_mode_is_this_machines_browser_alone_and_makes_no_account(bare_studio, browser):
+    """Item 1 in Chromium: the machine's own browser on 127.0.0.1 is the operator, but may not make the first
+    admin (nor any account) from the Admin page; the same studio behind a reverse proxy (Caddy's headers), or
+    reached under another host name (DNS rebinding), shows only how to make the first admin."""
+    from tests.test_access import _relay
+
+    studio = bare_studio["studio"]
+    page = browser.new_context().new_page()
+    page.goto(studio.url + "/admin")
+    page.get_by_text("Operator mode: no account exists yet").wait_for(timeout=60_000)
+    page.get_by_role("heading", name="Admin").wait_for(timeout=30_000)
+    settled(page)
+    form = page.locator('[data-testid="stForm"]').filter(has_text="Add company account")
+    form.get_by_label("Email").fill("ke-gian@ngoai.vn")
+    page.locator(".st-key-oidc-role").get_by_role("button", name="Open").click()   # the role: admin
+    page.get_by_role("option", name="admin", exact=True).click()
+    form.get_by_role("button", name="Add company account").click()
+    page.get_by_text("made on the server").wait_for(timeout=30_000)
+    assert not accounts.any_account()
+    proxy, port = _relay(studio.port, "--forwarded")
+    # a browser whose DNS answers 127.0.0.1 for a name of the attacker's (a page of theirs, rebound)
+    rebound = browser.browser_type.launch(executable_path=CHROMIUM, headless=True,
+                                          args=ARGS + ["--host-resolver-rules=MAP rebound.example 127.0.0.1"])
+    try:
+        for seen, url in ((browser.new_context().new_page(), f"http://127.0.0.1:{port}/admin"),
+                          (rebound.new_page(), f"http://rebound.example:{studio.port}/admin")):
+            seen.goto(url)
+            seen.get_by_text("No account exists yet").wait_for(timeout=60_000)
+            assert "Operator mode" not in seen.inner_text("body")
+            assert seen.locator('[data-testid="stSidebarNav"]').count() == 0
+    finally:
+        rebound.close()
+        proxy.terminate()

@@ -43,17 +43,22 @@ def test_every_page_renders_on_an_empty_studio(home, page):
         assert at.get("file_uploader")[0].proto.label.endswith("(up to 200 MB a file)")
 
 
-def test_app_navigation_operator_mode_and_a_bad_demo_link(home):
-    """No account yet (on loopback): the app runs as the operator and says so; ``?demo=`` with a token that is
-    no link shows nothing but that. (Sign-in, roles and real demo links: tests/test_access_browser.py.)"""
+def test_app_navigation_without_serve_py_is_no_operator_and_a_bad_demo_link(home):
+    """No account yet, but app.py run without scripts/serve.py's server (as ``streamlit run app.py`` or AppTest
+    runs it: no request the server marked as the operator's): no operator mode, only how to make the first
+    admin. ``?demo=`` with a token that is no link shows nothing but that. (Operator mode itself, sign-in,
+    roles and real demo links: tests/test_access.py and tests/test_access_browser.py.)"""
     from core.jobs import supervisor
 
     try:
         at = AppTest.from_file(str(REPO / "app.py"), default_timeout=60).run()
-        _clean(at)
-        assert at.title[0].value == "Datasets"
-        assert at.info[0].value.startswith(f"Operator mode: no account exists yet, so this browser acts as the "
-                                           f"machine's operator **{OPERATOR.name}** (admin)")
+        assert not at.exception, [e.value for e in at.exception]
+        assert at.title[0].value == "ViTune Studio" and len(at.title) == 1
+        assert [e.value for e in at.error] == [
+            "No account exists yet, and this browser is not the machine's operator (operator mode is for the browser "
+            "of the user who started the studio with scripts/serve.py on loopback): create the first admin on the "
+            "server with `python -m core users add NAME --role admin`."]
+        assert not at.info   # no "Operator mode" banner
         demo = AppTest.from_file(str(REPO / "app.py"), default_timeout=60)
         demo.query_params["demo"] = "1"
         demo.run()
@@ -463,9 +468,15 @@ def test_dataset_text_and_model_output_show_as_text_not_markdown(home):
     assert "Câu hỏi 0" in shown
 
 
-def test_an_unexpected_error_on_a_page_is_one_line_and_its_trace_goes_to_the_error_log(home):
-    """A dataset version whose files a teammate deleted: the page shows one line, app.py's edge logs the trace."""
+def test_an_unexpected_error_on_a_page_is_one_line_and_its_trace_goes_to_the_error_log(home, monkeypatch):
+    """A dataset version whose files a teammate deleted: the page shows one line, app.py's edge logs the trace.
+    (AppTest carries no request, so no identity a request would resolve to: the operator's is given here.)"""
     import shutil
+
+    from core.access.principal import web_operator
+    from pages import common
+
+    monkeypatch.setattr(common, "resolve", lambda: (web_operator(), None))
 
     from core import errors
     from core.datasets import importer

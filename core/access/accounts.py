@@ -2,32 +2,49 @@
 
 Local accounts keep an argon2id hash of their password (argon2-cffi), never the password. OIDC
 accounts (``st.login`` with a company Google Workspace or Microsoft account) are rows keyed by the
-identity's email, so that an admin gives each one a role; an email without a row gets no access.
-The first admin is made by the CLI (``python -m core users add NAME --role admin``), never by the web.
+identity's email, so that an admin gives each one a role; an email without a row gets no access, and
+neither does an ID token whose email the provider has not verified, that another issuer (or tenant, or
+Workspace domain, where configured) signed, or whose subject is not the one the account was bound to at
+its first sign-in (``from_oidc``). The first admin is made by the CLI (``python -m core users add NAME
+--role admin``), never by the web: the browser's operator (operator mode) may make no account at all.
 
 Sessions: signing in creates a random token for the browser's cookie; only its sha256 is stored,
 with an expiry (14 days), so a sign-in survives a reload and a restart of the studio, and signing out
-(or disabling the account) revokes it. Five wrong passwords in a row slow the account down: from the
-fifth, every further attempt must wait (30 s, doubling, at most 15 minutes) and is refused unchecked
-until then. Every attempt is audited, with the name and never the password.
+(or disabling the account) revokes it.
+
+Slowing down a guesser (``sign_in``): every attempt is counted, under the typed name and under the
+client's address, *before* its password is checked, in one step that no parallel attempt can overtake.
+From the fifth attempt in a row under a name (the twentieth from an address within 15 minutes), every
+further one must wait (30 s, doubling, at most 15 minutes) and is refused unchecked until then. A name
+without an account is counted, checked against a stand-in hash and slowed down exactly as a real one,
+in the same words, so that the answer and its time say nothing about which names exist. What is stored
+of a typed name is bounded (``NAME_MAX``). Every attempt is audited, with the name and never the
+password.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
 import secrets
+import threading
 from datetime import timedelta
-from typing import Any
+from typing import Any, Mapping
 
 from core import store
 from core.access.principal import RANK, ROLES, AccessDenied, Principal, require
+from core.i18n import M
 
 SESSION_DAYS = 14
-FREE_ATTEMPTS = 5
+FREE_ATTEMPTS = 5                 # wrong passwords in a row under one name before it is slowed down
+ADDRESS_FREE_ATTEMPTS = 20        # attempts from one client address (within ADDRESS_FORGET_S) before it is
+ADDRESS_FORGET_S = 15 * 60        # an address quiet this long starts again from nothing
 FIRST_DELAY_S = 30
 MAX_DELAY_S = 15 * 60
 MIN_PASSWORD = 10
+NAME_MAX = 100                    # what is kept of a typed account name (the form's field, the audit log)
+PASSWORD_MAX = 1024
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{1,39}$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
@@ -79,6 +96,8 @@ def _check_role(role: str) -> str:
 def _check_password(password: str) -> str:
     if not isinstance(password, str) or len(password) < MIN_PASSWORD:
         raise AccountError(f"a password needs at least {MIN_PASSWORD} characters")
+    if len(password) > PASSWORD_MAX:
+        raise AccountError(f"a password has at most {PASSWORD_MAX} characters")
     return password
 
 
@@ -92,10 +111,18 @@ def _check_projects(projects: list[str] | None) -> list[str] | None:
     return sorted(set(projects))
 
 
+def _not_in_operator_mode(actor: Principal) -> None:
+    """The browser's operator (operator mode: no account exists yet) makes no account and changes none."""
+    if actor.kind == "operator" and getattr(actor, "web", False):
+        raise AccountError("accounts are made on the server while none exists, not from a page in operator mode: "
+                           "python -m core users add NAME --role admin")
+
+
 def add_user(name: str, role: str, *, actor: Principal, password: str | None = None, oidc: bool = False,
              projects: list[str] | None = None) -> dict:
     """A local account (with a password) or an OIDC account (an email, no password)."""
     require(actor, "users.manage")
+    _not_in_operator_mode(actor)
     name = (name or "").strip().lower()
     if oidc:
         if not _EMAIL.match(name):
@@ -130,6 +157,7 @@ def _last_admin(user: dict) -> bool:
 
 def set_role(name: str, role: str, *, actor: Principal) -> dict:
     require(actor, "users.manage")
+    _not_in_operator_mode(actor)
     user = _existing(name)
     _check_role(role)
     if role != "admin" and _last_admin(user):
@@ -143,6 +171,7 @@ def set_role(name: str, role: str, *, actor: Principal) -> dict:
 def set_projects(name: str, projects: list[str] | None, *, actor: Principal) -> dict:
     """Limit an account to some projects (None: every project)."""
     require(actor, "users.manage")
+    _not_in_operator_mode(actor)
     user = _existing(name)
     projects = _check_projects(projects)
     with store.connect() as con:
@@ -154,6 +183,7 @@ def set_projects(name: str, projects: list[str] | None, *, actor: Principal) -> 
 
 def disable(name: str, *, actor: Principal) -> dict:
     require(actor, "users.manage")
+    _not_in_operator_mode(actor)
     user = _existing(name)
     if _last_admin(user):
         raise AccountError(f"{name} is the last admin; make another admin first")
@@ -166,6 +196,7 @@ def disable(name: str, *, actor: Principal) -> dict:
 
 def reset_password(name: str, password: str, *, actor: Principal) -> dict:
     require(actor, "users.manage")
+    _not_in_operator_mode(actor)
     user = _existing(name)
     if user["kind"] != "local":
         raise AccountError(f"{name} signs in through OIDC: it has no password here")
@@ -173,6 +204,7 @@ def reset_password(name: str, password: str, *, actor: Principal) -> dict:
     with store.connect() as con:
         con.execute("UPDATE users SET password_hash = ?, failed_attempts = 0, locked_until = NULL, disabled = false "
                     "WHERE name = ?", [digest, name])
+        con.execute("DELETE FROM sign_in_throttle WHERE key = ?", [_NAME_KEY + name])   # lifts the slow-down
         con.execute("UPDATE sessions SET revoked_at = ? WHERE user_name = ? AND revoked_at IS NULL", [store.now(), name])
         store.audit("user.password_reset", name, actor, con=con)
     return get_user(name)
@@ -187,43 +219,108 @@ def _principal(user: dict, session: str | None = None) -> Principal:
                      projects=frozenset(projects) if projects is not None else None, session=session)
 
 
-def delay_after(failures: int) -> int:
-    """Seconds an account must wait after ``failures`` wrong passwords in a row."""
-    if failures < FREE_ATTEMPTS:
+def delay_after(failures: int, free: int = FREE_ATTEMPTS) -> int:
+    """Seconds to wait after ``failures`` counted attempts in a row (``free`` of them are free)."""
+    if failures < free:
         return 0
-    return min(FIRST_DELAY_S * 2 ** (failures - FREE_ATTEMPTS), MAX_DELAY_S)
+    return min(FIRST_DELAY_S * 2 ** min(failures - free, 20), MAX_DELAY_S)
+
+
+_NAME_KEY, _ADDRESS_KEY = "name:", "address:"
+_attempts = threading.Lock()       # counting an attempt is one step: no parallel attempt overtakes it
+_checks = {"password": 0}           # argon2 verifications made by this process (password_checks)
+_checks_lock = threading.Lock()
+
+
+def password_checks() -> int:
+    """How many passwords this process has checked with argon2 (a real hash or the stand-in)."""
+    return _checks["password"]
+
+
+@functools.lru_cache(maxsize=1)
+def _stand_in_hash() -> str:
+    """A hash of a random password, with the same parameters as the accounts': what a name without an
+    account is checked against, so that it costs what a real name costs."""
+    return _hasher().hash(secrets.token_urlsafe(24))
+
+
+def _password_matches(digest: str | None, password: str) -> bool:
+    from argon2 import exceptions
+
+    with _checks_lock:
+        _checks["password"] += 1
+    try:
+        _hasher().verify(digest or _stand_in_hash(), password)
+    except (exceptions.VerifyMismatchError, exceptions.InvalidHashError, exceptions.VerificationError):
+        return False
+    return digest is not None
+
+
+def _count_attempt(con, name: str, address: str, now) -> tuple[int, int]:
+    """Count an attempt under its name and its address before its password is checked. Returns (seconds it
+    must still wait: 0 when it may be checked, the name's attempts in a row counting this one)."""
+    keys = [_NAME_KEY + name, _ADDRESS_KEY + address]
+    with _attempts:
+        rows = {r[0]: r for r in con.execute(
+            "SELECT key, failures, locked_until, last_failure FROM sign_in_throttle WHERE key IN (?, ?)", keys).fetchall()}
+        wait = max([(r[2] - now).total_seconds() for r in rows.values() if r[2] is not None and r[2] > now] or [0])
+        if wait > 0:
+            return int(wait) + 1, int(rows[keys[0]][1]) if keys[0] in rows else 0
+        counted = 0
+        for key, free in ((keys[0], FREE_ATTEMPTS), (keys[1], ADDRESS_FREE_ATTEMPTS)):
+            old = rows.get(key)
+            before = int(old[1]) if old else 0
+            if key is keys[1] and old and old[3] is not None and (now - old[3]).total_seconds() > ADDRESS_FORGET_S:
+                before = 0   # a quiet address starts again
+            failures = before + 1
+            delay = delay_after(failures, free)
+            con.execute("INSERT OR REPLACE INTO sign_in_throttle VALUES (?, ?, ?, ?)",
+                        [key, failures, now + timedelta(seconds=delay) if delay else None, now])
+            counted = counted or failures
+        if not rows:   # now and then, forget what nobody has tried for a day
+            con.execute("DELETE FROM sign_in_throttle WHERE last_failure < ? AND (locked_until IS NULL OR locked_until < ?)",
+                        [now - timedelta(days=1), now])
+    return 0, counted
+
+
+def _signed_in(con, name: str, address: str) -> None:
+    """A right password: the name starts again from nothing; its address's count loses this attempt."""
+    with _attempts:
+        con.execute("DELETE FROM sign_in_throttle WHERE key = ?", [_NAME_KEY + name])
+        con.execute("""UPDATE sign_in_throttle SET failures = greatest(failures - 1, 0),
+                              locked_until = CASE WHEN failures - 1 < ? THEN NULL ELSE locked_until END
+                       WHERE key = ?""", [ADDRESS_FREE_ATTEMPTS, _ADDRESS_KEY + address])
 
 
 def sign_in(name: str, password: str, *, source: str | None = None) -> tuple[Principal, str]:
     """Check a local account's password. Returns (principal, session token for the cookie); raises
-    AccessDenied with one line that never says whether the name or the password was wrong."""
-    name = (name or "").strip().lower()
+    AccessDenied with one line that never says whether the name or the password was wrong, nor whether
+    the name exists (see the module's docstring: counting, slowing down, the same time for any name)."""
+    typed = name if isinstance(name, str) else ""
+    name = typed.strip().lower()[:NAME_MAX]
+    password = password if isinstance(password, str) else ""
+    address = (source or "unknown")[:64]
+    extra = {"name_length": len(typed)} if len(typed) > NAME_MAX else {}
     refused = AccessDenied("wrong name or password")
     with store.connect() as con:
+        now = store.now()
+        wait, failures = _count_attempt(con, name, address, now)
+        if wait:
+            store.audit("auth.failed", name, None, con=con, source=source, reason="slowed down", **extra)
+            raise AccessDenied(f"too many attempts: try again in {wait} s")
         cur = con.execute("SELECT * FROM users WHERE name = ?", [name])
         cols = [d[0] for d in cur.description]
         got = cur.fetchone()
         user = dict(zip(cols, got)) if got else None
-        now = store.now()
-        if user is None or user["kind"] != "local" or user["disabled"]:
-            store.audit("auth.failed", name, None, con=con, source=source, reason="unknown or disabled account")
+        usable = user is not None and user["kind"] == "local" and not user["disabled"] and len(typed) <= NAME_MAX
+        fits = len(password) <= PASSWORD_MAX
+        matches = _password_matches(user["password_hash"] if usable and fits else None, password[:PASSWORD_MAX])
+        if not (usable and fits and matches):
+            store.audit("auth.failed", name, None, con=con, source=source,
+                        reason="wrong password" if usable else "unknown or disabled account",
+                        failures=failures, slowed_for_s=delay_after(failures), **extra)
             raise refused
-        if user["locked_until"] and user["locked_until"] > now:
-            wait = int((user["locked_until"] - now).total_seconds()) + 1
-            store.audit("auth.failed", name, None, con=con, source=source, reason="slowed down")
-            raise AccessDenied(f"too many wrong passwords for {name}: try again in {wait} s")
-        from argon2 import exceptions
-
-        try:
-            _hasher().verify(user["password_hash"], password or "")
-        except (exceptions.VerifyMismatchError, exceptions.InvalidHashError, exceptions.VerificationError):
-            failures = int(user["failed_attempts"]) + 1
-            wait = delay_after(failures)
-            con.execute("UPDATE users SET failed_attempts = ?, locked_until = ? WHERE name = ?",
-                        [failures, now + timedelta(seconds=wait) if wait else None, name])
-            store.audit("auth.failed", name, None, con=con, source=source, reason="wrong password",
-                        failures=failures, slowed_for_s=wait)
-            raise refused from None
+        _signed_in(con, name, address)
         token = secrets.token_urlsafe(32)
         con.execute("UPDATE users SET failed_attempts = 0, locked_until = NULL, last_sign_in = ? WHERE name = ?",
                     [now, name])
@@ -253,14 +350,102 @@ def sign_out(token: str | None) -> None:
             store.audit("auth.signed_out", row["user_name"], row["user_name"], con=con)
 
 
-def from_oidc(email: str | None) -> Principal | None:
-    """The principal of an identity signed in through ``st.login``: its email must have an OIDC account."""
+class OidcRefused(AccessDenied):
+    """A company (OIDC) identity that gets no access; ``reason`` is a ``core.i18n.M`` for the page."""
+
+    def __init__(self, reason: M, email: str | None = None):
+        super().__init__(str(reason))
+        self.reason, self.email = reason, email
+
+
+def expected_issuer(config: Mapping[str, Any]) -> str | None:
+    """The issuer a provider's ID tokens must name: ``issuer`` where configured, else the one OpenID Connect
+    discovery gives its metadata address (the address without ``/.well-known/openid-configuration``)."""
+    if config.get("issuer"):
+        return str(config["issuer"]).rstrip("/")
+    url = str(config.get("server_metadata_url") or "")
+    suffix = "/.well-known/openid-configuration"
+    return url[: -len(suffix)].rstrip("/") if url.endswith(suffix) else None
+
+
+def _true(value) -> bool:
+    return value is True or (isinstance(value, str) and value.strip().lower() == "true")
+
+
+def from_oidc(claims: Mapping[str, Any], config: Mapping[str, Any]) -> Principal:
+    """The principal of an identity signed in through ``st.login`` (``claims``: its ID token's, as ``st.user``
+    has them; ``config``: its provider's section of ``[auth]``). Raises ``OidcRefused`` unless the provider
+    verified the email (``email_verified``; Entra's ``xms_edov`` within a configured tenant), the token comes
+    from the expected issuer (and the configured ``tenant`` / Workspace ``hosted_domain``), the email has an
+    active OIDC account, and the account is unbound or bound to this same (issuer, subject). The first
+    sign-in that passes binds the account."""
+    email = str(claims.get("email") or "").strip().lower()
     if not email:
-        return None
-    user = get_user(email.strip().lower())
+        raise OidcRefused(M("the provider sent no email address for this identity"))
+    issuer, subject = str(claims.get("iss") or "").rstrip("/"), str(claims.get("sub") or "")
+    want = expected_issuer(config)
+    if not want or issuer != want:
+        raise OidcRefused(M("the token's issuer {got} is not the configured issuer {want}", got=issuer or "(none)",
+                            want=want or "(none)"), email)
+    tenant = str(config.get("tenant") or "")
+    if tenant and str(claims.get("tid") or "") != tenant:
+        raise OidcRefused(M("the token's tenant {got} is not the configured tenant {want}",
+                            got=claims.get("tid") or "(none)", want=tenant), email)
+    domain = str(config.get("hosted_domain") or "").lower()
+    if domain and str(claims.get("hd") or "").lower() != domain:
+        raise OidcRefused(M("the identity's Workspace domain {got} is not the configured domain {want}",
+                            got=claims.get("hd") or "(none)", want=domain), email)
+    verified = _true(claims.get("email_verified")) or (
+        "email_verified" not in claims and tenant and _true(claims.get("xms_edov")))
+    if not verified:
+        raise OidcRefused(M("the provider has not verified the email address {email}", email=email), email)
+    user = get_user(email)
     if not user or user["kind"] != "oidc" or user["disabled"]:
-        return None
+        raise OidcRefused(M("{email} has no account here", email=email), email)
+    if not subject:
+        raise OidcRefused(M("the provider sent no subject for this identity"), email)
+    if user.get("oidc_subject") is None:   # its first sign-in: bound to this identity from now on
+        with store.connect() as con:
+            done = con.execute("UPDATE users SET oidc_issuer = ?, oidc_subject = ? WHERE name = ? AND oidc_subject IS NULL "
+                               "RETURNING name", [issuer, subject, email]).fetchall()
+            if done:
+                store.audit("user.oidc_bound", email, email, con=con, issuer=issuer, oidc_subject=subject)
+        user = get_user(email)
+    if (user.get("oidc_issuer"), user.get("oidc_subject")) != (issuer, subject):
+        raise OidcRefused(M("{email} is bound to another identity of the provider; an admin can release it "
+                            "(python -m core users unbind {email})", email=email), email)
     return _principal(user)
+
+
+def unbind_oidc(name: str, *, actor: Principal) -> dict:
+    """Release a company account's binding: its next sign-in binds it to that identity."""
+    require(actor, "users.manage")
+    _not_in_operator_mode(actor)
+    user = _existing(name)
+    if user["kind"] != "oidc":
+        raise AccountError(f"{name} is a local account: it has no company identity to release")
+    with store.connect() as con:
+        con.execute("UPDATE users SET oidc_issuer = NULL, oidc_subject = NULL WHERE name = ?", [name])
+        store.audit("user.oidc_unbound", name, actor, con=con)
+    return get_user(name)
+
+
+def still_valid(who: Principal | None) -> bool:
+    """Whether a principal that a page resolved earlier is still who that browser is: the local session and
+    account unchanged, the company account unchanged, or (operator mode) still no account at all."""
+    if not isinstance(who, Principal):
+        return False
+    if who.kind == "local":
+        row = store.one("""SELECT u.* FROM sessions s JOIN users u ON u.name = s.user_name
+                           WHERE s.token_hash = ? AND s.revoked_at IS NULL AND s.expires_at > ? AND NOT u.disabled""",
+                        [who.session, store.now()]) if who.session else None
+        return row is not None and _principal(_decode(dict(row)), who.session) == who
+    if who.kind == "oidc":
+        user = get_user(who.name)
+        return bool(user) and user["kind"] == "oidc" and not user["disabled"] and _principal(user) == who
+    if who.kind == "operator":
+        return who.web and not any_account()
+    return False
 
 
 def role_at_least(principal: Principal, role: str) -> bool:

@@ -8,6 +8,8 @@ import json
 from core import store
 from core.access.principal import Principal, require
 
+EXPORT_LIMIT = 100_000   # the rows of one CSV export from the Admin page
+
 
 def entries(actor: Principal, *, actor_name: str | None = None, action: str | None = None,
             subject: str | None = None, project: str | None = None, limit: int = 1000) -> list[dict]:

@@ -49,6 +49,8 @@ def cmd_users(args) -> int:
             user = accounts.set_projects(args.name, None if args.all_projects else (args.projects or []), actor=actor)
         elif args.action == "disable":
             user = accounts.disable(args.name, actor=actor)
+        elif args.action == "unbind":
+            user = accounts.unbind_oidc(args.name, actor=actor)
         else:
             user = accounts.reset_password(args.name, _password(args, f"new password for {args.name}"), actor=actor)
     except accounts.AccountError as exc:
@@ -131,8 +133,9 @@ def cmd_audit(args) -> int:
 
 def add_users(sub) -> None:
     us = sub.add_parser("users", help="accounts: add (the password is read from the terminal or stdin), list, "
-                                      "set-role, set-projects, disable, reset-password")
-    us.add_argument("action", choices=["add", "list", "set-role", "set-projects", "disable", "reset-password"])
+                                      "set-role, set-projects, disable, reset-password, unbind (a company account's "
+                                      "identity: its next sign-in binds it again)")
+    us.add_argument("action", choices=["add", "list", "set-role", "set-projects", "disable", "reset-password", "unbind"])
     us.add_argument("name", nargs="?", help="account name (an email with --oidc)")
     us.add_argument("--role", choices=["admin", "engineer", "reviewer", "viewer"])
     us.add_argument("--oidc", action="store_true", help="an account that signs in through OIDC (st.login): no password")

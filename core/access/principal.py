@@ -13,7 +13,8 @@ Roles, each including the ones below it:
 
 A client opening a demo link acts as a **demo** principal: it may ask the models its link grants,
 and nothing else. The CLI acts as the machine's **operator** (an admin, its OS user name recorded);
-so does the web app on loopback while no account exists.
+so does the machine's own browser while no account exists (``web_operator``: operator mode, decided in
+``core.access.binding``), except that it may not make accounts: the first admin is made on the server.
 """
 from __future__ import annotations
 
@@ -67,6 +68,7 @@ class Principal:
     projects: frozenset[str] | None = None     # the projects it may see; None: all of them
     grant: dict = field(default_factory=dict)  # a demo link's runs and releases
     session: str | None = None                 # the sign-in session it came from (local accounts)
+    web: bool = False                          # the operator of a browser (operator mode), not of the CLI
 
     @property
     def label(self) -> str:
@@ -115,8 +117,14 @@ def os_user() -> str:
 
 
 def operator() -> Principal:
-    """The machine's operator: the CLI, and the web app on loopback before any account exists."""
+    """The machine's operator: the CLI."""
     return Principal(name=os_user(), role="admin", kind="operator")
+
+
+def web_operator() -> Principal:
+    """The machine's operator in its own browser, before any account exists (operator mode): an admin that
+    may not make accounts (``core.access.accounts``)."""
+    return Principal(name=os_user(), role="admin", kind="operator", web=True)
 
 
 def system(name: str, role: str = "engineer", project: str | None = None) -> Principal:

@@ -367,9 +367,28 @@ def _m011_judge(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+def _m012_sign_in_guards(con: duckdb.DuckDBPyConnection) -> None:
+    """Sign-in guards (issue 24): a company (OIDC) account bound to the (issuer, subject) of its first
+    sign-in, and the counts that slow a password guesser down, per typed name and per client address,
+    kept apart from the accounts so that a name without an account is counted as one with
+    (core.access.accounts). users.failed_attempts and users.locked_until are no longer read."""
+    con.execute(
+        """
+        ALTER TABLE users ADD COLUMN oidc_issuer VARCHAR;
+        ALTER TABLE users ADD COLUMN oidc_subject VARCHAR;
+        CREATE TABLE sign_in_throttle (
+            key           VARCHAR PRIMARY KEY,       -- name:<typed name, at most 100 characters> | address:<client>
+            failures      INTEGER NOT NULL,          -- attempts counted in a row (before each was checked)
+            locked_until  TIMESTAMPTZ,               -- no attempt is checked before then
+            last_failure  TIMESTAMPTZ NOT NULL
+        );
+        """
+    )
+
+
 MIGRATIONS = [_m001_initial, _m002_reviews, _m004_evaluation_details, _m005_release_lifecycle,
               _m006_training_metrics, _m007_team_access, _m008_preference_votes, _m009_word_scores,
-              _m010_saved_conversations, _m011_judge]
+              _m010_saved_conversations, _m011_judge, _m012_sign_in_guards]
 
 
 def _migration_number(fn) -> int:
