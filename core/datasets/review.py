@@ -302,6 +302,7 @@ def _complete(version_id: str, review: dict, actor: Principal) -> None:
                           [store.now(), review["id"]]).fetchall()
     if not won:
         return
+    store.crash_point("review.completing")
     verdict = status(version_id)
     store.audit("review.completed", version_id, actor, review=review["id"], reviewed=verdict["reviewed"],
                 approval_rate=verdict["approval_rate"])

@@ -120,6 +120,7 @@ def ingest(con, job: dict, result: dict) -> None:
          cfg.get("project") or job.get("project") or DEFAULT_PROJECT,
          ws.bleu if ws else None, ws.rouge_l if ws else None, ws.segmenter if ws else None],
     )
+    store.crash_point("evaluation.stored")
     per_word = ws.per_example if ws else [{"bleu": None, "rouge_l": None}] * len(exs)
     rows = []
     for ex, w in zip(exs, per_word):

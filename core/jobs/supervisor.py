@@ -194,6 +194,7 @@ def _settle(con, job: dict, status: dict) -> None:
             ingest = getattr(kinds.app_module(job["kind"]), "ingest", None)
             if ingest:
                 ingest(con, job, result or {})
+            _crash_point("settle.ingested")
         except Exception as exc:  # a result the studio cannot take is a failed job, not a crashed tick
             state, error = "failed", f"could not ingest the result: {exc}"
     con.execute(
@@ -209,13 +210,8 @@ def _ingest_progress(con, job: dict) -> None:
         hook(con, job)
 
 
-CRASH_AT_ENV = "VITUNE_CRASH_AT"   # tests only: the tick kills itself (SIGKILL) at the named point of _start
-
-
-def _crash_point(name: str) -> None:
-    """Where a test simulates the supervisor dying (``VITUNE_CRASH_AT=claimed|started``): a real SIGKILL."""
-    if os.environ.get(CRASH_AT_ENV) == name:
-        os.kill(os.getpid(), signal.SIGKILL)
+CRASH_AT_ENV = store.CRASH_AT_ENV   # tests only: the tick kills itself (SIGKILL) at a named point
+_crash_point = store.crash_point
 
 
 def _find_worker(job_dir: str | Path) -> int | None:
