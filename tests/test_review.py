@@ -167,3 +167,32 @@ def test_the_whole_review_headless_through_the_cli(home):
     assert f"review gate overridden for {other}: demo hôm nay (recorded in the audit log)" in proc.stderr
     proc = cli("review", "decide", vid, "--item", "1", home=home, check=False)
     assert proc.returncode == 2 and "needs --item N and one of --approve, --edit, --reject" in proc.stderr
+
+
+def test_two_sessions_of_one_process_deciding_the_last_pairs_at_once_complete_the_review_once(home):
+    """The web app's sessions are threads of one process: each decision and the completion are one transaction,
+    and two of them at once never both miss the other (the review's row is written first: one is tried again)."""
+    import threading
+
+    v, _ = importer.import_files([write_jsonl(home / "d.jsonl", tiny_pairs(30))], "cskh", actor=OPERATOR)
+    assert review.start(v["id"], actor=OPERATOR)["sample_size"] == 3
+    review.decide(v["id"], 1, "approved", actor=OPERATOR)
+    barrier, errors = threading.Barrier(2), []
+
+    def decide(idx: int) -> None:
+        barrier.wait()
+        try:
+            review.decide(v["id"], idx, "rejected", actor=person(f"r{idx}", "reviewer"))
+        except Exception as exc:   # noqa: BLE001 (reported below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=decide, args=(i,)) for i in (2, 3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    st = review.status(v["id"])
+    assert st["complete"] and st["done"] == 3 and st["child_version"]
+    assert len([x for x in versions.list_versions(OPERATOR) if x["parent_id"] == v["id"]]) == 1
+    assert review.current(v["id"])["completed_at"] is not None

@@ -703,9 +703,15 @@ def dedup(rows: list[dict], report: ImportReport) -> list[dict]:
 def content_hash(train: list[dict], test: list[dict]) -> str:
     h = hashlib.sha256()
     for split, rows in (("train", train), ("test", test)):
-        for row in rows:
-            h.update(json.dumps([split] + [row[k] for k in FIELDS], ensure_ascii=False).encode())
+        hash_rows(h, split, rows)
     return h.hexdigest()
+
+
+def hash_rows(h, split: str, rows: Iterable[dict]) -> None:
+    """Feed ``rows`` of ``split`` to ``h`` as ``content_hash`` does (train's rows, then test's, in order): a
+    version written batch by batch gets the hash of the whole."""
+    for row in rows:
+        h.update(json.dumps([split] + [row[k] for k in FIELDS], ensure_ascii=False).encode())
 
 
 def test_count(n_rows: int, test_fraction: float) -> int:

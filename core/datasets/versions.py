@@ -13,7 +13,9 @@ from pathlib import Path
 from core import paths, store
 from core.access import projects
 from core.access.principal import Principal
-from core.datasets.rows import FIELDS, DatasetError, content_hash
+from core.datasets.rows import FIELDS, DatasetError, content_hash, hash_rows
+
+BATCH_ROWS = 10_000   # rows of a version read at a time where a whole split is gone through
 
 
 def _new_version_folder() -> tuple[str, Path]:
@@ -84,6 +86,47 @@ def derive_version(parent: dict, train: list[dict], test: list[dict], *, source:
     report = {"rows_kept": len(train) + len(test), "derived_from": parent["id"]}
     return _write_version(parent["name"], train, test, source=source, parent_id=parent["id"],
                           lineage=lineage, report=report, actor=actor, project=parent["project"])
+
+
+def derive_changed(parent: dict, changes: dict[tuple[str, int], dict | None], *, source: str, lineage: dict,
+                   actor: Principal) -> dict:
+    """A new version made from ``parent`` (its record) with ``changes``: {(split, row index): the row's new
+    fields, or None to drop the row}; same name and project, ``parent_id`` set. The parent's splits are read
+    and the child's written ``BATCH_ROWS`` rows at a time (its content hash fed as they go), so a version of
+    millions of rows costs a batch of memory, not the whole version."""
+    import hashlib
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    version_id, folder = _new_version_folder()
+    h = hashlib.sha256()
+    counts = {}
+    columns = list(FIELDS) + ["source"]
+    schema = pa.schema([(c, pa.string()) for c in columns])
+    for split in ("train", "test"):
+        counts[split] = 0
+        start = 0
+        with pq.ParquetWriter(folder / f"{split}.parquet", schema) as writer:
+            source_file = pq.ParquetFile(Path(parent["path"]) / f"{split}.parquet")
+            for batch in source_file.iter_batches(batch_size=BATCH_ROWS, columns=columns):
+                rows = batch.to_pylist()
+                kept = []
+                for i, row in enumerate(rows, start=start):
+                    if (split, i) in changes:
+                        if changes[(split, i)] is None:
+                            continue
+                        row = {**row, **changes[(split, i)]}
+                    kept.append(row)
+                start += len(rows)
+                if kept:
+                    writer.write_table(pa.Table.from_pylist(kept, schema=schema))
+                hash_rows(h, split, kept)
+                counts[split] += len(kept)
+    report = {"rows_kept": counts["train"] + counts["test"], "derived_from": parent["id"]}
+    return _record_version(version_id, folder, parent["name"], content_hash=h.hexdigest(), rows_train=counts["train"],
+                           rows_test=counts["test"], source=source, parent_id=parent["id"], lineage=lineage,
+                           report=report, actor=actor, project=parent["project"])
 
 
 def list_versions(actor: Principal, project: str | None = None) -> list[dict]:

@@ -100,8 +100,12 @@ def _word_scores(evaluation_id: str, refs: list[str], preds: list[str], *,
 
 
 def ingest(con, job: dict, result: dict) -> None:
-    """In the supervisor: store the evaluation and its examples, with the word-level second view."""
+    """In the supervisor, in the settle's transaction (the evaluation and its examples are stored together, or
+    not at all): store the evaluation and its examples, with the word-level second view. Idempotent: an
+    evaluation already stored is left as it is."""
     cfg = job["config"] if isinstance(job["config"], dict) else json.loads(job["config"])
+    if con.execute("SELECT 1 FROM evaluations WHERE id = ?", [cfg["evaluation_id"]]).fetchall():
+        return
     th = result["thresholds"]
     exs = [json.loads(line) for line in Path(result["predictions"]).read_text(encoding="utf-8").splitlines()]
     ws = _word_scores(cfg["evaluation_id"], [ex["reference"] for ex in exs], [ex["prediction"] for ex in exs])

@@ -33,6 +33,9 @@ from core.store.connection import (  # noqa: F401  (the store's names, for its c
 )
 from core.store.migrations import MIGRATIONS, _m001_initial, _migration_number, migrate, now  # noqa: F401
 
+# Two transactions of one process that change the same row at once: the second gets this (and is rolled back).
+Conflict = duckdb.TransactionException
+
 # ── small helpers used by the core modules ───────────────────────────────────
 
 CRASH_AT_ENV = "VITUNE_CRASH_AT"   # tests only: the process kills itself (SIGKILL) at the named point
