@@ -420,7 +420,10 @@ def _hf_folder(path: Path) -> Iterator[tuple[int, Any]]:
     import pyarrow as pa
 
     def where(f: Path) -> str:
-        return f"{path.name}/{f.relative_to(path).as_posix()}"
+        try:
+            return f"{path.name}/{f.relative_to(path).as_posix()}"
+        except ValueError:   # a resolved path (its folder was reached through a link)
+            return f"{path.name}/{f.relative_to(path.resolve()).as_posix()}"
 
     def read_json(f: Path, key: str, kind: type):
         """A ``datasets`` metadata file's ``key``; DatasetError naming the file (and line) otherwise."""
@@ -438,20 +441,32 @@ def _hf_folder(path: Path) -> Iterator[tuple[int, Any]]:
             raise DatasetError(f"{where(f)}: '{key}' is not a {kind.__name__}; a damaged `datasets` folder")
         return value
 
+    root = path.resolve()
+
+    def inside(f: Path, named: str) -> Path:
+        """``f`` (named in the folder's metadata, or found in it), links followed, when it lies inside the
+        folder; DatasetError otherwise: a folder names only its own files, and reads nothing else of the
+        server (another version's rows, any .arrow file) however its metadata or links point."""
+        resolved = f.resolve()
+        if resolved != root and not resolved.is_relative_to(root):
+            raise DatasetError(f"{path.name}: '{named}' leads outside the folder (a folder saved by `datasets` names "
+                               "only its own files); nothing was imported")
+        return resolved
+
     def split_files(folder: Path) -> list[Path]:
         state = folder / "state.json"
         if state.exists():
-            entries = read_json(state, "_data_files", list)
+            entries = read_json(inside(state, where(state)), "_data_files", list)
             if not all(isinstance(e, dict) and isinstance(e.get("filename"), str) for e in entries):
                 raise DatasetError(f"{where(state)}: '_data_files' does not name the Arrow files; a damaged "
                                    "`datasets` folder")
-            return [folder / e["filename"] for e in entries]
-        return sorted(folder.glob("*.arrow"))
+            return [inside(folder / e["filename"], e["filename"]) for e in entries]
+        return [inside(f, where(f)) for f in sorted(folder.glob("*.arrow"))]
 
     if (path / "dataset_dict.json").exists():
-        splits = read_json(path / "dataset_dict.json", "splits", list)
+        splits = read_json(inside(path / "dataset_dict.json", "dataset_dict.json"), "splits", list)
         order = sorted((str(s) for s in splits), key=lambda s: ({"train": 0, "validation": 1, "test": 2}.get(s, 3), s))
-        files = [f for s in order for f in split_files(path / s)]
+        files = [f for s in order for f in split_files(inside(path / s, s))]
     else:
         files = split_files(path)
     if not files:
