@@ -106,6 +106,24 @@ def test_bundled_samples_are_reviewed_by_construction(home):
     assert job["config"]["review"]["override"] is None
 
 
+def test_an_engineers_own_data_named_like_a_sample_is_not_marked_reviewed(home):
+    """import_samples marks only the versions it made itself (or made by an earlier call), never one that merely
+    bears a sample's name."""
+    mine = {}
+    for name in ("general-vi", samples.DEMO_SAMPLE):
+        mine[name], _ = importer.import_files([write_jsonl(home / f"{name}.jsonl", tiny_pairs(20))], name,
+                                              actor=person("an"))
+    domain = samples.import_samples(actor=person("setup"))
+    for name, version in mine.items():
+        assert not review.status(version["id"])["reviewed"], f"{name}: the engineer's own data became reviewed"
+        assert review.reviews_of(version["id"]) == []
+    assert domain["id"] != mine[samples.DEMO_SAMPLE]["id"] and review.status(domain["id"])["kind"] == "bundled"
+    assert domain["rows_total"] > 20 and "customer" not in domain["name"]
+    with pytest.raises(queue.JobError, match="has not passed its review sample"):
+        runs.submit_train(mine[samples.DEMO_SAMPLE]["id"], _cfg(), actor=person("an"))
+    assert samples.import_samples(actor=OPERATOR)["id"] == domain["id"]   # a second call: the same bundled versions
+
+
 def test_refusals_are_clear(home):
     vid = _version(home, n=10)
     with pytest.raises(review.ReviewError, match="between 10% and 100 % of the pairs"):
