@@ -16,7 +16,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
 
-from core import paths, prompt_format
+from core import base_models, paths, prompt_format
 from core.datasets.rows import FIELDS, DatasetError
 from core.datasets.versions import get_version
 
@@ -114,6 +114,10 @@ def token_stats(version: str | dict, base_model: str | None = None, fmt: str = "
     """Tokens per training text (prompt format applied, EOS counted) with the base model's tokenizer,
     and how many texts exceed ``max_seq_length`` (the trainer would cut them). The lengths are kept
     per version, tokenizer (its files' size and time) and format; ``max_seq_length`` only changes the count."""
+    try:
+        base_models.check(base_model)   # a name a browser sent: no tokenizer is read from any other folder
+    except ValueError as exc:
+        raise DatasetError(str(exc)) from None
     model = Path(base_model) if base_model else paths.default_base_model_dir()
     tokenizer_file = model / "tokenizer.json"
     if not tokenizer_file.exists():

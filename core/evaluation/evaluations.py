@@ -13,7 +13,7 @@ import json
 import uuid
 from pathlib import Path
 
-from core import errors, models, paths, prompt_format, store
+from core import base_models, errors, models, paths, prompt_format, store
 from core.access import projects
 from core.access.audit import safe_cell
 from core.access.principal import DEFAULT_PROJECT, Principal, require
@@ -50,7 +50,7 @@ def submit(run_id: str | None = None, *, base_model: str | None = None, dataset_
     if not base_model or not dataset_version_id:
         raise ValueError("an evaluation needs a run, or a base model and a dataset version")
     if not run_id:
-        models.check_base_model(base_model)
+        base_models.check(base_model)
     version = versions.get_version(dataset_version_id, actor)
     require(actor, "evaluate.submit", version["project"])
     evaluation_id = "eval-" + uuid.uuid4().hex[:10]

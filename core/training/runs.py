@@ -8,7 +8,7 @@ import json
 import os
 from pathlib import Path
 
-from core import paths, store
+from core import base_models, paths, store
 from core.access import projects
 from core.access.principal import Principal, require
 from core.datasets import review, versions
@@ -21,6 +21,7 @@ def submit_train(dataset_version_id: str, cfg, *, actor: Principal, override_rev
     """Queue a training run, in the dataset version's project. The version must have passed its review
     sample (core.datasets.review), unless ``override_review`` gives a reason, which the audit log records
     with the actor's identity."""
+    base_models.check(cfg.base_model)   # before anything of it is looked at on disk
     cfg.validate()
     version = versions.get_version(dataset_version_id, actor)
     project = version["project"]
