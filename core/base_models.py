@@ -65,15 +65,20 @@ def is_allowed(name: str) -> bool:
     return any(_inside(path, _plain(entry)) for entry in entries if entry.startswith(("/", "~", ".")))
 
 
-def check(name: str | None) -> str:
-    """``name`` when it may be loaded and is a model (``core.models.check_base_model``); BaseModelNotAllowed
-    (a ValueError) naming the ways to a model otherwise, before anything of it is looked at on disk."""
+def require_allowed(name: str | None) -> str:
+    """``name`` when it may be loaded; BaseModelNotAllowed (a ValueError) naming the ways to a model otherwise,
+    before anything of it is looked at on disk."""
     name = (name or "").strip()
     if not is_allowed(name):
         raise BaseModelNotAllowed(
             f"{name}: not an allowed base model (a model folder under {paths.base_models_dir()}, the default model, "
             "or a model an admin has allowed: `python -m core models allow NAME`)")
-    return models.check_base_model(name)
+    return name
+
+
+def check(name: str | None) -> str:
+    """``require_allowed``, then ``core.models.check_base_model``: a model folder (with config.json) or a hub name."""
+    return models.check_base_model(require_allowed(name))
 
 
 def allow(name: str, *, actor: Principal) -> list[str]:

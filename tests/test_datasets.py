@@ -204,8 +204,10 @@ def test_token_stats_match_the_trainers_tokenizer(home, tokenizer):
 
     fig = charts.token_histogram(stats)
     assert fig.data[0].type == "histogram" and "16.7% over" in fig.layout.annotations[0].text
+    no_tokenizer = home / "models" / "base" / "no-tokenizer"   # an allowed folder (under models/base) without one
+    no_tokenizer.mkdir(parents=True)
     with pytest.raises(pair_rows.DatasetError, match="no tokenizer.json"):
-        ds_stats.token_stats(version["id"], str(home), "chat", 256)
+        ds_stats.token_stats(version["id"], str(no_tokenizer), "chat", 256)
 
 
 def test_versions_are_immutable_records_with_hash_parent_who_and_when(home):

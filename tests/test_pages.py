@@ -250,6 +250,7 @@ def test_datasets_page_imports_a_large_jsonl_through_the_bulk_path(home, monkeyp
     (home / "data" / "imports").mkdir(parents=True, exist_ok=True)
     path = write_jsonl(home / "data" / "imports" / "large.jsonl", tiny_pairs(30) + ["{hỏng", tiny_pairs(1)[0]])
     monkeypatch.setattr(bulk, "BULK_THRESHOLD_BYTES", 1024)
+    monkeypatch.setenv("VITUNE_BULK_THRESHOLD_BYTES", "1024")   # the page's import runs in a process of its own
     at = _run("datasets")
     at.text_input[0].input(str(path))
     at.text_input[1].input("large")
@@ -424,6 +425,22 @@ def test_datasets_page_upload_is_removed_and_the_new_version_listed_at_once(home
                                            "invalid JSON (Expecting property name enclosed in double quotes)); "
                                            "nothing was imported"]
     assert not list((home / "data" / "uploads").glob("*/*"))
+
+
+def test_datasets_page_refuses_a_2_kb_parquet_bomb_from_its_metadata_in_an_import_process(home):
+    """A 2.4 KB Parquet upload that decodes to 18.6 GB: the page names the problem, keeps nothing, and the page (the
+    web app's process) was never at risk: the file is read in an import process of its own."""
+    from tests.test_large_files import parquet_bomb
+
+    bomb = parquet_bomb(home / "bomb.parquet").read_bytes()
+    at = _run("datasets")
+    _import_form(at, name="bom", upload=("bom.parquet", bomb, "application/octet-stream"))
+    assert not at.exception, [e.value for e in at.exception]
+    assert [e.value for e in at.error] == [
+        "bom.parquet: its columns instruction, input, output decode to more than the import limit of 2.0 GB (counted "
+        "from its metadata and dictionaries; nothing was decoded): a compressed or dictionary-encoded file much "
+        "larger than it looks; split it into smaller files"]
+    assert not list((home / "data" / "uploads").glob("*/*")) and not list((home / "data" / "datasets").iterdir())
 
 
 def test_datasets_page_names_its_own_encoding_control(home):

@@ -37,16 +37,21 @@ def _write_version(
     actor: Principal,
     project: str,
 ) -> dict:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     version_id, folder = _new_version_folder()
-    for split, rows in (("train", train), ("test", test)):
-        cols = {k: [r[k] for r in rows] for k in FIELDS + ("source",)}
-        pq.write_table(pa.table(cols), folder / f"{split}.parquet")
+    write_splits(folder, train, test)
     return _record_version(version_id, folder, name, content_hash=content_hash(train, test),
                            rows_train=len(train), rows_test=len(test), source=source, parent_id=parent_id,
                            lineage=lineage, report=report, actor=actor, project=project)
+
+
+def write_splits(folder: Path, train: list[dict], test: list[dict]) -> None:
+    """A version's ``train.parquet`` and ``test.parquet`` from its rows (no database: an import process writes them)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for split, rows in (("train", train), ("test", test)):
+        cols = {k: [r[k] for r in rows] for k in FIELDS + ("source",)}
+        pq.write_table(pa.table(cols), folder / f"{split}.parquet")
 
 
 def _record_version(version_id: str, folder: Path, name: str, *, content_hash: str, rows_train: int,
@@ -175,14 +180,34 @@ def head_rows(version: dict, split: str = "train", n: int = 200) -> list[dict]:
 
 
 def take_rows(version_id: str, split: str, indices: list[int]) -> list[dict]:
-    """Only the rows at ``indices`` (from 0) of one split, without turning the whole split into Python."""
+    """Only the rows at ``indices`` (from 0) of one split, in that order: only the Parquet row groups that hold
+    them are read, and only those rows become Python (a version may hold millions)."""
+    import bisect
+
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     if not indices:
         return []
+    if split not in ("train", "test"):
+        raise DatasetError(f"unknown split '{split}' (train or test)")
     version = get_version(version_id)
-    table = pq.read_table(Path(version["path"]) / f"{split}.parquet", columns=list(FIELDS) + ["source"])
-    return table.take(indices).to_pylist()
+    pf = pq.ParquetFile(Path(version["path"]) / f"{split}.parquet")
+    starts, at = [], 0
+    for g in range(pf.metadata.num_row_groups):
+        starts.append(at)
+        at += pf.metadata.row_group(g).num_rows
+    if any(not 0 <= i < at for i in indices):
+        raise DatasetError(f"{version_id} has {at} {split} rows; no row {max(indices)}")
+    wanted: dict[int, list[int]] = {}
+    for i in dict.fromkeys(indices):
+        wanted.setdefault(bisect.bisect_right(starts, i) - 1, []).append(i)
+    found: dict[int, dict] = {}
+    for g, rows in wanted.items():
+        group = pf.read_row_group(g, columns=list(FIELDS) + ["source"])
+        for i, row in zip(rows, group.take(pa.array([i - starts[g] for i in rows])).to_pylist()):
+            found[i] = row
+    return [dict(found[i]) for i in indices]
 
 
 def lineage_chain(version_id: str) -> list[dict]:
