@@ -283,8 +283,9 @@ def test_a_training_settle_killed_midway_is_all_or_nothing(home, version):
     assert list(runs.run_metrics(job["run_id"])["step"]) == [1, 2]
 
 
-@pytest.mark.parametrize("point", ["evaluation.stored", "settle.ingested"])
-def test_an_evaluation_ingest_killed_midway_is_all_or_nothing(home, version, default_model, point):
+def test_an_evaluation_ingest_killed_midway_is_all_or_nothing(home, version, default_model):
+    """Killed between storing the evaluation's row and its examples (``settle.ingested``, after the whole ingest,
+    is the training and generation tests' point)."""
     from core.evaluation import evaluations, gate, scoring
 
     ev = evaluations.submit(base_model=str(default_model), dataset_version_id=version, limit=4, actor=OPERATOR)
@@ -296,7 +297,7 @@ def test_an_evaluation_ingest_killed_midway_is_all_or_nothing(home, version, def
                                        "prediction": r, **per}, ensure_ascii=False) + "\n"
                            for i, (p, r, per) in enumerate(zip(pairs, refs, scores.per_example))), encoding="utf-8")
     _finished(ev, {**scores.summary(), "prompt_format": "chat", "predictions": str(out)})
-    _killed(home, point)
+    _killed(home, "evaluation.stored")
     # nothing of it is visible: no evaluation whose n is set and whose examples are missing, none to gate on
     assert store.one("SELECT count(*) AS n FROM evaluations")["n"] == 0
     assert store.one("SELECT count(*) AS n FROM evaluation_examples")["n"] == 0

@@ -6,8 +6,8 @@ version's folder (``stats/*.json``) and in this process's memory: a rerun of the
 another browser reads it back instead of reading every row again.
 
 Each is computed in the web process, so none holds a version in memory: its rows are read ``BATCH_ROWS`` at
-a time, the per-field numbers counted with Arrow compute (no Python string of it), and the per-row charts
-(words per field, tokens per text) drawn from at most ``CHART_ROWS`` rows spread evenly over the version.
+a time (a column of a batch at a time becomes Python strings), and the per-row charts (words per field,
+tokens per text) are drawn from at most ``CHART_ROWS`` rows spread evenly over the version.
 """
 from __future__ import annotations
 
@@ -36,9 +36,6 @@ def _folder(version: str | dict) -> Path:
 
 BATCH_ROWS = 10_000      # rows read at a time
 CHART_ROWS = 100_000     # rows a per-row chart (and the token count) is drawn from, spread evenly over a version
-# Python's str.isspace() characters: a word is a run of anything else (what str.split() counts), in RE2's syntax
-_WORD = (r"[^\t\n\x{0b}\x{0c}\r\x{1c}-\x{1f} \x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}"
-         r"\x{205f}\x{3000}]+")
 
 
 def _batches(folder: Path, splits: tuple[str, ...] = ("train", "test"), columns: list[str] | None = None):
@@ -63,12 +60,6 @@ def _picked(start: int, n: int, every: int) -> list[int]:
     ``every``-th row of the version."""
     first = (-start) % every
     return list(range(first, n, every))
-
-
-def _text(column):
-    import pyarrow as pa
-
-    return column.dictionary_decode() if pa.types.is_dictionary(column.type) else column
 
 
 def _kept(folder: Path, name: str, compute: Callable[[], dict]) -> dict:
@@ -103,8 +94,6 @@ def length_stats(version: str | dict) -> dict:
     folder = _folder(version)
 
     def compute() -> dict:
-        import pyarrow.compute as pc
-
         every = max(1, -(-_total_rows(folder) // CHART_ROWS))
         out: dict[str, list] = {"split": [], "source": [], **{f"{k}_words": [] for k in FIELDS}}
         for split, start, batch in _batches(folder, columns=list(FIELDS) + ["source"]):
@@ -113,9 +102,9 @@ def length_stats(version: str | dict) -> dict:
                 continue
             batch = batch.take(at) if len(at) < batch.num_rows else batch
             out["split"].extend([split] * batch.num_rows)
-            out["source"].extend(_text(batch.column("source")).to_pylist())
+            out["source"].extend(batch.column("source").to_pylist())
             for k in FIELDS:
-                out[f"{k}_words"].extend(pc.count_substring_regex(_text(batch.column(k)), _WORD).to_pylist())
+                out[f"{k}_words"].extend(len(text.split()) for text in batch.column(k).to_pylist())
         return out
 
     return _kept(folder, "lengths", compute)
@@ -191,21 +180,20 @@ def field_stats(version: str | dict) -> list[dict]:
     folder = _folder(version)
 
     def compute() -> dict:
-        import pyarrow.compute as pc
-
         sums = {k: {"rows": 0, "chars": 0, "words": 0, "max_chars": 0, "max_words": 0, "empty": 0} for k in FIELDS}
         for _split, _start, batch in _batches(folder, columns=list(FIELDS)):
             for k in FIELDS:
-                column = _text(batch.column(k))
-                chars = pc.utf8_length(column)
-                words = pc.count_substring_regex(column, _WORD)
+                texts = batch.column(k).to_pylist()   # one column of one batch at a time
+                chars = [len(t) for t in texts]
+                words = [len(t.split()) for t in texts]
+                del texts
                 got = sums[k]
-                got["rows"] += batch.num_rows
-                got["chars"] += pc.sum(chars).as_py() or 0
-                got["words"] += pc.sum(words).as_py() or 0
-                got["max_chars"] = max(got["max_chars"], pc.max(chars).as_py() or 0)
-                got["max_words"] = max(got["max_words"], pc.max(words).as_py() or 0)
-                got["empty"] += pc.sum(pc.equal(chars, 0)).as_py() or 0
+                got["rows"] += len(chars)
+                got["chars"] += sum(chars)
+                got["words"] += sum(words)
+                got["max_chars"] = max(got["max_chars"], max(chars, default=0))
+                got["max_words"] = max(got["max_words"], max(words, default=0))
+                got["empty"] += sum(c == 0 for c in chars)
         out = []
         for k in FIELDS:
             got = sums[k]
