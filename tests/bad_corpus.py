@@ -65,7 +65,7 @@ def _parquet(folder: Path) -> tuple[bytes, bytes]:
 
 
 def _parquet_bomb(folder: Path) -> bytes:
-    """2.4 KB of Parquet that decode to 18.6 GB (tests/test_large_files.py: ``parquet_bomb``)."""
+    """2.3 KB of Parquet that decode to 18.6 GB (tests/test_large_files.py: ``parquet_bomb``)."""
     from tests.test_large_files import parquet_bomb
 
     path = parquet_bomb(folder / "bomb-tmp.parquet")

@@ -140,7 +140,7 @@ REFUSED_DATASETS = {
     "not_parquet.parquet": "not_parquet.parquet: not a readable Parquet file",
     "truncated.parquet": "truncated.parquet: not a readable Parquet file",
     "wrong_columns.parquet": "first: wrong_columns.parquet line 1: missing field 'instruction'",
-    # 2.4 KB that decode to 18.6 GB: refused from its metadata, in the import's own process
+    # 2.3 KB that decode to 18.6 GB: refused from its metadata, in the import's own process
     "bomb.parquet": "bomb.parquet: its columns instruction, input, output decode to more than the import limit of 2.0 GB",
 }
 # a file with some good rows: the version of those rows, and the first rejected row named

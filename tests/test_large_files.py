@@ -126,7 +126,7 @@ def test_a_non_utf8_large_file_names_the_line_and_the_byte_as_the_whole_file_rea
 
 def parquet_bomb(path: Path, rows_: int = 200_000, chars: int = 31_000) -> Path:
     """The real bomb: three columns of ``rows_`` rows, each a dictionary of one ``chars``-character value (under
-    the field limit) and its indices, RLE-encoded and compressed: ~2.4 KB that decode to rows_ × 3 × chars bytes."""
+    the field limit) and its indices, RLE-encoded and compressed: ~2.3 KB that decode to rows_ × 3 × chars bytes."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 

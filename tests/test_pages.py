@@ -428,7 +428,7 @@ def test_datasets_page_upload_is_removed_and_the_new_version_listed_at_once(home
 
 
 def test_datasets_page_refuses_a_2_kb_parquet_bomb_from_its_metadata_in_an_import_process(home):
-    """A 2.4 KB Parquet upload that decodes to 18.6 GB: the page names the problem, keeps nothing, and the page (the
+    """A 2.3 KB Parquet upload that decodes to 18.6 GB: the page names the problem, keeps nothing, and the page (the
     web app's process) was never at risk: the file is read in an import process of its own."""
     from tests.test_large_files import parquet_bomb
 
