@@ -188,7 +188,7 @@ def _settle(jobs: list[dict], batch: int) -> None:
         with store.transaction() as con:
             for job in jobs[start:start + batch]:
                 job = get_job(job["id"])
-                supervisor._settle(con, job, read_json(Path(job["job_dir"]) / STATUS))
+                supervisor._settle(job, read_json(Path(job["job_dir"]) / STATUS))
 
 
 # ── timing ───────────────────────────────────────────────────────────────────

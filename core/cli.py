@@ -36,6 +36,23 @@ def cmd_models(args) -> int:
         except models.ModelError as exc:
             return _fail(str(exc))
         return 0
+    if args.action in ("allow", "disallow", "allowed"):
+        from core import base_models
+
+        try:
+            if args.action != "allowed" and not args.name:
+                return _fail(f"models {args.action} needs a model hub name (org/name) or a folder", 2)
+            if args.action == "allow":
+                base_models.allow(args.name, actor=_actor())
+            elif args.action == "disallow":
+                base_models.disallow(args.name, actor=_actor())
+        except (ValueError, PermissionError) as exc:
+            return _fail(str(exc))
+        print("base models: the folders under " + ", ".join(dict.fromkeys(str(f) for f in base_models.folders()[:2]))
+              + (", and:" if base_models.allowed() else "; nothing else allowed"))
+        for name in base_models.allowed():
+            print(name)
+        return 0
     for m in models.list_base_models():
         print(m)
     return 0
@@ -73,8 +90,9 @@ def cmd_i18n(args) -> int:
 
 
 def _add_models(sub) -> None:
-    m = sub.add_parser("models", help="prepare and list base models")
-    m.add_argument("action", choices=["fetch-default", "list"])
+    m = sub.add_parser("models", help="prepare and list base models; the ones an admin allows beside models/base")
+    m.add_argument("action", choices=["fetch-default", "list", "allow", "disallow", "allowed"])
+    m.add_argument("name", nargs="?", help="allow / disallow: a model hub name (org/name) or a folder (audited)")
     m.add_argument("--force", action="store_true", help="prepare the default model again")
     m.set_defaults(fn=cmd_models)
 

@@ -6,13 +6,15 @@ from core.datasets.generation import documents, endpoints
 from core.access.principal import ROLES
 from pages.common import _, actor, fail, flash
 
+from core import base_models
+
 st.title(_("Admin"))
 st.caption(_("Accounts and roles, projects, demo links and the audit log. Local accounts are added with the CLI "
              "(`python -m core users add NAME --role ROLE`: the password is typed there, never in a browser)."))
 flash()
 who = actor()
-users_tab, projects_tab, endpoints_tab, demo_tab, audit_tab = st.tabs(
-    [_("Accounts"), _("Projects"), _("Endpoints"), _("Demo links"), _("Audit log")])
+users_tab, projects_tab, endpoints_tab, models_tab, demo_tab, audit_tab = st.tabs(
+    [_("Accounts"), _("Projects"), _("Endpoints"), _("Base models"), _("Demo links"), _("Audit log")])
 
 with users_tab:
     users = accounts.list_users(who)
@@ -119,6 +121,33 @@ with endpoints_tab:
                     st.rerun()
                 except (documents.GenerateError, PermissionError) as exc:
                     fail(exc)
+
+with models_tab:
+    st.caption(_("The base models a run, an evaluation, the playground or the Datasets page may load: a folder under "
+                 "{folders}, or one allowed here (a model hub name such as unsloth/gemma-4-E4B-it, or a folder on the "
+                 "server). Each change is in the audit log; `python -m core models allow NAME` does the same.")
+               .format(folders=", ".join(dict.fromkeys(str(f) for f in base_models.folders()[:2]))))
+    allowed_models = base_models.allowed()
+    if allowed_models:
+        st.dataframe([{_("allowed"): n} for n in allowed_models], hide_index=True)
+    else:
+        st.info(_("Nothing else is allowed yet."))
+    with st.form("base-model"):
+        model_name = st.text_input(_("Model hub name or folder"), placeholder="unsloth/gemma-4-E4B-it")
+        m1, m2 = st.columns(2)
+        allow_model = m1.form_submit_button(_("Allow"))
+        disallow_model = m2.form_submit_button(_("Take back"))
+    try:
+        if allow_model:
+            base_models.allow(model_name, actor=who)
+            flash(_("{name} may be loaded as a base model.").format(name=model_name.strip()))
+            st.rerun()
+        if disallow_model:
+            base_models.disallow(model_name, actor=who)
+            flash(_("{name} is no longer allowed as a base model.").format(name=model_name.strip()))
+            st.rerun()
+    except (ValueError, PermissionError) as exc:
+        fail(exc)
 
 with demo_tab:
     links = demo_links.list_links(who)

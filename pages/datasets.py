@@ -71,7 +71,8 @@ if can("dataset.import"):
                                                                  (map_output, "output")) if col.strip()}
                     version, report = importer.import_files(
                         sources, name, test_fraction=test_fraction, general_version=general_options[general],
-                        general_ratio=ratio, actor=who, project=here, encoding=ENCODINGS[encoding], mapping=mapping)
+                        general_ratio=ratio, actor=who, project=here, encoding=ENCODINGS[encoding], mapping=mapping,
+                        isolated=True)   # in a process of its own: no file can take the web app down
                     r = report.as_dict()
                     cols = st.columns(6)
                     for col, (key, metric_name) in zip(cols, REPORT_METRICS.items()):

@@ -73,7 +73,7 @@ else:
             cfg.save_steps, cfg.eval_steps = int(save_steps), int(eval_steps)
             if max_steps:
                 cfg.max_steps = int(max_steps)
-            job = train_runs.submit_train(by_version[version]["id"], cfg.validate(), actor=who, override_review=override)
+            job = train_runs.submit_train(by_version[version]["id"], cfg, actor=who, override_review=override)
             refresh_live()
             st.session_state["watch_run"] = job["run_id"]
             st.success(_("Queued job {job} for run {run}.").format(job=job["id"], run=job["run_id"]))

@@ -64,6 +64,16 @@ def _parquet(folder: Path) -> tuple[bytes, bytes]:
     return wrong_bytes, data[: len(data) // 2]
 
 
+def _parquet_bomb(folder: Path) -> bytes:
+    """2.3 KB of Parquet that decode to 18.6 GB (tests/test_large_files.py: ``parquet_bomb``)."""
+    from tests.test_large_files import parquet_bomb
+
+    path = parquet_bomb(folder / "bomb-tmp.parquet")
+    data = path.read_bytes()
+    path.unlink()
+    return data
+
+
 def build(folder: Path) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     files: dict[str, bytes | str] = {
@@ -117,6 +127,7 @@ def build(folder: Path) -> dict[str, Path]:
     wrong_parquet, cut_parquet = _parquet(folder)
     files["wrong_columns.parquet"] = wrong_parquet
     files["truncated.parquet"] = cut_parquet
+    files["bomb.parquet"] = _parquet_bomb(folder)
     out: dict[str, Path] = {}
     for name, data in files.items():
         path = folder / name
@@ -134,6 +145,11 @@ def build(folder: Path) -> dict[str, Path]:
     (broken / "train").mkdir(parents=True, exist_ok=True)
     (broken / "dataset_dict.json").write_text("{not json", encoding="utf-8")
     out["broken_hf"] = broken
+    outside = folder / "hf_outside"   # its state.json names a file outside it
+    outside.mkdir(exist_ok=True)
+    (outside / "state.json").write_text(json.dumps({"_data_files": [{"filename": "../outside.arrow"}]}),
+                                        encoding="utf-8")
+    out["hf_outside"] = outside
     arrow = folder / "bad_arrow"
     arrow.mkdir(exist_ok=True)
     (arrow / "data-00000-of-00001.arrow").write_bytes(b"not an arrow stream")

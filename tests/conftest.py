@@ -235,7 +235,7 @@ def grow_studio(home: Path, groups: int, runs_each: int = 4) -> None:
                                                                   "grad_norm": 1.0, "tokens_per_s": 900.0}) + "\n"
                                                       for s in range(1, 11)), encoding="utf-8")
                 write_json_atomic(folder / STATUS, {"state": "succeeded", "result": {"adapter_dir": str(folder / "a")}})
-                supervisor._settle(con, get_job(job["id"]), read_json(folder / STATUS))   # as a tick does
+                supervisor._settle(get_job(job["id"]), read_json(folder / STATUS))   # as a tick does
                 ev = evaluations.submit(job["run_id"], limit=4, actor=OPERATOR)
                 refs = [p["output"] for p in pairs[:4]]
                 preds = refs if (runs_each - 1 - n) % 2 == 0 else ["Dạ."] * 4   # the newest passes
@@ -247,7 +247,7 @@ def grow_studio(home: Path, groups: int, runs_each: int = 4) -> None:
                                encoding="utf-8")
                 write_json_atomic(Path(ev["job_dir"]) / STATUS, {"state": "succeeded", "result": {
                     **scores.summary(), "prompt_format": "chat", "predictions": str(out)}})
-                supervisor._settle(con, get_job(ev["id"]), read_json(Path(ev["job_dir"]) / STATUS))
+                supervisor._settle(get_job(ev["id"]), read_json(Path(ev["job_dir"]) / STATUS))
 
 
 def approve_review(version_id: str, reviewer: str = "tester") -> dict:

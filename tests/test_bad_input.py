@@ -136,6 +136,11 @@ CASES = [
                               "folder saved by `datasets`)"),
     _imp("empty.txt", "empty.txt: unsupported file type '.txt' (JSONL, JSON, CSV, Parquet, or a folder saved by "
                       "`datasets`)"),
+    _imp("bomb.parquet", "bomb.parquet: its columns instruction, input, output decode to more than the import limit "
+                         "of 2.0 GB (counted from its metadata and dictionaries; nothing was decoded): a compressed or "
+                         "dictionary-encoded file much larger than it looks; split it into smaller files"),
+    _imp("hf_outside", "hf_outside: '../outside.arrow' leads outside the folder (a folder saved by `datasets` names "
+                       "only its own files); nothing was imported"),
     _imp("not_parquet.parquet", "not_parquet.parquet: not a readable Parquet file (Parquet magic bytes not found in "
                                 "footer. Either the file is corrupted or this is not a parquet file.)"),
     _imp("truncated.parquet", "truncated.parquet: not a readable Parquet file (Parquet magic bytes not found in "

@@ -47,7 +47,7 @@ def studio(tmp_path_factory, corpus):
     home = tmp_path_factory.mktemp("bad-browser-home")
     root = home / "data" / "imports"
     root.mkdir(parents=True)
-    for name in ("plain_folder", "broken_hf", "bad_arrow"):
+    for name in ("plain_folder", "broken_hf", "bad_arrow", "hf_outside"):
         shutil.copytree(corpus[name], root / name)
     (root / "link_out.jsonl").symlink_to("/etc/passwd")
     proc = start_studio(home, port := free_port())
@@ -140,6 +140,8 @@ REFUSED_DATASETS = {
     "not_parquet.parquet": "not_parquet.parquet: not a readable Parquet file",
     "truncated.parquet": "truncated.parquet: not a readable Parquet file",
     "wrong_columns.parquet": "first: wrong_columns.parquet line 1: missing field 'instruction'",
+    # 2.3 KB that decode to 18.6 GB: refused from its metadata, in the import's own process
+    "bomb.parquet": "bomb.parquet: its columns instruction, input, output decode to more than the import limit of 2.0 GB",
 }
 # a file with some good rows: the version of those rows, and the first rejected row named
 PARTIAL_DATASETS = {
@@ -182,6 +184,9 @@ def test_a_bad_dataset_upload_is_refused_with_its_name_and_line(studio, corpus, 
     assert page.get_by_text("Created dataset version").count() == 0, shown
     assert len(_versions()) == before
     assert _uploads_left(studio["home"]) == []     # the upload went when its import ended
+    import psutil
+
+    assert psutil.Process(studio["pid"]).memory_info().rss < 2 * 1024**3   # the web process never held the rows
 
 
 @pytest.mark.parametrize("name", list(PARTIAL_DATASETS))
@@ -242,6 +247,7 @@ SERVER_PATHS = {
     "broken_hf": "broken_hf/dataset_dict.json: invalid JSON at line 1 (Expecting property name enclosed in double "
                  "quotes); not a folder saved by datasets (save_to_disk), or a damaged one",
     "bad_arrow": "bad_arrow/data-00000-of-00001.arrow: not a readable Arrow file (Not an Arrow file)",
+    "hf_outside": "hf_outside: '../outside.arrow' leads outside the folder",
 }
 
 

@@ -204,8 +204,10 @@ def test_token_stats_match_the_trainers_tokenizer(home, tokenizer):
 
     fig = charts.token_histogram(stats)
     assert fig.data[0].type == "histogram" and "16.7% over" in fig.layout.annotations[0].text
+    no_tokenizer = home / "models" / "base" / "no-tokenizer"   # an allowed folder (under models/base) without one
+    no_tokenizer.mkdir(parents=True)
     with pytest.raises(pair_rows.DatasetError, match="no tokenizer.json"):
-        ds_stats.token_stats(version["id"], str(home), "chat", 256)
+        ds_stats.token_stats(version["id"], str(no_tokenizer), "chat", 256)
 
 
 def test_versions_are_immutable_records_with_hash_parent_who_and_when(home):
@@ -269,3 +271,30 @@ def test_two_uploads_of_the_same_name_do_not_overwrite_each_other(home):
     assert first != second and first.name == second.name == "du_lieu.jsonl"
     assert (first.read_bytes(), second.read_bytes()) == (b"mot", b"hai")
     assert importer.remove_uploads([first]) == 1 and not first.parent.exists() and second.exists()
+
+
+@pytest.mark.parametrize("trick", ["state.json ../", "state.json absolute", "dataset_dict.json ../", "a symlink"])
+def test_a_datasets_folder_names_only_its_own_files(home, trick):
+    """A folder dropped in the import root whose state.json, dataset_dict.json or links point elsewhere reads no
+    file outside it (another version's rows, any .arrow file on the server): refused, naming the entry."""
+    import os
+
+    import datasets as hf
+
+    secret = home / "elsewhere" / "secret"   # not under the import root
+    hf.Dataset.from_list([{"instruction": "Mật khẩu kho?", "input": "", "output": "kho-2024-bi-mat"}]).save_to_disk(
+        str(secret))
+    arrow = next(secret.glob("*.arrow"))
+    folder = importer.import_root() / "nhap"
+    (folder / "train").mkdir(parents=True)
+    if trick == "state.json ../":
+        (folder / "state.json").write_text(json.dumps({"_data_files": [{"filename": os.path.relpath(arrow, folder)}]}))
+    elif trick == "state.json absolute":
+        (folder / "state.json").write_text(json.dumps({"_data_files": [{"filename": str(arrow)}]}))
+    elif trick == "dataset_dict.json ../":
+        (folder / "dataset_dict.json").write_text(json.dumps({"splits": [os.path.relpath(secret, folder)]}))
+    else:
+        (folder / "data-00000-of-00001.arrow").symlink_to(arrow)
+    with pytest.raises(pair_rows.DatasetError, match=r"nhap.*outside the folder"):
+        importer.import_files([importer.server_path("nhap")], "nhap", actor=OPERATOR)
+    assert versions.list_versions(OPERATOR) == []

@@ -87,8 +87,8 @@ def test_cancel_queued_and_running(home, version):
 
 
 def test_a_failing_job_reports_its_error(home, version):
-    not_a_model = home / "no-such-model"   # a folder with a config.json passes the submit check, then fails to load
-    not_a_model.mkdir()
+    not_a_model = home / "models" / "base" / "no-such-model"   # with a config.json it passes the submit check,
+    not_a_model.mkdir(parents=True)                              # then fails to load
     (not_a_model / "config.json").write_text("{}")
     cfg = _quick(2)
     cfg.base_model = str(not_a_model)
@@ -264,3 +264,50 @@ def test_no_eta_without_a_running_job_its_pace_and_what_is_left(tmp_path, state,
     if progress is not None:
         Status(tmp_path).update(progress=progress)
     assert queue.eta_seconds({"state": state, "job_dir": str(tmp_path)}) is None
+
+
+def test_the_base_model_is_one_of_the_base_model_folder_or_one_an_admin_allowed(home, version):
+    """An engineer cannot name any server folder as the base model (a file-system oracle; another project's
+    merged export whose path is known): only folders under models/base (the home's, or the default model's) and
+    what an admin has allowed (audited; the CLI and the Admin page)."""
+    from core import base_models
+    from core.access.principal import AccessDenied
+
+    merged = home / "data" / "runs" / "run-of-another-project" / "merged"   # e.g. another project's merged export
+    merged.mkdir(parents=True)
+    (merged / "config.json").write_text("{}")
+    refusal = "not an allowed base model (a model folder under {base}, the default model, or a model an admin has " \
+              "allowed: `python -m core models allow NAME`)".format(base=home / "models" / "base")
+    for name in (str(merged), str(home / "no-such-folder"), "../../etc", "someone/a-model"):
+        cfg = _quick(2)
+        cfg.base_model = name
+        with pytest.raises(ValueError) as refused:   # the same words whether the folder exists or not
+            runs.submit_train(version, cfg, actor=person("an"))
+        assert str(refused.value) == f"{name}: {refusal}"
+    with pytest.raises(ValueError, match="not an allowed base model"):
+        from core.evaluation import evaluations
+        evaluations.submit(base_model=str(merged), dataset_version_id=version, actor=person("an"))
+    assert store.one("SELECT count(*) AS n FROM jobs")["n"] == 0
+    with pytest.raises(AccessDenied):
+        base_models.allow(str(merged), actor=person("an"))
+    base_models.allow(str(merged), actor=person("quan", "admin"))
+    cli("models", "allow", "someone/a-model", home=home)
+    assert base_models.allowed() == [str(merged), "someone/a-model"]
+    assert cli("models", "allowed", home=home).stdout.splitlines()[-2:] == [str(merged), "someone/a-model"]
+    changes = store.rows("SELECT actor, subject FROM audit_log WHERE action = 'setting.changed' ORDER BY ts")
+    assert [(c["actor"], c["subject"]) for c in changes] == [("quan", base_models.SETTING),
+                                                             (OPERATOR.name, base_models.SETTING)]
+    for name in (str(merged), "someone/a-model"):
+        cfg = _quick(2)
+        cfg.base_model = name
+        assert runs.submit_train(version, cfg, actor=person("an"))["state"] == "queued"
+    mine = home / "models" / "base" / "gemma-vi"   # the home's base-model folder needs no allowing
+    mine.mkdir(parents=True)
+    (mine / "config.json").write_text("{}")
+    cfg = _quick(2)
+    cfg.base_model = str(mine)
+    assert runs.submit_train(version, cfg, actor=person("an"))["state"] == "queued"
+    cli("models", "disallow", "someone/a-model", home=home)
+    cfg.base_model = "someone/a-model"
+    with pytest.raises(ValueError, match="not an allowed base model"):
+        runs.submit_train(version, cfg, actor=person("an"))

@@ -255,6 +255,7 @@ def test_datasets_page_imports_a_large_jsonl_through_the_bulk_path(home, monkeyp
     (home / "data" / "imports").mkdir(parents=True, exist_ok=True)
     path = write_jsonl(home / "data" / "imports" / "large.jsonl", tiny_pairs(30) + ["{hỏng", tiny_pairs(1)[0]])
     monkeypatch.setattr(bulk, "BULK_THRESHOLD_BYTES", 1024)
+    monkeypatch.setenv("VITUNE_BULK_THRESHOLD_BYTES", "1024")   # the page's import runs in a process of its own
     at = _run("datasets")
     at.text_input[0].input(str(path))
     at.text_input[1].input("large")
@@ -431,6 +432,22 @@ def test_datasets_page_upload_is_removed_and_the_new_version_listed_at_once(home
     assert not list((home / "data" / "uploads").glob("*/*"))
 
 
+def test_datasets_page_refuses_a_2_kb_parquet_bomb_from_its_metadata_in_an_import_process(home):
+    """A 2.3 KB Parquet upload that decodes to 18.6 GB: the page names the problem, keeps nothing, and the page (the
+    web app's process) was never at risk: the file is read in an import process of its own."""
+    from tests.test_large_files import parquet_bomb
+
+    bomb = parquet_bomb(home / "bomb.parquet").read_bytes()
+    at = _run("datasets")
+    _import_form(at, name="bom", upload=("bom.parquet", bomb, "application/octet-stream"))
+    assert not at.exception, [e.value for e in at.exception]
+    assert [e.value for e in at.error] == [
+        "bom.parquet: its columns instruction, input, output decode to more than the import limit of 2.0 GB (counted "
+        "from its metadata and dictionaries; nothing was decoded): a compressed or dictionary-encoded file much "
+        "larger than it looks; split it into smaller files"]
+    assert not list((home / "data" / "uploads").glob("*/*")) and not list((home / "data" / "datasets").iterdir())
+
+
 def test_datasets_page_names_its_own_encoding_control(home):
     from tests.conftest import to_cp1258
 
@@ -523,3 +540,64 @@ def test_an_unexpected_error_in_a_live_view_is_one_line_there_and_the_page_goes_
     assert any(s.label == "Run" and s.value == job["run_id"] for s in at.selectbox)   # the runs below it
     assert any(c.value == f"Run {job['run_id']}: queued" for c in at.caption)
     assert "the Train page (jobs)" in errors.log_path().read_text(encoding="utf-8")
+
+
+def test_a_viewer_cannot_make_the_datasets_page_load_a_tokenizer_from_any_folder(home, tmp_path, default_model,
+                                                                                 monkeypatch):
+    """The base-model selectbox's value comes back from the browser as a label, and Streamlit keeps any value
+    whose label (``display_name``: a folder's last name) is an option's: a viewer sending the path of any folder
+    named like the default model's gets a refusal, and no tokenizer is read there."""
+    import shutil
+
+    from streamlit.proto.WidgetStates_pb2 import WidgetState
+    from streamlit.testing.v1 import element_tree
+
+    from core.datasets import importer
+    from tests.conftest import tiny_pairs, write_jsonl
+
+    importer.import_files([write_jsonl(home / "d.jsonl", tiny_pairs(6))], "v", actor=OPERATOR)
+    elsewhere = tmp_path / "another-project" / default_model.name
+    elsewhere.mkdir(parents=True)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(default_model / name, elsewhere / name)
+    at = _run("datasets", person("xem", "viewer"))
+    _clean(at)
+    box = next(s for s in at.selectbox if s.label == "Base model's tokenizer")
+    sent = WidgetState(id=box.id, string_value=str(elsewhere))   # what a browser's crafted message carries
+    real = element_tree.Selectbox._widget_state
+    monkeypatch.setattr(element_tree.Selectbox, "_widget_state",
+                        property(lambda self: sent if self.id == sent.id else real.fget(self)))
+    import tokenizers
+
+    opened, from_file = [], tokenizers.Tokenizer.from_file
+    monkeypatch.setattr(tokenizers.Tokenizer, "from_file", lambda path: opened.append(path) or from_file(path))
+    at.run()
+    assert box.id == next(s for s in at.selectbox if s.label == "Base model's tokenizer").id
+    assert not at.exception, [e.value for e in at.exception]
+    assert [e.value for e in at.error] == [
+        f"{elsewhere}: not an allowed base model (a model folder under {home / 'models' / 'base'}, the default "
+        "model, or a model an admin has allowed: `python -m core models allow NAME`)"]
+    assert opened == [] and "over max_seq_length" not in [m.label for m in at.metric]
+
+
+def test_admin_page_allows_and_takes_back_a_base_model(home):
+    from core import base_models, store
+
+    at = _run("admin", person("quan", "admin"))
+    _clean(at)
+    assert "Nothing else is allowed yet." in [x.value for x in at.info]
+    field = next(t for t in at.text_input if t.label == "Model hub name or folder")
+    field.input("unsloth/gemma-4-E4B-it")
+    next(b for b in at.button if b.label == "Allow").click().run()
+    _clean(at)
+    assert base_models.allowed() == ["unsloth/gemma-4-E4B-it"]
+    next(t for t in at.text_input if t.label == "Model hub name or folder").input("not a name")
+    next(b for b in at.button if b.label == "Allow").click().run()
+    assert [e.value for e in at.error] == ["not a name: neither a model hub name (org/name) nor a folder (give it as "
+                                           "an absolute path)"]
+    next(t for t in at.text_input if t.label == "Model hub name or folder").input("unsloth/gemma-4-E4B-it")
+    next(b for b in at.button if b.label == "Take back").click().run()
+    _clean(at)
+    assert base_models.allowed() == []
+    audit = store.rows("SELECT actor, action, subject FROM audit_log ORDER BY ts")
+    assert audit == [{"actor": "quan", "action": "setting.changed", "subject": base_models.SETTING}] * 2

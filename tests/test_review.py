@@ -106,6 +106,24 @@ def test_bundled_samples_are_reviewed_by_construction(home):
     assert job["config"]["review"]["override"] is None
 
 
+def test_an_engineers_own_data_named_like_a_sample_is_not_marked_reviewed(home):
+    """import_samples marks only the versions it made itself (or made by an earlier call), never one that merely
+    bears a sample's name."""
+    mine = {}
+    for name in ("general-vi", samples.DEMO_SAMPLE):
+        mine[name], _ = importer.import_files([write_jsonl(home / f"{name}.jsonl", tiny_pairs(20))], name,
+                                              actor=person("an"))
+    domain = samples.import_samples(actor=person("setup"))
+    for name, version in mine.items():
+        assert not review.status(version["id"])["reviewed"], f"{name}: the engineer's own data became reviewed"
+        assert review.reviews_of(version["id"]) == []
+    assert domain["id"] != mine[samples.DEMO_SAMPLE]["id"] and review.status(domain["id"])["kind"] == "bundled"
+    assert domain["rows_total"] > 20 and "customer" not in domain["name"]
+    with pytest.raises(queue.JobError, match="has not passed its review sample"):
+        runs.submit_train(mine[samples.DEMO_SAMPLE]["id"], _cfg(), actor=person("an"))
+    assert samples.import_samples(actor=OPERATOR)["id"] == domain["id"]   # a second call: the same bundled versions
+
+
 def test_refusals_are_clear(home):
     vid = _version(home, n=10)
     with pytest.raises(review.ReviewError, match="between 10% and 100 % of the pairs"):
@@ -167,3 +185,32 @@ def test_the_whole_review_headless_through_the_cli(home):
     assert f"review gate overridden for {other}: demo hôm nay (recorded in the audit log)" in proc.stderr
     proc = cli("review", "decide", vid, "--item", "1", home=home, check=False)
     assert proc.returncode == 2 and "needs --item N and one of --approve, --edit, --reject" in proc.stderr
+
+
+def test_two_sessions_of_one_process_deciding_the_last_pairs_at_once_complete_the_review_once(home):
+    """The web app's sessions are threads of one process: each decision and the completion are one transaction,
+    and two of them at once never both miss the other (the review's row is written first: one is tried again)."""
+    import threading
+
+    v, _ = importer.import_files([write_jsonl(home / "d.jsonl", tiny_pairs(30))], "cskh", actor=OPERATOR)
+    assert review.start(v["id"], actor=OPERATOR)["sample_size"] == 3
+    review.decide(v["id"], 1, "approved", actor=OPERATOR)
+    barrier, errors = threading.Barrier(2), []
+
+    def decide(idx: int) -> None:
+        barrier.wait()
+        try:
+            review.decide(v["id"], idx, "rejected", actor=person(f"r{idx}", "reviewer"))
+        except Exception as exc:   # noqa: BLE001 (reported below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=decide, args=(i,)) for i in (2, 3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    st = review.status(v["id"])
+    assert st["complete"] and st["done"] == 3 and st["child_version"]
+    assert len([x for x in versions.list_versions(OPERATOR) if x["parent_id"] == v["id"]]) == 1
+    assert review.current(v["id"])["completed_at"] is not None

@@ -52,6 +52,7 @@ ACTIONS: dict[str, str] = {
     "release.delete": "admin",
     "users.manage": "admin",
     "settings.workers": "admin",
+    "settings.models": "admin",            # the base models the studio may load (core.base_models)
 }
 DEFAULT_PROJECT = "default"
 

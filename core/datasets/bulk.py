@@ -38,11 +38,14 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from core import store
-from core.datasets import rows as pairs, versions
+from core.datasets import rows as pairs
 from core.datasets.rows import (ALIASES, FIELDS, MAX_ERRORS_LISTED, MAX_FIELD_CHARS, MAX_FILE_BYTES, MAX_LINE_CHARS,
                                 NUL_REASON, REQUIRED, DatasetError, ImportReport)
 
-BULK_THRESHOLD_BYTES = 64 * 1024**2   # JSONL files larger than this go through DuckDB automatically
+# JSONL files larger than this go through DuckDB automatically ($VITUNE_BULK_THRESHOLD_BYTES: tests and benches,
+# whose imports run in an import process of their own)
+BULK_THRESHOLD_BYTES = int(os.environ.get("VITUNE_BULK_THRESHOLD_BYTES") or 64 * 1024**2)
+BULK_THRESHOLD_ROWS = 250_000         # and Parquet files with more rows (or decoding to more than the bytes above)
 CHUNK_BYTES = 32 * 1024**2            # bytes read per Arrow batch
 PYTHON_BATCH_ROWS = 50_000            # rows of a file the Python reader reads (CSV, Parquet, …) per insert
 MEMORY_LIMIT = "1GB"                  # DuckDB's buffer manager limit ($VITUNE_BULK_MEMORY); beyond it, data spills
@@ -171,16 +174,27 @@ def _sql_readable(path: Path, encoding: str | None) -> bool:
             and not _starts_with_array_or_utf16(path))
 
 
-def wants_bulk(path: str | Path, encoding: str | None = None) -> bool:
-    """Whether ``import_files`` picks the bulk path for this file by itself: any file over the threshold (a
+def wants_bulk(path: str | Path, encoding: str | None = None, mapping: dict[str, str] | None = None) -> bool:
+    """Whether ``importer.prepare`` picks the bulk path for this file by itself: any file over the threshold (a
     UTF-8 JSONL is read by SQL; CSV, Parquet and other encodings by the Python reader, in batches), so that
-    a large file never becomes one Python list."""
+    a large file never becomes one Python list. A Parquet file is judged by what it decodes to and its rows
+    (its metadata and dictionaries), not by its compressed size."""
     path = Path(path)
     try:
         if path.is_dir():   # a `datasets` folder: its Arrow files
             return sum(f.stat().st_size for f in [*path.glob("*.arrow"), *path.glob("*/*.arrow")]) > BULK_THRESHOLD_BYTES
-        return path.is_file() and path.stat().st_size > BULK_THRESHOLD_BYTES
-    except OSError:
+        if not path.is_file():
+            return False
+        if path.stat().st_size > BULK_THRESHOLD_BYTES:
+            return True
+        if path.suffix.lower() == ".parquet":
+            import pyarrow.parquet as pq
+
+            pf = pq.ParquetFile(path)
+            return pf.metadata.num_rows > BULK_THRESHOLD_ROWS or pairs.parquet_text_bytes(
+                path, pairs.parquet_columns(pf.schema_arrow.names, mapping), stop_at=BULK_THRESHOLD_BYTES) > BULK_THRESHOLD_BYTES
+        return False
+    except (OSError, ValueError):   # the reader names what is wrong with it
         return False
 
 
@@ -672,27 +686,24 @@ class _Stages:
         self.seconds["total"] = round(time.perf_counter() - self.t0, 3)
 
 
-def import_bulk(
+def prepare_bulk(
     files: Iterable[Path],
-    name: str,
+    folder: Path,
     *,
     test_fraction: float = 0.1,
     seed: int = 42,
-    general_version: str | None = None,
+    general: dict | None = None,
     general_ratio: float = 0.05,
-    actor,
-    project: str,
     encoding: str | None = None,
     mapping: dict[str, str] | None = None,
-    source: str = "import",
     extra_lineage: dict | None = None,
     memory_limit: str | None = None,
 ) -> tuple[dict | None, ImportReport]:
-    """``importer.import_files`` done in DuckDB SQL (see the module's docstring); same arguments, same report
-    (``importer.import_files`` has checked the actor and the project).
-    ``memory_limit``: DuckDB's (default ``$VITUNE_BULK_MEMORY`` or ``MEMORY_LIMIT``)."""
-    import shutil
-
+    """``importer.prepare`` done in DuckDB SQL (see the module's docstring); same arguments, same report. Writes
+    the version's ``train.parquet`` and ``test.parquet`` into ``folder`` and returns what its record needs
+    (content hash, rows of each split, lineage), or None when no row was kept; touches no studio database
+    (``importer.import_files`` records the version). ``general``: the general-data version's ``id``, ``path``
+    and ``rows_total``. ``memory_limit``: DuckDB's (default ``$VITUNE_BULK_MEMORY`` or ``MEMORY_LIMIT``)."""
     import duckdb
 
     files = [Path(f) for f in files]
@@ -701,7 +712,7 @@ def import_bulk(
     report = ImportReport()
     stages = _Stages(report, memory_limit)
     pairs.test_count(2, test_fraction)  # a bad fraction fails before any work
-    if general_version and not 0 < general_ratio < 0.5:
+    if general and not 0 < general_ratio < 0.5:
         raise DatasetError("the general-data share must be between 0 and 0.5 (the guide: 5–10 %)")
     for f in files:
         if not f.exists():
@@ -709,7 +720,6 @@ def import_bulk(
         if f.is_file() and f.stat().st_size > MAX_FILE_BYTES:
             raise DatasetError(f"{f.name}: {pairs._size(f.stat().st_size)} is over the import limit of "
                                f"{pairs._size(MAX_FILE_BYTES)}; split it into smaller files")
-    folder: Path | None = None
     try:
         with store.scratch(memory_limit, THREADS) as con:
             con.execute(_MACROS)
@@ -742,13 +752,12 @@ def import_bulk(
                                        "seed": seed, "encoding": encoding, "mapping": mapping or None,
                                        "engine": "duckdb"}
             n_train = kept - n_test
-            if general_version:
-                gv = versions.get_version(general_version)
+            if general:
                 want = round(n_train * general_ratio / (1 - general_ratio))
-                if want > gv["rows_total"]:
+                if want > general["rows_total"]:
                     raise DatasetError(f"{want} general pairs needed for {general_ratio:.0%}, "
-                                       f"the general version has {gv['rows_total']}")
-                parts = ", ".join(_lit(str(Path(gv["path"]) / f"{s}.parquet")) for s in ("train", "test"))
+                                       f"the general version has {general['rows_total']}")
+                parts = ", ".join(_lit(str(Path(general["path"]) / f"{s}.parquet")) for s in ("train", "test"))
                 # a seeded sample, appended after the file's rows in the order drawn (as mix_general does)
                 con.execute(f"""
                     INSERT INTO parsed (ord, file_idx, source, instruction, input, output, ctl, part)
@@ -759,11 +768,10 @@ def import_bulk(
                           FROM read_parquet([{parts}], filename = true, file_row_number = true)
                           ORDER BY r LIMIT {want})
                     ORDER BY r""")
-                lineage["general"] = {"version": general_version, "ratio": general_ratio, "rows": want}
+                lineage["general"] = {"version": general["id"], "ratio": general_ratio, "rows": want}
                 n_train += want
             lineage.update(extra_lineage or {})
             stages.done("split", con)
-            version_id, folder = versions._new_version_folder()
             for split, part in (("train", 0), ("test", 1)):
                 con.execute(f"""
                     COPY (SELECT instruction, input, output, source FROM parsed WHERE part = {part})
@@ -772,17 +780,7 @@ def import_bulk(
             digest = _content_hash(con)
             stages.done("content hash", con)
     except duckdb.OutOfMemoryException as exc:
-        if folder:
-            shutil.rmtree(folder, ignore_errors=True)
         raise DatasetError(f"the bulk import needs more than its memory limit of {memory_limit} (set "
                            f"VITUNE_BULK_MEMORY, e.g. 2GB): {str(exc).splitlines()[0]}") from None
-    except BaseException:
-        if folder:
-            shutil.rmtree(folder, ignore_errors=True)
-        raise
     stages.total()
-    # the studio database is opened only now, for the record (the scratch connection is closed)
-    version = versions._record_version(
-        version_id, folder, name, content_hash=digest, rows_train=n_train, rows_test=n_test, source=source,
-        parent_id=None, lineage=lineage, report=report.as_dict(), actor=actor, project=project)
-    return version, report
+    return {"content_hash": digest, "rows_train": n_train, "rows_test": n_test, "lineage": lineage}, report

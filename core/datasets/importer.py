@@ -2,17 +2,23 @@
 """
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import signal
+import subprocess
+import sys
+import uuid
 from pathlib import Path
 from typing import Any, Iterable
 
-from core import paths, uploads
-from core.datasets.bulk import import_bulk, wants_bulk
-from core.datasets.rows import (DatasetError, ImportReport, dedup, mix_general, parse_mapping, read_pairs,
-                                split_rows)
+from core import paths, secrets, store, uploads
+from core.datasets.bulk import prepare_bulk, wants_bulk
+from core.datasets.rows import (DatasetError, EncodingError, ImportReport, content_hash, dedup, mix_general,
+                                parse_mapping, read_pairs, split_rows)
 from core.access import projects
 from core.access.principal import Principal, require
-from core.datasets.versions import _write_version, get_version, load_rows
+from core.datasets.versions import _new_version_folder, _record_version, get_version, write_splits
 
 
 def import_files(
@@ -30,6 +36,7 @@ def import_files(
     source: str = "import",
     extra_lineage: dict | None = None,
     bulk: bool | None = None,
+    isolated: bool = False,
 ) -> tuple[dict | None, ImportReport]:
     """Import one or more files (or ``datasets`` folders) as a new dataset version.
 
@@ -37,7 +44,11 @@ def import_files(
     ``mapping`` maps file columns to fields (``{"question": "instruction"}`` or ``["question=instruction"]``);
     without it, common aliases (question/answer, prompt/response, …) are recognised and reported.
     ``bulk``: True runs the import in DuckDB SQL (core.datasets.bulk), False in Python; None (default)
-    picks DuckDB when a JSONL file is over ``bulk.BULK_THRESHOLD_BYTES``.
+    picks DuckDB when a file is over ``bulk.BULK_THRESHOLD_BYTES`` (a Parquet file: what it decodes to).
+    ``isolated``: the files are read, checked and written in a process of their own (``prepare`` in
+    ``python -m core.datasets.import_worker``), which the kernel's out-of-memory killer takes first: whatever
+    a file does to it, the calling process (the web app, its sessions and its supervisor thread) lives on,
+    and gets a one-line DatasetError. The pages import this way.
     The version goes into ``project`` (default: "default"), which ``actor`` must be an engineer of.
     Returns (version or None when no row was kept, report)."""
     project = projects.check(actor, project)
@@ -46,13 +57,42 @@ def import_files(
     if not name or not name.strip():
         raise DatasetError("a dataset version needs a name")
     mapping = parse_mapping(mapping)
+    general = None
     if general_version:
-        get_version(general_version, actor)   # one the actor may see
-    if bulk or (bulk is None and any(wants_bulk(f, encoding) for f in files)):
-        return import_bulk(
-            files, name.strip(), test_fraction=test_fraction, seed=seed, general_version=general_version,
-            general_ratio=general_ratio, actor=actor, project=project, encoding=encoding, mapping=mapping,
-            source=source, extra_lineage=extra_lineage)
+        got = get_version(general_version, actor)   # one the actor may see
+        general = {"id": got["id"], "path": got["path"], "rows_total": got["rows_total"]}
+    version_id, folder = _new_version_folder()
+    spec = {"files": [str(f) for f in files], "folder": str(folder), "test_fraction": test_fraction, "seed": seed,
+            "general": general, "general_ratio": general_ratio, "encoding": encoding, "mapping": mapping,
+            "extra_lineage": extra_lineage, "bulk": bulk}
+    try:
+        made, report = _prepare_isolated(spec) if isolated else prepare(spec)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    if made is None:
+        shutil.rmtree(folder, ignore_errors=True)
+        return None, report
+    version = _record_version(version_id, folder, name.strip(), content_hash=made["content_hash"],
+                              rows_train=made["rows_train"], rows_test=made["rows_test"], source=source,
+                              parent_id=None, lineage=made["lineage"], report=report.as_dict(), actor=actor,
+                              project=project)
+    return version, report
+
+
+def prepare(spec: dict) -> tuple[dict | None, ImportReport]:
+    """The files of ``spec`` read, validated, cleaned, de-duplicated, split and mixed, and the version's Parquet
+    files written into ``spec["folder"]``: the Python path, or the bulk path (core.datasets.bulk) for large
+    files. Returns what the version's record needs (content hash, rows of each split, lineage), or None when no
+    row was kept, and the report. Touches no database: it runs in an import process as well as in the caller's."""
+    store.crash_point("import.prepare")
+    files = [Path(f) for f in spec["files"]]
+    encoding, mapping, general = spec.get("encoding"), spec.get("mapping") or {}, spec.get("general")
+    bulk = spec.get("bulk")
+    if bulk or (bulk is None and any(wants_bulk(f, encoding, mapping) for f in files)):
+        return prepare_bulk(files, Path(spec["folder"]), test_fraction=spec["test_fraction"], seed=spec["seed"],
+                            general=general, general_ratio=spec["general_ratio"], encoding=encoding, mapping=mapping,
+                            extra_lineage=spec.get("extra_lineage"))
     report = ImportReport()
     rows: list[dict] = []
     for f in files:
@@ -61,27 +101,66 @@ def import_files(
     report.rows_kept = len(rows)
     if not rows:
         return None, report
+    test_fraction, seed = spec["test_fraction"], spec["seed"]
     train, test = split_rows(rows, test_fraction, seed) if len(rows) > 1 else (rows, [])
     lineage: dict[str, Any] = {"files": [str(f) for f in files], "test_fraction": test_fraction, "seed": seed,
                                "encoding": encoding, "mapping": mapping or None}
-    if general_version:
-        general = load_rows(general_version, "train") + load_rows(general_version, "test")
+    if general:
+        import pyarrow.parquet as pq
+
+        pool = [r for s in ("train", "test") for r in pq.read_table(Path(general["path"]) / f"{s}.parquet").to_pylist()]
         before = len(train)
-        train = mix_general(train, general, general_ratio, seed)
-        lineage["general"] = {"version": general_version, "ratio": general_ratio, "rows": len(train) - before}
-    lineage.update(extra_lineage or {})
-    version = _write_version(
-        name.strip(),
-        train,
-        test,
-        source=source,
-        parent_id=None,
-        lineage=lineage,
-        report=report.as_dict(),
-        actor=actor,
-        project=project,
-    )
-    return version, report
+        train = mix_general(train, pool, spec["general_ratio"], seed)
+        lineage["general"] = {"version": general["id"], "ratio": spec["general_ratio"], "rows": len(train) - before}
+    lineage.update(spec.get("extra_lineage") or {})
+    write_splits(Path(spec["folder"]), train, test)
+    return {"content_hash": content_hash(train, test), "rows_train": len(train), "rows_test": len(test),
+            "lineage": lineage}, report
+
+
+IMPORT_MEMORY_ENV = "VITUNE_IMPORT_MEMORY"   # e.g. "8GB": the address space an import process may take
+
+
+def _prepare_isolated(spec: dict) -> tuple[dict | None, ImportReport]:
+    """``prepare`` in ``python -m core.datasets.import_worker WORK``: the spec goes in ``WORK/spec.json``, the
+    result comes back in ``WORK/result.json``. A process that dies (killed, out of memory) is a DatasetError
+    naming the files; nothing of it is left behind."""
+    work = paths.data_dir() / "tmp" / f"import-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    work.mkdir(parents=True)
+    names = ", ".join(Path(f).name for f in spec["files"]) or "the import"
+    try:
+        (work / "spec.json").write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
+        env = secrets.worker_env(dict(os.environ))   # it needs no endpoint key
+        env["VITUNE_HOME"] = str(paths.home())
+        env["PYTHONPATH"] = str(paths.REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        with open(work / "import.log", "wb") as log:
+            proc = subprocess.run([sys.executable, "-m", "core.datasets.import_worker", str(work)],
+                                  cwd=str(paths.REPO_ROOT), env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                  stderr=subprocess.STDOUT)
+        try:
+            out = json.loads((work / "result.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            out = None
+        if out is None:
+            if proc.returncode < 0:
+                how = signal.Signals(-proc.returncode).name
+                why = (" (most likely out of memory)" if proc.returncode == -signal.SIGKILL else "")
+                raise DatasetError(f"{names}: the import's process was killed by {how}{why}; nothing was imported "
+                                   "and the studio goes on")
+            from core import errors
+
+            tail = (work / "import.log").read_text(encoding="utf-8", errors="replace")[-4000:]
+            line = errors.report(RuntimeError(f"the import process of {names} exited {proc.returncode}:\n{tail}"),
+                                 "dataset import")
+            raise DatasetError(f"{names}: the import failed: {line}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if "error" in out:
+        err = out["error"]
+        if err.get("kind") == "encoding":
+            raise EncodingError(err["problem"], err["named"])
+        raise DatasetError(err["message"])
+    return out["made"], ImportReport(**out["report"])
 
 
 def save_upload(filename: str, data) -> Path:

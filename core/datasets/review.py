@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import time
 import uuid
 from typing import Any
 
@@ -277,60 +278,81 @@ def decide(version_id: str, idx: int, decision: str, *, actor: Principal, edited
                 raise ReviewError(f"the edited pair's '{k}' contains NUL characters")
         if all(new[k] == item[k] for k in FIELDS):
             raise ReviewError("the edit changes nothing: approve the pair instead")
-    with store.connect() as con:
-        won = con.execute(
-            """UPDATE review_items SET decision = ?, edited = ?, reviewer = ?, decided_at = ?
-               WHERE review_id = ? AND idx = ? AND decision IS NULL RETURNING idx""",
-            [decision, json.dumps(new, ensure_ascii=False) if new else None, actor.name, store.now(), review["id"],
-             idx]).fetchall()
-        if not won:
-            other = con.execute("SELECT decision, reviewer FROM review_items WHERE review_id = ? AND idx = ?",
-                                [review["id"], idx]).fetchone()
-            raise ReviewError(f"pair {idx} of review {review['id']} is already decided ({other[0]} by {other[1]})")
-        store.audit("review.decided", version_id, actor, con=con, project=version["project"], review=review["id"],
-                    idx=idx, decision=decision)
-    if _counts(review["id"])["done"] == review["sample_size"]:
-        _complete(version_id, review, actor)
+    for attempt in range(DECIDE_ATTEMPTS):
+        try:
+            with store.transaction() as con:
+                _record_decision(con, version, review, idx, decision, new, actor)
+            break
+        except store.Conflict:   # another session of this process decided a pair of this review meanwhile
+            if attempt == DECIDE_ATTEMPTS - 1:
+                raise ReviewError(f"review {review['id']} is being decided by someone else at this moment; "
+                                  "try again") from None
+            time.sleep(0.05 * (attempt + 1))
     return status(version_id)
 
 
-def _complete(version_id: str, review: dict, actor: Principal) -> None:
-    """Once, whoever decides the last pair: the review's completion is a conditional update, so two
-    reviewers finishing at once write one child version, not two."""
-    with store.connect() as con:
-        won = con.execute("UPDATE reviews SET completed_at = ? WHERE id = ? AND completed_at IS NULL RETURNING id",
-                          [store.now(), review["id"]]).fetchall()
+DECIDE_ATTEMPTS = 5
+
+
+def _record_decision(con, version: dict, review: dict, idx: int, decision: str, new: dict | None,
+                     actor: Principal) -> None:
+    """One decision, in one transaction with the review's completion when it is the last one: the decision,
+    the review marked complete, its child version and the child's inherited review commit together, or none
+    does (a process killed in between leaves the pair undecided; deciding it again completes the review).
+    The review's row is updated first, so two decisions of one review never commit side by side unseen by
+    each other (the second gets ``store.Conflict`` and is tried again): whoever decides the last pair sees
+    every other decision and completes the review, once."""
+    version_id = version["id"]
+    still_open = con.execute("UPDATE reviews SET completed_at = completed_at WHERE id = ? AND completed_at IS NULL "
+                             "RETURNING id", [review["id"]]).fetchall()
+    if not still_open:
+        raise ReviewError(f"review {review['id']} of {version_id} is complete; its decisions are final")
+    won = con.execute(
+        """UPDATE review_items SET decision = ?, edited = ?, reviewer = ?, decided_at = ?
+           WHERE review_id = ? AND idx = ? AND decision IS NULL RETURNING idx""",
+        [decision, json.dumps(new, ensure_ascii=False) if new else None, actor.name, store.now(), review["id"],
+         idx]).fetchall()
     if not won:
-        return
+        other = con.execute("SELECT decision, reviewer FROM review_items WHERE review_id = ? AND idx = ?",
+                            [review["id"], idx]).fetchone()
+        raise ReviewError(f"pair {idx} of review {review['id']} is already decided ({other[0]} by {other[1]})")
+    store.audit("review.decided", version_id, actor, con=con, project=version["project"], review=review["id"],
+                idx=idx, decision=decision)
+    if _counts(review["id"])["done"] == review["sample_size"]:
+        _complete(con, version, review, actor)
+
+
+def _complete(con, version: dict, review: dict, actor: Principal) -> None:
+    """The review's completion, inside the transaction of its last decision (``_record_decision``): marked
+    complete, and, when it has edits or rejections, its child version written (read and written a batch at
+    a time) with an inherited review when the sample passed."""
+    version_id = version["id"]
+    con.execute("UPDATE reviews SET completed_at = ? WHERE id = ?", [store.now(), review["id"]])
+    store.crash_point("review.completing")
     verdict = status(version_id)
-    store.audit("review.completed", version_id, actor, review=review["id"], reviewed=verdict["reviewed"],
-                approval_rate=verdict["approval_rate"])
+    store.audit("review.completed", version_id, actor, con=con, project=version["project"], review=review["id"],
+                reviewed=verdict["reviewed"], approval_rate=verdict["approval_rate"])
     changed = [i for i in items(review["id"]) if i["decision"] in ("edited", "rejected")]
     if not changed:
         return
-    parent = versions.get_version(version_id)
-    splits = {s: versions.load_rows(version_id, s) for s in ("train", "test")}
-    edited, removed = [], []
+    edited, removed, changes = [], [], {}
     for item in changed:
         key = {"split": item["split"], "row": item["row_index"], "idx": item["idx"]}
         if item["decision"] == "edited":
-            row = splits[item["split"]][item["row_index"]]
-            row.update(item["edited"])
+            changes[(item["split"], item["row_index"])] = {k: item["edited"][k] for k in FIELDS}
             edited.append(key)
         else:
-            splits[item["split"]][item["row_index"]] = None
+            changes[(item["split"], item["row_index"])] = None
             removed.append(key)
-    train = [r for r in splits["train"] if r is not None]
-    test = [r for r in splits["test"] if r is not None]
     lineage = {"parent": version_id, "review": review["id"], "edited": edited, "removed": removed,
                "review_passed": verdict["reviewed"]}
-    child = versions.derive_version(parent, train, test, source="review", lineage=lineage, actor=actor)
-    store.execute("UPDATE reviews SET child_version_id = ? WHERE id = ?", [child["id"], review["id"]])
+    child = versions.derive_changed(version, changes, source="review", lineage=lineage, actor=actor)
+    con.execute("UPDATE reviews SET child_version_id = ? WHERE id = ?", [child["id"], review["id"]])
     if verdict["reviewed"]:
         _insert_review(child["id"], "inherited", fraction=review["fraction"], seed=review["seed"],
                        threshold=review["threshold"], sample_size=0, created_by=actor.name, inherited_from=review["id"],
                        note="the parent's sample passed; the child only fixes or drops pairs of that sample",
-                       completed=True)
+                       completed=True, con=con)
 
 
 def mark_bundled(version_id: str, *, actor: Principal) -> dict:

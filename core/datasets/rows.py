@@ -26,6 +26,11 @@ REQUIRED = ("instruction", "output")
 MAX_FIELD_CHARS = 32_000
 MAX_LINE_CHARS = 1024**2          # one JSONL line / CSV record; longer ones are rejected unread
 MAX_FILE_BYTES = 2 * 1024**3
+MAX_ROWS = 20_000_000             # rows of one file (as many as a 2 GiB text file holds): a Parquet file's metadata
+                                  # says how many it has before one is read
+MAX_TEXT_BYTES = MAX_FILE_BYTES   # what the columns an import reads of a Parquet file may decode to: it compresses,
+                                  # and 2 KB of it (a dictionary of three values, 200,000 indices) decode to 22 GB
+PARQUET_BATCH_BYTES = 64 * 1024**2   # the decoded text of a Parquet file read at a time
 MAX_ERRORS_LISTED = 1000          # rows past this are still counted, not listed
 # a text field holding U+0000 is not text a person wrote (the bulk path's SQL gives the same reason)
 NUL_REASON = "contains NUL characters (binary data, or a UTF-16 file without its byte-order mark)"
@@ -420,7 +425,10 @@ def _hf_folder(path: Path) -> Iterator[tuple[int, Any]]:
     import pyarrow as pa
 
     def where(f: Path) -> str:
-        return f"{path.name}/{f.relative_to(path).as_posix()}"
+        try:
+            return f"{path.name}/{f.relative_to(path).as_posix()}"
+        except ValueError:   # a resolved path (its folder was reached through a link)
+            return f"{path.name}/{f.relative_to(path.resolve()).as_posix()}"
 
     def read_json(f: Path, key: str, kind: type):
         """A ``datasets`` metadata file's ``key``; DatasetError naming the file (and line) otherwise."""
@@ -438,20 +446,32 @@ def _hf_folder(path: Path) -> Iterator[tuple[int, Any]]:
             raise DatasetError(f"{where(f)}: '{key}' is not a {kind.__name__}; a damaged `datasets` folder")
         return value
 
+    root = path.resolve()
+
+    def inside(f: Path, named: str) -> Path:
+        """``f`` (named in the folder's metadata, or found in it), links followed, when it lies inside the
+        folder; DatasetError otherwise: a folder names only its own files, and reads nothing else of the
+        server (another version's rows, any .arrow file) however its metadata or links point."""
+        resolved = f.resolve()
+        if resolved != root and not resolved.is_relative_to(root):
+            raise DatasetError(f"{path.name}: '{named}' leads outside the folder (a folder saved by `datasets` names "
+                               "only its own files); nothing was imported")
+        return resolved
+
     def split_files(folder: Path) -> list[Path]:
         state = folder / "state.json"
         if state.exists():
-            entries = read_json(state, "_data_files", list)
+            entries = read_json(inside(state, where(state)), "_data_files", list)
             if not all(isinstance(e, dict) and isinstance(e.get("filename"), str) for e in entries):
                 raise DatasetError(f"{where(state)}: '_data_files' does not name the Arrow files; a damaged "
                                    "`datasets` folder")
-            return [folder / e["filename"] for e in entries]
-        return sorted(folder.glob("*.arrow"))
+            return [inside(folder / e["filename"], e["filename"]) for e in entries]
+        return [inside(f, where(f)) for f in sorted(folder.glob("*.arrow"))]
 
     if (path / "dataset_dict.json").exists():
-        splits = read_json(path / "dataset_dict.json", "splits", list)
+        splits = read_json(inside(path / "dataset_dict.json", "dataset_dict.json"), "splits", list)
         order = sorted((str(s) for s in splits), key=lambda s: ({"train": 0, "validation": 1, "test": 2}.get(s, 3), s))
-        files = [f for s in order for f in split_files(path / s)]
+        files = [f for s in order for f in split_files(inside(path / s, s))]
     else:
         files = split_files(path)
     if not files:
@@ -474,7 +494,87 @@ def _hf_folder(path: Path) -> Iterator[tuple[int, Any]]:
     return _arrow_rows(tables())
 
 
-def _records(path: Path, encoding: str | None, report: ImportReport) -> Iterator[tuple[int, Any]]:
+def parquet_columns(names: Iterable[str], mapping: dict[str, str] | None = None) -> list[str]:
+    """The columns of a Parquet file that can become a field (``_column_for``: mapped, named like a field, or an
+    alias); the others are never read (a bomb in a column nobody imports costs nothing)."""
+    mapping = mapping or {}
+    aliases = {a for name in FIELDS for a in ALIASES[name]}
+    return [c for c in names if c in mapping or c in FIELDS or str(c).strip().lower() in aliases]
+
+
+def parquet_text_bytes(path: Path, columns: list[str], stop_at: int | None = None) -> int:
+    """What ``columns`` of a Parquet file decode to, in bytes, known before any of their values is decoded: a
+    column chunk's uncompressed size (its metadata) bounds its plain values; a dictionary-encoded chunk's values
+    are counted from its dictionary's lengths taken at its indices (Arrow compute; the values are never
+    expanded). ``stop_at``: stop counting past it. DatasetError for a chunk whose size nothing bounds
+    (DELTA_BYTE_ARRAY: each value a prefix of the one before)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(path)
+    md = pf.metadata
+    wanted = set(columns)
+    text_types = {c: pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t)
+                  or pa.types.is_large_binary(t)
+                  for c, t in zip(pf.schema_arrow.names, pf.schema_arrow.types)}
+    total = 0
+    counted: list[tuple[int, str]] = []   # (row group, column) read through the dictionary
+    for g in range(md.num_row_groups):
+        group = md.row_group(g)
+        for j in range(group.num_columns):
+            chunk = group.column(j)
+            top = chunk.path_in_schema.split(".")[0]
+            if top not in wanted:
+                continue
+            if "DELTA_BYTE_ARRAY" in chunk.encodings:
+                raise DatasetError(f"{path.name}: column '{top}' is stored as DELTA_BYTE_ARRAY, whose size cannot be "
+                                   "known before it is read; save the file again with pyarrow's or pandas' defaults")
+            if chunk.has_dictionary_page and text_types.get(top) and (g, top) not in counted:
+                counted.append((g, top))
+            elif chunk.has_dictionary_page:   # a nested column: at most each value as large as the whole chunk
+                total += chunk.num_values * chunk.total_uncompressed_size
+            else:
+                total += chunk.total_uncompressed_size
+            if stop_at is not None and total > stop_at:
+                return total
+    for g, column in counted:
+        reader = pq.ParquetFile(path, read_dictionary=[column])
+        for batch in reader.iter_batches(batch_size=1 << 20, row_groups=[g], columns=[column]):
+            arr = batch.column(0)
+            if pa.types.is_dictionary(arr.type):
+                got = pc.sum(pc.take(pc.binary_length(arr.dictionary), arr.indices)).as_py()
+            else:
+                got = pc.sum(pc.binary_length(arr)).as_py()
+            total += got or 0
+            if stop_at is not None and total > stop_at:
+                return total
+    return total
+
+
+def check_parquet(path: Path, mapping: dict[str, str] | None = None) -> tuple[list[str], int, int]:
+    """A Parquet file's size checked from its metadata before any row is read: (the columns to read, their
+    decoded bytes, rows). DatasetError naming the file when it has more than ``MAX_ROWS`` rows or its columns
+    decode to more than ``MAX_TEXT_BYTES``."""
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(path)
+    rows = pf.metadata.num_rows
+    if rows > MAX_ROWS:
+        raise DatasetError(f"{path.name}: {rows:,} rows (its metadata says; nothing was read), over the import limit "
+                           f"of {MAX_ROWS:,} rows a file; split it into smaller files")
+    columns = parquet_columns(pf.schema_arrow.names, mapping)
+    text = parquet_text_bytes(path, columns, stop_at=MAX_TEXT_BYTES)
+    if text > MAX_TEXT_BYTES:
+        raise DatasetError(f"{path.name}: its columns {', '.join(columns)} decode to more than the import limit of "
+                           f"{_size(MAX_TEXT_BYTES)} (counted from its metadata and dictionaries; nothing was "
+                           "decoded): a compressed or dictionary-encoded file much larger than it looks; split it "
+                           "into smaller files")
+    return columns, text, rows
+
+
+def _records(path: Path, encoding: str | None, report: ImportReport,
+             mapping: dict[str, str] | None = None) -> Iterator[tuple[int, Any]]:
     """(line or row number counted from 1, raw record or an Exception) for every row in the file."""
     info = {"file": path.name}
     report.files.append(info)
@@ -489,8 +589,11 @@ def _records(path: Path, encoding: str | None, report: ImportReport) -> Iterator
         import pyarrow.parquet as pq
 
         info["format"] = "parquet"
+        columns, text, rows = check_parquet(path, mapping)
+        per_row = max(1, text // max(rows, 1))
         number = 0
-        for batch in pq.ParquetFile(path).iter_batches(10_000):
+        for batch in pq.ParquetFile(path).iter_batches(max(1, min(10_000, PARQUET_BATCH_BYTES // per_row)),
+                                                       columns=columns):
             for obj in batch.to_pylist():
                 number += 1
                 yield number, obj
@@ -642,7 +745,7 @@ def iter_pairs(path: Path, report: ImportReport, source: str, *, encoding: str |
     if size > MAX_FILE_BYTES:
         raise DatasetError(f"{path.name}: {_size(size)} is over the import limit of {_size(MAX_FILE_BYTES)}; "
                            "split it into smaller files")
-    records = _records(path, encoding, report)
+    records = _records(path, encoding, report, mapping)
     while True:
         try:
             number, raw = next(records)
@@ -703,9 +806,15 @@ def dedup(rows: list[dict], report: ImportReport) -> list[dict]:
 def content_hash(train: list[dict], test: list[dict]) -> str:
     h = hashlib.sha256()
     for split, rows in (("train", train), ("test", test)):
-        for row in rows:
-            h.update(json.dumps([split] + [row[k] for k in FIELDS], ensure_ascii=False).encode())
+        hash_rows(h, split, rows)
     return h.hexdigest()
+
+
+def hash_rows(h, split: str, rows: Iterable[dict]) -> None:
+    """Feed ``rows`` of ``split`` to ``h`` as ``content_hash`` does (train's rows, then test's, in order): a
+    version written batch by batch gets the hash of the whole."""
+    for row in rows:
+        h.update(json.dumps([split] + [row[k] for k in FIELDS], ensure_ascii=False).encode())
 
 
 def test_count(n_rows: int, test_fraction: float) -> int:

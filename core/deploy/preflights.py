@@ -15,11 +15,9 @@ from core.jobs import queue
 from core.training import runs
 
 def golden_pairs(dataset_version_id: str, n: int = GOLDEN_SIZE) -> list[dict]:
-    """The first ``n`` held-out (test split) pairs of the run's dataset version."""
-    import pyarrow.parquet as pq
-
+    """The first ``n`` held-out (test split) pairs of the run's dataset version (only those are read)."""
     version = versions.get_version(dataset_version_id)
-    rows = pq.read_table(Path(version["path"]) / "test.parquet").to_pylist()[:n]
+    rows = versions.head_rows(version, "test", n)
     if not rows:
         raise PreflightError(f"dataset version {dataset_version_id} has no held-out pairs for a preflight")
     return [{"instruction": r.get("instruction") or "", "input": r.get("input") or "",

@@ -13,7 +13,7 @@ import json
 import uuid
 from pathlib import Path
 
-from core import errors, models, paths, prompt_format, store
+from core import base_models, errors, models, paths, prompt_format, store
 from core.access import projects
 from core.access.audit import safe_cell
 from core.access.principal import DEFAULT_PROJECT, Principal, require
@@ -50,7 +50,7 @@ def submit(run_id: str | None = None, *, base_model: str | None = None, dataset_
     if not base_model or not dataset_version_id:
         raise ValueError("an evaluation needs a run, or a base model and a dataset version")
     if not run_id:
-        models.check_base_model(base_model)
+        base_models.check(base_model)
     version = versions.get_version(dataset_version_id, actor)
     require(actor, "evaluate.submit", version["project"])
     evaluation_id = "eval-" + uuid.uuid4().hex[:10]
@@ -100,8 +100,12 @@ def _word_scores(evaluation_id: str, refs: list[str], preds: list[str], *,
 
 
 def ingest(con, job: dict, result: dict) -> None:
-    """In the supervisor: store the evaluation and its examples, with the word-level second view."""
+    """In the supervisor, in the settle's transaction (the evaluation and its examples are stored together, or
+    not at all): store the evaluation and its examples, with the word-level second view. Idempotent: an
+    evaluation already stored is left as it is."""
     cfg = job["config"] if isinstance(job["config"], dict) else json.loads(job["config"])
+    if con.execute("SELECT 1 FROM evaluations WHERE id = ?", [cfg["evaluation_id"]]).fetchall():
+        return
     th = result["thresholds"]
     exs = [json.loads(line) for line in Path(result["predictions"]).read_text(encoding="utf-8").splitlines()]
     ws = _word_scores(cfg["evaluation_id"], [ex["reference"] for ex in exs], [ex["prediction"] for ex in exs])
@@ -120,6 +124,7 @@ def ingest(con, job: dict, result: dict) -> None:
          cfg.get("project") or job.get("project") or DEFAULT_PROJECT,
          ws.bleu if ws else None, ws.rouge_l if ws else None, ws.segmenter if ws else None],
     )
+    store.crash_point("evaluation.stored")
     per_word = ws.per_example if ws else [{"bleu": None, "rouge_l": None}] * len(exs)
     rows = []
     for ex, w in zip(exs, per_word):

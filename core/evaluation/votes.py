@@ -81,6 +81,8 @@ def held_out_prompts(version_id: str, n: int = 10, seed: int | None = None, *, a
 
     version = versions.get_version(version_id, actor)
     require(actor, "read", version.get("project"))
-    rows = versions.load_rows(version_id, "test")
-    picked = sorted(random.Random(seed).sample(range(len(rows)), min(n, len(rows))))
-    return [{"source": f"held-out:{version_id}#{i}", "prompt": prompt_format.user_message(rows[i])} for i in picked]
+    total = version["rows_test"]   # only the drawn rows are read (a version may hold millions)
+    picked = sorted(random.Random(seed).sample(range(total), min(n, total)))
+    rows = versions.take_rows(version_id, "test", picked)
+    return [{"source": f"held-out:{version_id}#{i}", "prompt": prompt_format.user_message(r)}
+            for i, r in zip(picked, rows)]

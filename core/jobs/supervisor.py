@@ -91,7 +91,9 @@ def set_worker_python(python: str | None, *, actor: Principal) -> str:
 
 
 @contextmanager
-def _tick_lock() -> Iterator[None]:
+def tick_lock() -> Iterator[None]:
+    """The supervisor's file lock: held by every tick, by ``cancel`` and by a resume (core.training.runs), so
+    that what one of them reads of a job is still so when it changes it."""
     lock_path = paths.data_dir() / "scheduler.lock"
     with open(lock_path, "a+") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
@@ -109,7 +111,10 @@ def _reap(pid: int) -> None:
         pass  # not our child (started by another process) or already collected
 
 
-def _alive(pid: int | None) -> bool:
+def _ours(pid: int | None, job_dir: str | Path) -> bool:
+    """Whether ``pid`` is the job's worker: a live process whose command line runs ``core.worker JOB_DIR`` and
+    leads its own process group, as ``_start`` made it. A stored pid whose worker has ended may have been given
+    to another process since (another job's worker, anything): that one is not ours, and is never signalled."""
     if not pid:
         return False
     _reap(pid)
@@ -120,7 +125,7 @@ def _alive(pid: int | None) -> bool:
         if proc.status() == psutil.STATUS_ZOMBIE:
             _reap(pid)
             return False
-        return "core.worker" in " ".join(proc.cmdline())
+        return proc.cmdline()[-2:] == ["core.worker", str(job_dir)] and os.getpgid(pid) == pid
     except Exception:
         return False
 
@@ -139,8 +144,11 @@ def _exited(pid: int) -> bool:
             return True
 
 
-def _kill_group(pid: int) -> None:
-    """SIGTERM the worker's process group, SIGKILL it after 5 s, and wait until it is gone."""
+def _kill_group(pid: int, job_dir: str | Path) -> None:
+    """SIGTERM the worker's process group, SIGKILL it after 5 s, and wait until it is gone; nothing when ``pid``
+    is not the job's worker (``_ours``: it has ended, and the system may have given its pid to another process)."""
+    if not _ours(pid, job_dir):
+        return
     try:
         os.killpg(pid, signal.SIGTERM)
     except (ProcessLookupError, PermissionError):
@@ -150,6 +158,8 @@ def _kill_group(pid: int) -> None:
         if _exited(pid):
             return
         time.sleep(0.05)
+    if not _ours(pid, job_dir):
+        return
     try:
         os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
@@ -159,19 +169,28 @@ def _kill_group(pid: int) -> None:
 
 
 def cancel(job_id: int, *, actor: Principal) -> dict:
+    """Stop a queued or running job. Under the tick lock, so no tick starts or settles it meanwhile: its worker
+    (only when the process is still the job's own, ``_ours``) is stopped first, and then, when the worker had
+    already written its end (status.json: succeeded, say), the job is settled with that result as a tick would
+    (JobError: it has already ended) rather than cancelled with its result thrown away."""
     job = get_job(job_id)
     if not actor.sees(job.get("project")):
         raise JobError(f"no job {job_id}")
     # a playground's inference worker may be stopped by whoever may ask it; any other job needs an engineer
     require(actor, "playground.ask" if _resident(job) else "job.cancel", job.get("project"))
-    with _tick_lock():  # no tick starts or settles it meanwhile: the state read here is the state changed
+    with tick_lock():  # no tick starts or settles it meanwhile: the state read here is the state changed
         job = get_job(job_id)
         if job["state"] in TERMINAL:
             raise JobError(f"job {job_id} has already ended ({job['state']})")
-        pid = job["pid"] or (_find_worker(job["job_dir"]) if job["state"] == "running" else None)
-        if job["state"] == "running" and pid:
-            _kill_group(pid)
-        with store.connect() as con:
+        if job["state"] == "running":
+            pid = job["pid"] if _ours(job["pid"], job["job_dir"]) else _find_worker(job["job_dir"])
+            if pid:
+                _kill_group(pid, job["job_dir"])
+            status = read_json(Path(job["job_dir"]) / STATUS) or {}
+            if status.get("state") in TERMINAL:   # the worker had ended before the cancel: its end stands
+                _settle(job, status)
+                raise JobError(f"job {job_id} has already ended ({get_job(job_id)['state']})")
+        with store.transaction() as con:
             changed = con.execute(
                 "UPDATE jobs SET state = 'cancelled', finished_at = ?, error = ? "
                 "WHERE id = ? AND state IN ('queued', 'running') RETURNING id",
@@ -185,22 +204,56 @@ def cancel(job_id: int, *, actor: Principal) -> dict:
 # ── the tick ─────────────────────────────────────────────────────────────────
 
 
-def _settle(con, job: dict, status: dict) -> None:
+class _NotOpen(Exception):
+    """The job had been settled or cancelled already: the settle's transaction is rolled back."""
+
+
+class _IngestFailed(Exception):
+    """The kind's ingest raised (its ``__cause__``): its statements are rolled back, the job fails."""
+
+
+def _finish(con, job: dict, state: str, error: str | None, result: Any) -> None:
+    changed = con.execute(
+        "UPDATE jobs SET state = ?, finished_at = ?, error = ?, log_tail = ?, result = ? "
+        "WHERE id = ? AND state IN ('queued', 'running') RETURNING id",
+        [state, store.now(), error, log_tail(job) if state == "failed" else None,
+         json.dumps(result, ensure_ascii=False) if result is not None else None, job["id"]],
+    ).fetchall()
+    if not changed:
+        raise _NotOpen()
+
+
+def _settle(job: dict, status: dict) -> bool:
+    """Settle a job whose worker has ended, in one transaction: the kind's ``ingest`` of its result and the
+    job's final state commit together, or nothing does. A supervisor killed in between leaves the job running
+    with its status.json, and the next tick settles it again (each kind's ingest is idempotent too). A result
+    the studio cannot take fails the job (its ingest's statements rolled back), never the tick. Conditional: a
+    job already settled or cancelled is left alone. Returns whether this call settled it."""
     state = status.get("state")
     result = status.get("result")
     error = status.get("error")
-    if state == "succeeded":
-        try:
-            ingest = getattr(kinds.app_module(job["kind"]), "ingest", None)
-            if ingest:
-                ingest(con, job, result or {})
-        except Exception as exc:  # a result the studio cannot take is a failed job, not a crashed tick
-            state, error = "failed", f"could not ingest the result: {exc}"
-    con.execute(
-        "UPDATE jobs SET state = ?, finished_at = ?, error = ?, log_tail = ?, result = ? WHERE id = ?",
-        [state, store.now(), error, log_tail(job) if state == "failed" else None,
-         json.dumps(result, ensure_ascii=False) if result is not None else None, job["id"]],
-    )
+    try:
+        with store.transaction() as con:
+            if state == "succeeded":
+                ingest = getattr(kinds.app_module(job["kind"]), "ingest", None)
+                if ingest:
+                    try:
+                        ingest(con, job, result or {})
+                    except Exception as exc:
+                        raise _IngestFailed() from exc
+                _crash_point("settle.ingested")
+            _finish(con, job, state, error, result)
+        return True
+    except _NotOpen:
+        return False
+    except _IngestFailed as failed:
+        state, error = "failed", f"could not ingest the result: {failed.__cause__}"
+    try:
+        with store.transaction() as con:
+            _finish(con, job, state, error, result)
+        return True
+    except _NotOpen:
+        return False
 
 
 def _ingest_progress(con, job: dict) -> None:
@@ -209,13 +262,8 @@ def _ingest_progress(con, job: dict) -> None:
         hook(con, job)
 
 
-CRASH_AT_ENV = "VITUNE_CRASH_AT"   # tests only: the tick kills itself (SIGKILL) at the named point of _start
-
-
-def _crash_point(name: str) -> None:
-    """Where a test simulates the supervisor dying (``VITUNE_CRASH_AT=claimed|started``): a real SIGKILL."""
-    if os.environ.get(CRASH_AT_ENV) == name:
-        os.kill(os.getpid(), signal.SIGKILL)
+CRASH_AT_ENV = store.CRASH_AT_ENV   # tests only: the tick kills itself (SIGKILL) at a named point
+_crash_point = store.crash_point
 
 
 def _find_worker(job_dir: str | Path) -> int | None:
@@ -267,13 +315,13 @@ def _start(con, job: dict, slot: str) -> bool:
                 start_new_session=True,
             )
         except OSError as exc:  # a recorded worker interpreter that is gone: the job fails, the tick goes on
-            con.execute("UPDATE jobs SET state = 'failed', finished_at = ?, error = ? WHERE id = ?",
+            con.execute("UPDATE jobs SET state = 'failed', finished_at = ?, error = ? WHERE id = ? AND state = 'running'",
                         [store.now(), f"the worker interpreter {python} cannot be started ({exc.strerror or exc}); "
                          "run the setup command again, or set it with `python -m core jobs worker-python`",
                          job["id"]])
             return True
     _crash_point("started")
-    con.execute("UPDATE jobs SET pid = ? WHERE id = ?", [proc.pid, job["id"]])
+    con.execute("UPDATE jobs SET pid = ? WHERE id = ? AND state = 'running'", [proc.pid, job["id"]])
     return True
 
 
@@ -283,7 +331,7 @@ def _recover(con, job: dict) -> None:
     has run (its status.json), else queue the job again, since no worker ever started it."""
     status = read_json(Path(job["job_dir"]) / STATUS) or {}
     pid = _find_worker(job["job_dir"])
-    if pid is None and status.get("pid") and _alive(status["pid"]):
+    if pid is None and status.get("pid") and _ours(status["pid"], job["job_dir"]):
         pid = status["pid"]
     if pid is not None or status:
         job["pid"] = pid or status.get("pid")
@@ -334,7 +382,7 @@ def _slot_for_resident(con, job: dict, every: list[str], busy: set[str], residen
         free = gpu_free_gib(slot)
         if free is None or free >= need:
             return slot
-    con.execute("UPDATE jobs SET state = 'failed', finished_at = ?, error = ? WHERE id = ?",
+    con.execute("UPDATE jobs SET state = 'failed', finished_at = ?, error = ? WHERE id = ? AND state = 'queued'",
                 [store.now(), f"no GPU has the {need:.1f} GiB this model needs free "
                  f"({', '.join(f'{s}: {gpu_free_gib(s) or 0:.1f} GiB' for s in every)}); a training job holds it, "
                  "try again when it has finished", job["id"]])
@@ -342,10 +390,10 @@ def _slot_for_resident(con, job: dict, every: list[str], busy: set[str], residen
 
 
 def _evict(con, resident: dict, job: dict) -> None:
-    pid = resident.get("pid") or _find_worker(resident["job_dir"])
+    pid = resident.get("pid") if _ours(resident.get("pid"), resident["job_dir"]) else _find_worker(resident["job_dir"])
     if pid:
-        _kill_group(pid)
-    con.execute("UPDATE jobs SET state = 'cancelled', finished_at = ?, error = ? WHERE id = ?",
+        _kill_group(pid, resident["job_dir"])
+    con.execute("UPDATE jobs SET state = 'cancelled', finished_at = ?, error = ? WHERE id = ? AND state = 'running'",
                 [store.now(), f"evicted: {job['kind']} job {job['id']} needed slot {resident['slot']}",
                  resident["id"]])
 
@@ -353,7 +401,7 @@ def _evict(con, resident: dict, job: dict) -> None:
 def tick() -> dict[str, Any]:
     """One supervisor step. Returns what it did."""
     done: dict[str, list] = {"settled": [], "started": [], "evicted": []}
-    with _tick_lock():
+    with tick_lock():
         with store.connect() as con:
             cur = con.execute("SELECT * FROM jobs WHERE state = 'running' ORDER BY id")
             cols = [d[0] for d in cur.description]
@@ -368,15 +416,15 @@ def tick() -> dict[str, Any]:
                 _ingest_progress(con, job)
                 status = read_json(Path(job["job_dir"]) / STATUS) or {}
                 if status.get("state") in TERMINAL:
-                    _settle(con, job, status)
-                    done["settled"].append(job["id"])
-                elif not _alive(job["pid"]):
+                    if _settle(job, status):
+                        done["settled"].append(job["id"])
+                elif not _ours(job["pid"], job["job_dir"]):
                     status = read_json(Path(job["job_dir"]) / STATUS) or {}
                     if status.get("state") not in TERMINAL:
                         status = {"state": "failed", "error": "the worker process died without finishing "
                                   "(killed, out of memory or crashed); see the log tail"}
-                    _settle(con, job, status)
-                    done["settled"].append(job["id"])
+                    if _settle(job, status):
+                        done["settled"].append(job["id"])
                 elif _resident(job):
                     residents.setdefault(job["slot"], []).append(job)
                 else:

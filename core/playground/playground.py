@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
-from core import models, paths, prompt_format, store
+from core import base_models, models, paths, prompt_format, store
 from core.access.principal import AccessDenied, Principal, require
 from core.evaluation.inference import Decoding
 from core.i18n import M
@@ -69,7 +69,7 @@ def ensure(base_model: str, adapter_dir: str | None = None, fmt: str | None = No
             prompt_format.check_gguf(gguf)
             base_model = str(gguf)
         else:
-            models.check_base_model(base_model)
+            base_models.check(base_model)
     except ValueError as exc:
         raise PlaygroundError(str(exc)) from None
     key = json.dumps(["gguf", str(gguf), fmt or None, tokenizer_from]) if gguf else _key(base_model, adapter_dir, fmt)

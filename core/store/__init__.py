@@ -21,6 +21,8 @@ import. The connection's settings (``LOCK_WAIT_S``, ``LINGER_S``, ``MAX_HOLD_S``
 from __future__ import annotations
 
 import json
+import os
+import signal
 from typing import Any
 
 import duckdb
@@ -31,7 +33,24 @@ from core.store.connection import (  # noqa: F401  (the store's names, for its c
 )
 from core.store.migrations import MIGRATIONS, _m001_initial, _migration_number, migrate, now  # noqa: F401
 
+# Two transactions of one process that change the same row at once: the second gets this (and is rolled back).
+Conflict = duckdb.TransactionException
+
 # ── small helpers used by the core modules ───────────────────────────────────
+
+CRASH_AT_ENV = "VITUNE_CRASH_AT"   # tests only: the process kills itself (SIGKILL) at the named point
+
+
+def crash_point(name: str) -> None:
+    """Where a test simulates the process dying between two statements (``VITUNE_CRASH_AT=NAME``): a real
+    SIGKILL, so nothing after it runs (no rollback, no ``finally``). The points: the supervisor's ``claimed``
+    and ``started`` (``core.jobs.supervisor._start``), ``settle.ingested`` (a kind's ingest done, the job's
+    state not yet written), ``evaluation.stored`` (an evaluation's row written, its examples not yet),
+    ``review.completing`` (a review marked complete, its child version not yet written) and ``import.prepare``
+    (an import's reading begins: in the import's own process when the caller isolated it)."""
+    if os.environ.get(CRASH_AT_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
 
 
 def rows(sql: str, params: list | tuple | None = None) -> list[dict[str, Any]]:

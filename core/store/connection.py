@@ -326,8 +326,9 @@ def transaction() -> Iterator[duckdb.DuckDBPyConnection]:
 
 
 def _remove_stale_scratch(root: Path) -> None:
-    """Spill folders left by a process that died mid-import (they can hold gigabytes)."""
-    for folder in root.glob("scratch-*") if root.exists() else []:
+    """Spill folders (``scratch-PID-…``) and import-process folders (``import-PID-…``, core.datasets.importer)
+    left by a process that died mid-import (they can hold gigabytes)."""
+    for folder in [*root.glob("scratch-*"), *root.glob("import-*")] if root.exists() else []:
         try:
             pid = int(folder.name.split("-")[1])
             os.kill(pid, 0)

@@ -8,7 +8,7 @@ import json
 import os
 from pathlib import Path
 
-from core import paths, store
+from core import base_models, paths, store
 from core.access import projects
 from core.access.principal import Principal, require
 from core.datasets import review, versions
@@ -21,6 +21,7 @@ def submit_train(dataset_version_id: str, cfg, *, actor: Principal, override_rev
     """Queue a training run, in the dataset version's project. The version must have passed its review
     sample (core.datasets.review), unless ``override_review`` gives a reason, which the audit log records
     with the actor's identity."""
+    base_models.check(cfg.base_model)   # before anything of it is looked at on disk
     cfg.validate()
     version = versions.get_version(dataset_version_id, actor)
     project = version["project"]
@@ -66,8 +67,17 @@ def resume(job_id: int, *, actor: Principal) -> dict:
     """Queue a failed or cancelled training job again, from its run's last checkpoint.
 
     The run keeps its id and folder; its loss curve is cut back to the checkpoint's step so the
-    resumed steps replace the lost ones.
+    resumed steps replace the lost ones. Under the supervisor's tick lock, and the run moves on to the new
+    job by a conditional update: of two resumes at once, one queues a job, the other is refused (two workers
+    never run in one run folder).
     """
+    from core.jobs import supervisor
+
+    with supervisor.tick_lock():
+        return _resume(job_id, actor)
+
+
+def _resume(job_id: int, actor: Principal) -> dict:
     job = queue.get_job(job_id)
     if not actor.sees(job.get("project")):
         raise JobError(f"no job {job_id}")
@@ -101,7 +111,10 @@ def resume(job_id: int, *, actor: Principal) -> dict:
         new_id = queue.insert(con, "train", run_dir, payload, actor.name, run["id"], job["dataset_version_id"],
                               job.get("project"))
         con.execute("DELETE FROM metrics WHERE run_id = ? AND step > ?", [run["id"], step])
-        con.execute("UPDATE runs SET job_id = ? WHERE id = ?", [new_id, run["id"]])
+        moved = con.execute("UPDATE runs SET job_id = ? WHERE id = ? AND job_id = ? RETURNING id",
+                            [new_id, run["id"], job_id]).fetchall()
+        if not moved:   # another resume got there first: this one's job is rolled back
+            raise JobError(f"run {run['id']} has moved on to job {get_run(run['id'])['job_id']}; resume that one")
     store.audit("job.resumed", str(new_id), actor, project=job.get("project"), from_job=job_id,
                 checkpoint=str(path), step=step)
     return queue.get_job(new_id)

@@ -112,8 +112,17 @@ def worker_env(job: dict, env: dict[str, str]) -> dict[str, str]:
 
 
 def ingest(con, job: dict, result: dict) -> None:
-    """Land generated.jsonl as a dataset version (none when no pair was made)."""
+    """Land generated.jsonl as a dataset version (none when no pair was made), in the settle's transaction: the
+    version's record and the job's state commit together. Idempotent: when the generation's version is recorded
+    already, it is that one."""
     cfg = job["config"] if isinstance(job["config"], dict) else json.loads(job["config"])
+    landed = con.execute("SELECT id FROM dataset_versions WHERE source = 'generate' AND "
+                         "json_extract_string(lineage, '$.generation.generation_id') = ?",
+                         [cfg["generation_id"]]).fetchall()
+    if landed:
+        result["dataset_version"] = landed[0][0]
+        con.execute("UPDATE jobs SET dataset_version_id = ? WHERE id = ?", [landed[0][0], job["id"]])
+        return
     result["dataset_version"] = None
     pairs_file = Path(result["pairs_file"])
     if result.get("pairs", 0) == 0 or not pairs_file.exists():
