@@ -143,6 +143,25 @@ def settled(page, timeout_s: float = 300) -> None:
     page.locator(f'{APP}[data-test-script-state="notRunning"]').wait_for(timeout=timeout_s * 1000)
 
 
+def choose(page, key: str, label: str, tries: int = 10) -> None:
+    """Pick ``label`` in the selectbox of widget key ``key`` as a person would: open its list, click the option.
+    A list opened while the page re-renders (a rerun that replaces the widget) closes again before its
+    options show (seen in CI on a loaded machine: the option never appeared in 30 s); a person opens it
+    again, and so does this, until the option is there."""
+    box = page.locator(f".st-key-{key}")
+    option = page.get_by_role("option", name=label, exact=True)
+    for _ in range(tries):
+        box.get_by_role("button", name="Open").click()
+        try:
+            option.wait_for(state="visible", timeout=5_000)
+        except Exception:   # playwright's TimeoutError: the list closed or never opened
+            page.keyboard.press("Escape")
+            continue
+        option.click()
+        return
+    raise AssertionError(f"the list of {key} never showed {label!r}")
+
+
 def unfolded(expander, timeout_s: float = 60) -> None:
     """Until an expander (a locator of ``[data-testid="stExpander"]``) is open and done unfolding.
     Streamlit animates an expander's height as it opens, and the content scrolls inside it meanwhile: a

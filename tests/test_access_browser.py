@@ -21,7 +21,7 @@ from core.access import accounts, demo_links
 from core.access.principal import AccessDenied
 from core.evaluation import gate
 from core.jobs import queue, supervisor
-from tests.conftest import OPERATOR, REPO, cli, free_port, person, settled, tiny_pairs, write_jsonl
+from tests.conftest import OPERATOR, REPO, cli, free_port, choose, person, settled, tiny_pairs, write_jsonl
 from tests.oidc_provider import Provider
 
 pytestmark = pytest.mark.slow
@@ -495,8 +495,7 @@ def test_operator_mode_is_this_machines_browser_alone_and_makes_no_account(bare_
     settled(page)
     form = page.locator('[data-testid="stForm"]').filter(has_text="Add company account")
     form.get_by_label("Email").fill("ke-gian@ngoai.vn")
-    page.locator(".st-key-oidc-role").get_by_role("button", name="Open").click()   # the role: admin
-    page.get_by_role("option", name="admin", exact=True).click()
+    choose(page, "oidc-role", "admin")
     form.get_by_role("button", name="Add company account").click()
     page.get_by_text("made on the server").wait_for(timeout=30_000)
     assert not accounts.any_account()

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import settled as _idle, studio_home as _home, OPERATOR, cli, free_port, start_studio
+from tests.conftest import settled as _idle, studio_home as _home, OPERATOR, cli, free_port, start_studio, choose
 
 pytestmark = [pytest.mark.slow, pytest.mark.extended]
 
@@ -120,8 +120,7 @@ def _choose(page, key: str, label: str) -> None:
     """Pick ``label`` in the selectbox of widget key ``key``, as a person would: open its list, click it."""
     if _selected(page, key) == label:
         return
-    page.locator(f".st-key-{key}").get_by_role("button", name="Open").click()
-    page.get_by_role("option", name=label, exact=True).click()
+    choose(page, key, label)
     _idle(page)
     assert _selected(page, key) == label, _selected(page, key)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from core import prompt_format
+from core import paths, prompt_format
 from core.access.principal import AccessDenied
 from core.evaluation import inference
 from core.playground import playground
@@ -92,9 +92,10 @@ def test_access_and_the_conversation_are_checked_before_anything_is_generated(ho
 
 
 def test_a_model_that_cannot_load_is_a_clear_error_at_the_first_piece(home, tmp_path):
-    (tmp_path / "not-a-model").mkdir()   # a model folder by its config, without tokenizer or weights
-    (tmp_path / "not-a-model" / "config.json").write_text('{"model_type": "gemma3_text"}')
-    stream = playground.ask_stream(str(tmp_path / "not-a-model"), None, "chat", [{"role": "user", "content": Q1}],
+    model = paths.base_models_dir() / "not-a-model"  # a model folder by its config, without tokenizer or weights
+    model.mkdir(parents=True)
+    (model / "config.json").write_text('{"model_type": "gemma3_text"}')
+    stream = playground.ask_stream(str(model), None, "chat", [{"role": "user", "content": Q1}],
                                    actor=OPERATOR)
     with pytest.raises(playground.PlaygroundError, match=r"the model could not be served \(inference job \d+ failed\)"):
         next(stream)

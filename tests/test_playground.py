@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from core import store
+from core import paths, store
 from core.datasets import importer
 from core.evaluation import inference
 from core.evaluation.inference import Decoding
@@ -86,14 +86,15 @@ def test_a_training_job_evicts_the_inference_worker_from_its_slot(home, default_
 def test_a_model_that_cannot_load_is_a_clear_error_not_a_hang(home, tmp_path):
     """A folder that is no model is refused before any worker starts; one that looks like a model (a
     config.json) but cannot load fails its worker, and the page hears so instead of waiting."""
-    (tmp_path / "not-a-model").mkdir()
+    base = paths.base_models_dir()  # only the base-model folder (or an allowed name) is served at all
+    (base / "not-a-model").mkdir(parents=True)
     with pytest.raises(playground.PlaygroundError, match=r"not-a-model: a folder without config.json is not a model"):
-        playground.ensure(str(tmp_path / "not-a-model"), None, "chat", timeout=300, actor=OPERATOR)
+        playground.ensure(str(base / "not-a-model"), None, "chat", timeout=300, actor=OPERATOR)
     assert store.one("SELECT count(*) AS n FROM jobs")["n"] == 0
-    (tmp_path / "broken-model").mkdir()
-    (tmp_path / "broken-model" / "config.json").write_text("{}")
+    (base / "broken-model").mkdir()
+    (base / "broken-model" / "config.json").write_text("{}")
     with pytest.raises(playground.PlaygroundError, match=r"the model could not be served \(inference job \d+ failed\)"):
-        playground.ensure(str(tmp_path / "broken-model"), None, "chat", timeout=300, actor=OPERATOR)
+        playground.ensure(str(base / "broken-model"), None, "chat", timeout=300, actor=OPERATOR)
 
 
 def test_a_gpu_without_the_memory_fails_the_worker_with_the_reason(home, default_model, tmp_path, monkeypatch):
