@@ -100,6 +100,56 @@ def worker_env(tmp_path_factory) -> Path:
         os.environ["VITUNE_WORKER_PYTHON"] = before
 
 
+def _leftover_workers(under: Path) -> list[tuple[int, str, str]]:
+    """Job workers still running from this test session's folders: (pid, kind, job folder). Inference workers
+    are left out (they end by themselves once idle, and use no CPU while they wait)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        args = [a.decode(errors="replace") for a in argv if a]
+        if "core.worker" not in args:
+            continue
+        job_dir = Path(args[args.index("core.worker") + 1]) if args.index("core.worker") + 1 < len(args) else None
+        if job_dir is None or not str(job_dir).startswith(str(under)):
+            continue
+        try:
+            kind = json.loads((job_dir / "job.json").read_text(encoding="utf-8")).get("kind", "?")
+        except (OSError, ValueError):
+            kind = "?"
+        if kind != "inference":
+            found.append((int(proc.name), kind, str(job_dir)))
+    return found
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_leftover_workers(request, tmp_path_factory):
+    """A module that ends with a training, export or evaluation worker still running (its CLI timed out, its
+    studio was stopped mid-job) would share the two cores with every later module: the worker runs in its
+    own session, so nothing else stops it. Each is stopped here and named in the session's summary."""
+    yield
+    import signal
+
+    for pid, kind, job_dir in _leftover_workers(tmp_path_factory.getbasetemp()):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            continue
+        LEFTOVERS.append(f"{request.module.__name__}: a {kind} worker (pid {pid}, {job_dir}) was still running")
+
+
+LEFTOVERS: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter):
+    for line in LEFTOVERS:
+        terminalreporter.write_line(f"left running, stopped at the module's end: {line}")
+
+
 def worker_pythons(home: Path) -> dict[str, set[str]]:
     """For each job kind in a studio home, the interpreters its workers ran under (from their logs)."""
     import re
