@@ -5,7 +5,7 @@ from core.evaluation import evaluations, gate, judge, report, votes, words
 from core.jobs import queue
 from core.training import runs as train_runs
 from core.evaluation.inference import Decoding, parse_stop
-from pages.common import _, actor, can, fail, job_progress, label, live_jobs, live_view, project, refresh_live, say
+from pages.common import _, actor, can, fail, job_progress, label, lang, live_jobs, live_view, project, refresh_live, say
 
 RUNS_SHOWN = 200      # finished runs offered for a new evaluation (the newest)
 BOARD_ROWS = 50       # leaderboard rows a page
@@ -126,7 +126,7 @@ with board_tab:
             else:
                 g2.plotly_chart(charts.example_scores(evaluations.examples(chosen), tr=_), key="hist")
             b1, b2 = st.columns(2)
-            b1.download_button(_("Download the report (HTML)"), lambda chosen=chosen: report.build(chosen, actor=who),
+            b1.download_button(_("Download the report (HTML)"), lambda chosen=chosen, lg=lang(): report.build(chosen, actor=who, lang=lg),
                                file_name=f"{chosen}-report.html", mime="text/html", on_click="ignore")
             b2.download_button(_("Download the examples (CSV)"), lambda chosen=chosen: evaluations.examples_csv(chosen, who),
                                file_name=f"{chosen}-examples.csv", mime="text/csv", on_click="ignore")
@@ -200,7 +200,7 @@ with compare_tab:
                 w2.markdown(_("**Got worse ({n})**").format(n=c["counts"]["worse"]))
                 w2.dataframe(cols(c["worse"]), hide_index=True)
                 st.download_button(_("Download the report of B compared with A (HTML)"),
-                                   lambda a=a, b=b: report.build(b, compare_with=a, actor=who), file_name=f"{b}-vs-{a}.html",
+                                   lambda a=a, b=b, lg=lang(): report.build(b, compare_with=a, actor=who, lang=lg), file_name=f"{b}-vs-{a}.html",
                                    mime="text/html", on_click="ignore")
 
 with drill_tab:

@@ -55,6 +55,18 @@ def latest(run_id: str, quantization: str) -> dict | None:
     return None
 
 
+def latest_recorded(run_id: str, quantization: str) -> dict | None:
+    """The newest succeeded export of a run with this quantization whose file is there, its checksum as its export
+    recorded it (not read again: what a page shows; deploy verifies with ``latest``)."""
+    for job in queue.list_jobs(200, "export"):
+        if job["run_id"] != run_id or job["state"] != "succeeded" or not job.get("result"):
+            continue
+        path = job["result"].get("gguf", {}).get(quantization)
+        if path and Path(path).exists():
+            return job
+    return None
+
+
 def submit(run_id: str, quantizations: list[str] | None = None, *, actor: Principal) -> dict:
     run = runs.get_run(run_id, actor)
     require(actor, "export.submit", run["project"])
