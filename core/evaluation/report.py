@@ -33,13 +33,18 @@ th{background:#f5f5f5} .pass{color:#2e7d32;font-weight:700} .fail{color:#c62828;
 """
 
 
+def _esc(text) -> str:
+    """Text for an HTML text node (every place the report puts text: quotes stay as they are)."""
+    return html.escape(str(text), quote=False)
+
+
 def diff_html(segments: list[tuple[str, bool]], side: str, empty: str = "(empty)") -> str:
     """One side of ``evaluations.word_diff`` as HTML: changed runs in a highlighted span."""
     parts = []
     for text, changed in segments:
-        t = html.escape(text)
+        t = _esc(text)
         parts.append(f'<span class="vt-chg">{t}</span>' if changed else t)
-    body = " ".join(parts) or f'<span class="muted">{html.escape(empty)}</span>'
+    body = " ".join(parts) or f'<span class="muted">{_esc(empty)}</span>'
     return f'<span class="vt-diff-{side}">{body}</span>'
 
 
@@ -74,19 +79,49 @@ def gate_record_of(e: dict, actor=None) -> tuple[dict | None, str | None]:
         return None, None
 
 
+def _words(_) -> dict:
+    """The report's own words in the reader's language (``_()`` outside the f-strings, where the catalogue's
+    extraction finds them)."""
+    return {
+        "not gating": _("not gating"),
+        "Released over the gate by {who}: {reason}": _("Released over the gate by {who}: {reason}"),
+        "check": _("check"),
+        "verdict": _("verdict"),
+        "artifact": _("artifact"),
+        "evaluation": _("evaluation"),
+        "reason": _("reason"),
+        "Compared with {label}": _("Compared with {label}"),
+        "(empty)": _("(empty)"),
+        "Word-level": _("Word-level"),
+        "BLEU (words)": _("BLEU (words)"),
+        "ROUGE-L (words)": _("ROUGE-L (words)"),
+        "The {shown} lowest-scoring of {n} examples; the CSV has all.": _("The {shown} lowest-scoring of {n} examples; the CSV has all."),
+        "{who} on {version}/{split}": _("{who} on {version}/{split}"),
+        "gate": _("gate"),
+        "PASS": _("PASS"),
+        "FAIL": _("FAIL"),
+        "Examples": _("Examples"),
+        "Words that differ are highlighted: in the reference (red) and in the prediction (yellow).": _("Words that differ are highlighted: in the reference (red) and in the prediction (yellow)."),
+        "Question": _("Question"),
+        "Reference": _("Reference"),
+        "Prediction": _("Prediction"),
+    }
+
+
 def _record_html(rec: dict, release: str | None, _, lang: str) -> str:
+    W = _words(_)
     names = {"merged_model": _("merged model (HF, adapter)"), "gguf": _("the shipped GGUF"), "judge": _("LLM judge")}
     rows = []
     for c in rec.get("checks") or []:
         n = c.get("numbers") or {}
         verdict = _("PASS") if c["passed"] else (_("not judged") if c["passed"] is None else _("FAIL"))
         cls = "pass" if c["passed"] else "fail"
-        rows.append(f"<tr><td>{html.escape(names.get(c['name'], c['name']))}</td><td class='{cls}'>{verdict}"
-                    f"{'' if c['gates'] else ' (' + html.escape(_('not gating')) + ')'}</td>"
-                    f"<td>{html.escape(str(c.get('artifact') or ''))}</td><td>{html.escape(str(c.get('evaluation') or ''))}</td>"
+        rows.append(f"<tr><td>{_esc(names.get(c['name'], c['name']))}</td><td class='{cls}'>{verdict}"
+                    f"{'' if c['gates'] else ' (' + _esc(W['not gating']) + ')'}</td>"
+                    f"<td>{_esc(str(c.get('artifact') or ''))}</td><td>{_esc(str(c.get('evaluation') or ''))}</td>"
                     f"<td class='num'>{_num(n.get('bleu'))}</td><td class='num'>{_num(n.get('rouge_l'))}</td>"
                     f"<td class='num'>{n.get('n') if n.get('n') is not None else '–'}</td>"
-                    f"<td>{html.escape(c['reason'].get(lang) or c['reason'].get('en') or '')}</td></tr>")
+                    f"<td>{_esc(c['reason'].get(lang) or c['reason'].get('en') or '')}</td></tr>")
     title = (_("The gate's record of release {release} ({quantization})").format(release=release,
                                                                                quantization=rec.get("quantization"))
              if release else _("What the gate says now for a release at {quantization}").format(
@@ -94,10 +129,10 @@ def _record_html(rec: dict, release: str | None, _, lang: str) -> str:
     verdict = _("releasable") if rec.get("releasable") else _("not releasable")
     override = ""
     if rec.get("override"):
-        override = (f"<p class='fail'>{html.escape(_('Released over the gate by {who}: {reason}').format(who=rec['override']['by'], reason=rec['override']['reason']))}</p>")
-    return (f"<h2>{html.escape(title)}</h2><p>{html.escape(verdict)}</p>{override}"
-            f"<table><tr><th>{_('check')}</th><th>{_('verdict')}</th><th>{_('artifact')}</th><th>{_('evaluation')}</th>"
-            f"<th>BLEU</th><th>ROUGE-L</th><th>n</th><th>{_('reason')}</th></tr>{''.join(rows)}</table>")
+        override = (f"<p class='fail'>{_esc(W['Released over the gate by {who}: {reason}'].format(who=rec['override']['by'], reason=rec['override']['reason']))}</p>")
+    return (f"<h2>{_esc(title)}</h2><p>{_esc(verdict)}</p>{override}"
+            f"<table><tr><th>{W['check']}</th><th>{W['verdict']}</th><th>{W['artifact']}</th><th>{W['evaluation']}</th>"
+            f"<th>BLEU</th><th>ROUGE-L</th><th>n</th><th>{W['reason']}</th></tr>{''.join(rows)}</table>")
 
 
 def build(evaluation_id: str, compare_with: str | None = None, actor=None, lang: str | None = None) -> str:
@@ -106,6 +141,7 @@ def build(evaluation_id: str, compare_with: str | None = None, actor=None, lang:
     lang = lang if lang in i18n.LANGUAGES else "en"
     _ = (lambda text: text) if lang == "en" else i18n.translations(lang).gettext
     say = lambda message: i18n.render(message, _)
+    W = _words(_)
     e = evaluations.ensure_word_scores(evaluation_id, actor)   # the word-level view computed where it has none
     examples = evaluations.examples(evaluation_id)
     has_words = e.get("bleu_words") is not None
@@ -147,14 +183,14 @@ def build(evaluation_id: str, compare_with: str | None = None, actor=None, lang:
         rows.insert(8, (_("Word-level scores"), _("BLEU {bleu:.4f}, ROUGE-L {rouge_l:.4f} (segmented by {segmenter}; "
                                                   "not gated)").format(bleu=e["bleu_words"], rouge_l=e["rouge_l_words"],
                                                                        segmenter=e.get("word_segmenter") or words.SEGMENTER)))
-    meta = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
+    meta = "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(str(v))}</td></tr>" for k, v in rows)
 
     cmp_html = ""
     if comparison:
         c = comparison
         cmp_html = (
-            f"<h2>{html.escape(_('Compared with {label}').format(label=say(c['a']['label'])))}</h2>"
-            "<p>" + html.escape(_("On the {n} examples both evaluated: BLEU {bleu_a:.4f} → {bleu_b:.4f} (Δ {bleu_d:+.4f}), "
+            f"<h2>{_esc(W['Compared with {label}'].format(label=say(c['a']['label'])))}</h2>"
+            "<p>" + _esc(_("On the {n} examples both evaluated: BLEU {bleu_a:.4f} → {bleu_b:.4f} (Δ {bleu_d:+.4f}), "
                                   "ROUGE-L {rouge_a:.4f} → {rouge_b:.4f} (Δ {rouge_d:+.4f}); {better} better, {worse} "
                                   "worse, {same} unchanged.").format(
                 n=c["shared"]["n"], bleu_a=c["shared"]["a"]["bleu"], bleu_b=c["shared"]["b"]["bleu"],
@@ -169,11 +205,11 @@ def build(evaluation_id: str, compare_with: str | None = None, actor=None, lang:
     ex_rows = []
     for ex in shown:
         d = evaluations.word_diff(ex["reference"], ex["prediction"])
-        question = html.escape(ex["instruction"] or "") + (
-            f"<br><span class='muted'>{html.escape(ex['input'])}</span>" if ex["input"] else "")
+        question = _esc(ex["instruction"] or "") + (
+            f"<br><span class='muted'>{_esc(ex['input'])}</span>" if ex["input"] else "")
         ex_rows.append(f"<tr><td class='num'>{ex['idx']}</td><td>{question}</td>"
-                       f"<td>{diff_html(d['reference'], 'ref', _('(empty)'))}</td>"
-                       f"<td>{diff_html(d['prediction'], 'pred', _('(empty)'))}</td>"
+                       f"<td>{diff_html(d['reference'], 'ref', W['(empty)'])}</td>"
+                       f"<td>{diff_html(d['prediction'], 'pred', W['(empty)'])}</td>"
                        f"<td class='num'>{ex['bleu']:.3f}</td><td class='num'>{ex['rouge_l']:.3f}</td>"
                        + (f"<td class='num'>{_num(ex.get('bleu_words'))}</td>"
                           f"<td class='num'>{_num(ex.get('rouge_l_words'))}</td>" if has_words else "") + "</tr>")
@@ -182,12 +218,12 @@ def build(evaluation_id: str, compare_with: str | None = None, actor=None, lang:
                                    "(it is in requirements.txt); the gate uses syllables"),
                   words.NOT_YET: _("word-level scores not computed yet (`python -m core evaluate show ID` computes "
                                    "them); the gate uses syllables")}
-    word_line = (f"<p>{html.escape(_('Word-level'))}: BLEU <b>{e['bleu_words']:.4f}</b> · ROUGE-L <b>{e['rouge_l_words']:.4f}</b> "
-                 f"<span class='muted'>{html.escape(word_views[words.CAPTION])}</span></p>" if has_words
-                 else f"<p class='muted'>{html.escape(word_views.get(words.view(e), words.view(e)))}</p>")
-    word_heads = (f"<th>{html.escape(_('BLEU (words)'))}</th><th>{html.escape(_('ROUGE-L (words)'))}</th>"
+    word_line = (f"<p>{_esc(W['Word-level'])}: BLEU <b>{e['bleu_words']:.4f}</b> · ROUGE-L <b>{e['rouge_l_words']:.4f}</b> "
+                 f"<span class='muted'>{_esc(word_views[words.CAPTION])}</span></p>" if has_words
+                 else f"<p class='muted'>{_esc(word_views.get(words.view(e), words.view(e)))}</p>")
+    word_heads = (f"<th>{_esc(W['BLEU (words)'])}</th><th>{_esc(W['ROUGE-L (words)'])}</th>"
                   if has_words else "")
-    note = (f"<p class='muted'>{html.escape(_('The {shown} lowest-scoring of {n} examples; the CSV has all.').format(shown=MAX_EXAMPLES, n=len(examples)))}</p>"
+    note = (f"<p class='muted'>{_esc(W['The {shown} lowest-scoring of {n} examples; the CSV has all.'].format(shown=MAX_EXAMPLES, n=len(examples)))}</p>"
             if len(examples) > MAX_EXAMPLES else "")
     title = _("Evaluation report")
     scores_note = _("Scores on Vietnamese syllables (NFC, lower case, punctuation dropped): BLEU is corpus BLEU-4, "
@@ -197,23 +233,23 @@ def build(evaluation_id: str, compare_with: str | None = None, actor=None, lang:
                     "the syllable scores.")
 
     return f"""<!DOCTYPE html>
-<html lang="{lang}"><head><meta charset="utf-8"><title>{html.escape(title)} {html.escape(e['id'])}</title>
+<html lang="{lang}"><head><meta charset="utf-8"><title>{_esc(title)} {_esc(e['id'])}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"><style>{STYLE}</style></head>
 <body>
-<h1>{html.escape(title)}</h1>
-<p class="muted">ViTune Studio · {html.escape(_('{who} on {version}/{split}').format(who=who, version=e['dataset_version_id'], split=e['split']))}</p>
-<p>BLEU <b>{e['bleu']:.4f}</b> · ROUGE-L <b>{e['rouge_l']:.4f}</b> · {html.escape(_('gate'))}
-<span class="{verdict_cls}">{_('PASS') if e['passed'] else _('FAIL')}</span>
-<span class="muted">{html.escape(e.get('gate_reason') or '')}</span></p>
+<h1>{_esc(title)}</h1>
+<p class="muted">ViTune Studio · {_esc(W['{who} on {version}/{split}'].format(who=who, version=e['dataset_version_id'], split=e['split']))}</p>
+<p>BLEU <b>{e['bleu']:.4f}</b> · ROUGE-L <b>{e['rouge_l']:.4f}</b> · {_esc(W['gate'])}
+<span class="{verdict_cls}">{W['PASS'] if e['passed'] else W['FAIL']}</span>
+<span class="muted">{_esc(e.get('gate_reason') or '')}</span></p>
 {word_line}
-<p class="muted">{html.escape(scores_note)}</p>
+<p class="muted">{_esc(scores_note)}</p>
 <table>{meta}</table>
 {record_html}
 {cmp_html}
 <div class="grid">{''.join(f'<div>{p}</div>' for p in plots)}</div>
-<h2>{html.escape(_('Examples'))}</h2>{note}
-<p class="muted">{html.escape(_('Words that differ are highlighted: in the reference (red) and in the prediction (yellow).'))}</p>
-<table><tr><th>#</th><th>{html.escape(_('Question'))}</th><th>{html.escape(_('Reference'))}</th><th>{html.escape(_('Prediction'))}</th><th>BLEU</th><th>ROUGE-L</th>
+<h2>{_esc(W['Examples'])}</h2>{note}
+<p class="muted">{_esc(W['Words that differ are highlighted: in the reference (red) and in the prediction (yellow).'])}</p>
+<table><tr><th>#</th><th>{_esc(W['Question'])}</th><th>{_esc(W['Reference'])}</th><th>{_esc(W['Prediction'])}</th><th>BLEU</th><th>ROUGE-L</th>
 {word_heads}</tr>
 {''.join(ex_rows)}</table>
 </body></html>
