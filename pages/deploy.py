@@ -65,11 +65,16 @@ else:
                          index=list(exporter.QUANTIZATIONS).index(default_quant),
                          help=_("q4_k_m (the guide's default) for models of a billion parameters and more; q8_0 "
                                 "below that, where q4_k_m loses a short fine-tune and its stop (the preflight "
-                                "blocks such a GGUF)."))
+                                "blocks such a GGUF)."), key="deploy_quant")
     record = gate.record(run_id, quant, actor=who, verdict_of_run=verdict)
     st.markdown(_("**The gate's record** for {quantization}: what a release of this GGUF is judged on")
                 .format(quantization=quant))
     st.dataframe(record_table(record), hide_index=True)
+    if record["releasable"]:
+        st.success(_("A release of {quantization} passes the gate.").format(quantization=quant))
+    else:
+        st.warning(_("A release of {quantization} is refused as it stands: {reasons}").format(
+            quantization=quant, reasons="; ".join(gate.failing(record, lang()))))
     if not record["releasable"] and verdict["releasable"]:
         st.caption(_("A release needs the GGUF's own evaluation on the held-out split to pass too; where it has none, "
                      "step 1 evaluates it (llama.cpp) before judging."))

@@ -1,6 +1,7 @@
 import streamlit as st
 
 from core import charts, labels, models
+from core.deploy import exports, releases
 from core.evaluation import evaluations, gate, judge, report, votes, words
 from core.jobs import queue
 from core.training import runs as train_runs
@@ -26,6 +27,13 @@ if can("evaluate.submit"):
         options |= {_("{model} without adapter, on {dataset}").format(model=models.display_name(r["base_model"]),
                                                                      dataset=r["dataset_version_id"]): f"base::{r['id']}"
                     for r in runs[:5]}
+        # the shipped artifacts: each exported GGUF (llama.cpp) and each release Ollama serves
+        for run_id, quants in exports.exported([r["id"] for r in runs[:20]]).items():
+            options |= {_("{run} · {quantization} (the exported GGUF, llama.cpp)").format(run=run_id, quantization=q):
+                        f"gguf::{run_id}::{q}" for q in quants}
+        options |= {_("{run} · Ollama {model} (the release)").format(run=rel["run_id"], model=f"{rel['name']}:{rel['tag']}"):
+                    f"ollama::{rel['run_id']}::{rel['name']}:{rel['tag']}"
+                    for rel in releases.list_releases(who, here, include_deleted=False)[:20]}
         choice = st.selectbox(_("What to evaluate"), list(options) or [_("(no finished runs yet)")])
         c1, c2, c3, c4 = st.columns(4)
         limit = c1.number_input(_("Examples (0: the whole split, which the release gate needs)"), 0, 100000, 0)
@@ -37,13 +45,19 @@ if can("evaluate.submit"):
         temperature = d1.number_input(_("Temperature (0: greedy)"), 0.0, 5.0, 0.0, 0.05)
         top_p = d2.number_input("Top-p", 0.01, 1.0, 1.0, 0.05)
         stops = d3.text_area(_("Stop strings (one per line; \\n is a newline)"), "", height=68)
+        st.caption(_("An exported GGUF or an Ollama release is decoded like its run's own evaluation (the settings "
+                     "above are for a run or a base model); the release gate needs the shipped GGUF's own evaluation."))
         go = st.form_submit_button(_("Queue evaluation"), type="primary", disabled=not runs)
     if go and runs:
         try:
             target = options[choice]
             decoding = Decoding(max_new_tokens=int(max_new), batch_size=int(batch), temperature=float(temperature),
                                 top_p=float(top_p), stop=parse_stop(stops))
-            if target.startswith("base::"):
+            if target.startswith(("gguf::", "ollama::")):   # decoded like the run's own evaluation
+                kind, run_id, what = target.split("::", 2)
+                job = evaluations.submit(run_id, split=split, limit=int(limit) or None, actor=who,
+                                         **({"gguf": what} if kind == "gguf" else {"ollama_model": what}))
+            elif target.startswith("base::"):
                 run = train_runs.get_run(target.split("::", 1)[1], who)
                 job = evaluations.submit(None, base_model=run["base_model"], dataset_version_id=run["dataset_version_id"],
                                          split=split, limit=int(limit) or None, decoding=decoding, actor=who,
@@ -91,7 +105,7 @@ with board_tab:
             board = evaluations.leaderboard(who, None if version == "(all)" else version, None if base == "(all)" else base,
                                             project=here, limit=BOARD_ROWS, offset=(page - 1) * BOARD_ROWS)
             st.dataframe(
-                [{"#": e["rank"], _("evaluation"): e["id"], _("run"): e["run_id"] or _("(base model)"),
+                [{"#": e["rank"], _("evaluation"): e["id"], _("run"): say(e["artifact"]) if e["run_id"] else _("(base model)"),
                   _("base model"): models.display_name(e["base_model"]), _("dataset"): e["dataset_version_id"],
                   _("split"): label(labels.SPLITS, e["split"]), "n": e["n"], "BLEU": round(e["bleu"], 4), "ROUGE-L": round(e["rouge_l"], 4),
                   _("BLEU (words)"): None if e.get("bleu_words") is None else round(e["bleu_words"], 4),
@@ -100,6 +114,7 @@ with board_tab:
                   _("decoding"): _("T={temperature}, max {max_new_tokens}").format(
                       temperature=e["decoding"].get("temperature", 0), max_new_tokens=e["decoding"].get("max_new_tokens")),
                   _("examples/s"): round(e["examples_per_s"], 2) if e.get("examples_per_s") else None,
+                  _("backend"): say(evaluations.backend_text(e)),
                   _("when"): e["created_at"]} for e in board],
                 hide_index=True,
             )
@@ -118,6 +133,8 @@ with board_tab:
             st.caption(_("{reason} · thresholds of this verdict: BLEU > {bleu}, ROUGE-L > {rouge_l} · decoding {decoding}")
                        .format(reason=e.get("gate_reason") or "", bleu=e["thresholds"]["bleu"],
                                rouge_l=e["thresholds"]["rouge_l"], decoding=e["decoding"]))
+            if e.get("backend"):
+                st.caption(_("Ran on: {backend}").format(backend=say(evaluations.backend_text(e))))
             g1, g2 = st.columns(2)
             g1.plotly_chart(charts.gate_bars(e["bleu"], e["rouge_l"], e["thresholds"], tr=_), key="gate-bars")
             if e["run_id"]:
