@@ -130,7 +130,10 @@ class LlamaBatchGenerator:
         cp.kv_unified = self.kv_unified   # False: each slot its own n_ctx_per_seq cells (no shared prefix to share)
         if self.ctx is not None:
             lc.llama_free(self.ctx)
-        self.ctx = lc.llama_init_from_model(self.model, cp)
+        from core.native import quiet_stderr
+
+        with quiet_stderr():   # its notes on the cache it sets up
+            self.ctx = lc.llama_init_from_model(self.model, cp)
         if not self.ctx:
             raise RuntimeError("llama.cpp could not create a context for the evaluation")
         return self.ctx
