@@ -33,7 +33,7 @@ if can("evaluate.submit"):
                         f"gguf::{run_id}::{q}" for q in quants}
         options |= {_("{run} · Ollama {model} (the release)").format(run=rel["run_id"], model=f"{rel['name']}:{rel['tag']}"):
                     f"ollama::{rel['run_id']}::{rel['name']}:{rel['tag']}"
-                    for rel in releases.list_releases(who, here, include_deleted=False)[:20]}
+                    for rel in releases.list_releases(who, here, include_deleted=False, limit=20)}
         choice = st.selectbox(_("What to evaluate"), list(options) or [_("(no finished runs yet)")])
         c1, c2, c3, c4 = st.columns(4)
         limit = c1.number_input(_("Examples (0: the whole split, which the release gate needs)"), 0, 100000, 0)
@@ -156,7 +156,8 @@ with votes_tab:
         else:
             latest = {}
             for ev in evals:   # newest first: a run's latest evaluation
-                latest.setdefault(ev["run_id"], ev)
+                if (ev.get("target") or "adapter") == "adapter":   # the run itself, not one of its GGUFs
+                    latest.setdefault(ev["run_id"], ev)
 
             def _scores(model: str) -> tuple:
                 kind, __, ref = model.partition(":")

@@ -259,11 +259,17 @@ def record_lines(rec: dict | None, lang: str = "en") -> list[str]:
     return out
 
 
-def list_releases(actor: Principal, project: str | None = None, include_deleted: bool = True) -> list[dict]:
+def list_releases(actor: Principal, project: str | None = None, include_deleted: bool = True,
+                  limit: int | None = None) -> list[dict]:
+    """Newest first (the ``limit`` newest, when given)."""
     cond, params = projects.where(actor, project)
     if not include_deleted:
         cond += " AND coalesce(state, 'active') <> 'deleted'"
-    return [_decode(r) for r in store.rows(f"SELECT * FROM releases WHERE {cond} ORDER BY created_at DESC", params)]
+    tail = ""
+    if limit is not None:
+        tail, params = " LIMIT ?", params + [int(limit)]
+    return [_decode(r) for r in store.rows(f"SELECT * FROM releases WHERE {cond} ORDER BY created_at DESC{tail}",
+                                           params)]
 
 
 def get_release(release_id: str, actor: Principal | None = None) -> dict:
