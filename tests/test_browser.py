@@ -153,7 +153,8 @@ def test_the_whole_pipeline_by_clicking_through_the_browser(empty_studio):
         # the default for a model under a billion parameters: q8_0 (q4_k_m loses its stop; test_pipeline)
         assert page.get_by_role("combobox", name="Quantization").input_value() == "q8_0"
         page.get_by_role("button", name="1 · Export and write the Modelfile").click()
-        page.get_by_role("button", name="Download Modelfile").wait_for(timeout=300_000)
+        # export, then the q8_0 file's own evaluation (deploy runs it where it has none), then the Modelfile
+        page.get_by_role("button", name="Download Modelfile").wait_for(timeout=600_000)
         page.get_by_role("button", name="2 · Preflight, create in Ollama and record the release").click()
         released = page.get_by_role("heading", name=re.compile(r"^Release rel-"))
         released.or_(page.locator('[data-testid="stAlertContentError"]')).first.wait_for(timeout=600_000)
