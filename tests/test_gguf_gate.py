@@ -172,6 +172,8 @@ def test_each_release_keeps_the_gates_record_and_every_view_shows_it(home):
     out = home / "r.html"
     cli("evaluate", "report", "eval-gguf-fail", "--out", str(out), "--lang", "vi", home=home)
     assert '<html lang="vi">' in out.read_text(encoding="utf-8")
+    # a GGUF's report compares it with its own run's merged model, what the quantization cost
+    assert f"Compared with eval-merged · {run_id}" in en
 
 
 def test_the_leaderboard_names_the_run_and_its_ggufs_side_by_side(home):

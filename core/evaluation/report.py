@@ -8,7 +8,8 @@ syllable scores (the gate's) it shows the word-level ones (``core.evaluation.wor
 It is written in the reader's language (``lang``: "vi" or "en"; the page passes its reader's, the CLI the
 operator's or ``--lang``), from the same catalogues as the pages, and it shows what the evaluation judged (the
 adapter, an exported GGUF at its quantization, an Ollama release; the backend it ran on) and the gate's record:
-the checks of the release that rests on this evaluation, or, where none does yet, what the gate says now.
+the checks of the release that rests on this evaluation, or, where none does yet, what the gate says now. A
+GGUF's (or an Ollama release's) evaluation is compared with its own run's merged model: what quantization cost.
 """
 from __future__ import annotations
 
@@ -152,8 +153,14 @@ def build(evaluation_id: str, compare_with: str | None = None, actor=None, lang:
         if len(metrics):
             figures.append(charts.loss_curve(metrics, _("Training loss of {run}").format(run=e["run_id"]), tr=_))
     comparison = None
-    other = compare_with or ((evaluations.base_counterpart(evaluation_id, actor) or {}).get("id")
-                             if e["run_id"] else None)
+    other = compare_with
+    if not other and e.get("target") in ("gguf", "ollama"):   # a GGUF against its own run's merged model
+        try:
+            other = (gate.verdict(e["run_id"], actor).get("evaluation") or {}).get("id")
+        except (ValueError, LookupError):
+            other = None
+    if not other and e["run_id"]:
+        other = (evaluations.base_counterpart(evaluation_id, actor) or {}).get("id")
     if other:
         comparison = evaluations.compare(other, evaluation_id, actor)
         figures.append(charts.rouge_scatter(comparison, tr=_))
