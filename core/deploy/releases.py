@@ -55,8 +55,9 @@ def prepare(run_id: str, name: str, *, system: str | None = None, quantization: 
     An override is recorded with the actor's identity, who must be allowed to override.
 
     The gate judges the file that ships (``gate.record``): the merged model's evaluation and the GGUF's own, at
-    this quantization, matched by its sha256. Where the GGUF has no evaluation yet (and ``evaluate_gguf``),
-    deploy evaluates it on the held-out split with the run's own decoding before judging."""
+    this quantization, matched by its sha256. Where the GGUF has no evaluation of the gate's share of the split
+    yet (and ``evaluate_gguf``), deploy evaluates it on the whole held-out split with the run's own decoding
+    before judging."""
     modelfile.check_name(name)   # the arguments first: a bad name is said so whatever the run
     if system:
         system = modelfile.check_system(system)
@@ -89,7 +90,9 @@ def prepare(run_id: str, name: str, *, system: str | None = None, quantization: 
     # the shipped file is judged too: its own evaluation on the held-out split (deploy runs it where it has none)
     rec = gate.record(run_id, quantization, sha, actor=actor, verdict_of_run=verdict)
     artifact = next(c for c in rec["checks"] if c["name"] == "gguf")
-    if evaluate_gguf and artifact["evaluation"] is None and verdict["releasable"]:
+    nums = artifact["numbers"]
+    uncovered = artifact["evaluation"] is None or (nums.get("n") or 0) < (nums.get("need") or 1)
+    if evaluate_gguf and uncovered and verdict["releasable"]:   # none yet, or one of too few examples
         on_progress(M("evaluating the {quantization} GGUF itself on the held-out split (llama.cpp)",
                       quantization=quantization))
         ev = _wait(evaluations.submit(run_id, gguf=quantization, actor=actor), "evaluate", on_progress)
