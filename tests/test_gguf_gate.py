@@ -257,3 +257,74 @@ def test_batched_llama_cpp_decodes_like_one_at_a_time_and_keeps_each_answer_in_i
         assert b["device"] == "GPU" and b["gpu_layers"] == b["layers"] and b["fallback"] is None
     else:
         assert b["device"] == "CPU" and b["gpu_layers"] == 0 and "built without a GPU backend" in b["fallback"]
+
+
+def _settled(job: dict, result: dict) -> None:
+    """A job left by its worker as succeeded with ``result``, settled by the supervisor's own code (as a tick
+    does; conftest.grow_studio does the same)."""
+    from core.jobs import supervisor
+    from core.jobs.files import STATUS, read_json, write_json_atomic
+    from core.jobs.queue import get_job
+
+    write_json_atomic(Path(job["job_dir"]) / STATUS, {"state": "succeeded", "result": result})
+    supervisor._settle(get_job(job["id"]), read_json(Path(job["job_dir"]) / STATUS))
+
+
+def test_deploy_refuses_the_q4_k_m_release_whose_own_evaluation_fails_and_records_the_override(home, default_model):
+    """``releases.prepare`` on a trained run (its training and export jobs settled by the supervisor's code, the
+    export's file a real GGUF, the default model's) whose merged model passes: refused while the GGUF has no
+    evaluation, refused naming the GGUF's scores when it fails, released over the gate with an override (audited,
+    kept in the record), and releasable once the file's own evaluation passes."""
+    from core import models
+    from core.deploy import exporter, exports
+    from core.training import runs
+
+    run_id, version = _run(home)
+    train = store.one("SELECT * FROM jobs WHERE run_id = ? AND kind = 'train'", [run_id])
+    (Path(train["job_dir"]) / "adapter").mkdir()
+    _settled(train, {"adapter_dir": str(Path(train["job_dir"]) / "adapter")})
+    assert runs.get_run(run_id)["state"] == "succeeded"
+    store_evaluation(home, "eval-merged", list(REFS), run_id=run_id, dataset=version)
+    gguf = models.cached_gguf()
+    sha = exporter.sha256(gguf)
+    export = exports.submit(run_id, ["q4_k_m"], actor=OPERATOR)
+    _settled(export, {"merged_dir": str(default_model), "gguf": {"q4_k_m": str(gguf)}, "sha256": {"q4_k_m": sha},
+                      "primary": "q4_k_m", "prompt_format": "chat"})
+    said = []
+
+    def prepare(**kw):
+        return releases.prepare(run_id, "vi-cskh:q4", quantization="q4_k_m", actor=OPERATOR, on_progress=said.append,
+                                evaluate_gguf=False, **kw)
+
+    with pytest.raises(releases.DeployRefused) as refused:
+        prepare()
+    assert str(refused.value) == (f"the q4_k_m release of run {run_id} is refused: the q4_k_m GGUF (sha256 {sha[:12]}…) "
+                                  f"has no evaluation on the held-out split: evaluate it (python -m core evaluate --run "
+                                  f"{run_id} --gguf q4_k_m). Give an override reason to deploy anyway (it is recorded).")
+    store_gguf_evaluation(home, "eval-q4", BASE_PREDS, run_id=run_id, dataset=version, sha256=sha)
+    with pytest.raises(releases.DeployRefused) as refused:
+        prepare()
+    assert ("the q4_k_m GGUF's own evaluation eval-q4 (n=4): BLEU 0.000, ROUGE-L 0.233 is below the gate (BLEU > 0.35, "
+            "ROUGE-L > 0.45); the merged model passing is not enough") in str(refused.value)
+    # the page shows the same refusal in its reader's language
+    vi = i18n.render(refused.value.args[0], lambda t: i18n.translate(t, "vi"))
+    assert "0.233" in vi and vi != str(refused.value) and "the merged model passing" not in vi
+    assert store.rows("SELECT * FROM audit_log WHERE action = 'gate.override'") == []
+    prepared = prepare(override_reason="q4 for a size demo, scores known")
+    rec = prepared["gate_record"]
+    assert not rec["releasable"] and rec["override"] == {"reason": "q4 for a size demo, scores known",
+                                                         "by": OPERATOR.name}
+    assert _check(rec, "gguf")["evaluation"] == "eval-q4" and "message" not in _check(rec, "gguf")
+    assert prepared["override_reason"] == "q4 for a size demo, scores known" and prepared["gguf_sha256"] == sha
+    assert prepared["modelfile"].startswith(f"FROM {gguf}")
+    [audit] = store.rows("SELECT actor, detail FROM audit_log WHERE action = 'gate.override'")
+    detail = json.loads(audit["detail"])
+    assert audit["actor"] == OPERATOR.name and detail["quantization"] == "q4_k_m"
+    assert detail["failing"] == [_check(rec, "gguf")["reason"]["en"]]
+    assert any(str(m).startswith(f"gate, {run_id} · q4_k_m: the q4_k_m GGUF's own evaluation eval-q4") for m in said)
+    # the file's own passing evaluation of the whole split: released without an override
+    store_gguf_evaluation(home, "eval-q4-again", list(REFS), run_id=run_id, dataset=version, sha256=sha)
+    prepared = prepare()
+    assert prepared["gate_record"]["releasable"] and prepared["override_reason"] is None
+    assert prepared["gate_record"]["override"] is None
+    assert len(store.rows("SELECT * FROM audit_log WHERE action = 'gate.override'")) == 1
