@@ -270,11 +270,9 @@ def _settled(job: dict, result: dict) -> None:
     supervisor._settle(get_job(job["id"]), read_json(Path(job["job_dir"]) / STATUS))
 
 
-def test_deploy_refuses_the_q4_k_m_release_whose_own_evaluation_fails_and_records_the_override(home, default_model):
-    """``releases.prepare`` on a trained run (its training and export jobs settled by the supervisor's code, the
-    export's file a real GGUF, the default model's) whose merged model passes: refused while the GGUF has no
-    evaluation, refused naming the GGUF's scores when it fails, released over the gate with an override (audited,
-    kept in the record), and releasable once the file's own evaluation passes."""
+def _trained_and_exported(home: Path, default_model: Path) -> tuple[str, str, Path, str]:
+    """A run whose training and q4_k_m export jobs the supervisor's code settled as succeeded (the export's file a
+    real GGUF: the default model's), with a passing evaluation of its merged model."""
     from core import models
     from core.deploy import exporter, exports
     from core.training import runs
@@ -290,6 +288,15 @@ def test_deploy_refuses_the_q4_k_m_release_whose_own_evaluation_fails_and_record
     export = exports.submit(run_id, ["q4_k_m"], actor=OPERATOR)
     _settled(export, {"merged_dir": str(default_model), "gguf": {"q4_k_m": str(gguf)}, "sha256": {"q4_k_m": sha},
                       "primary": "q4_k_m", "prompt_format": "chat"})
+    return run_id, version, gguf, sha
+
+
+def test_deploy_refuses_the_q4_k_m_release_whose_own_evaluation_fails_and_records_the_override(home, default_model):
+    """``releases.prepare`` on a trained run (its training and export jobs settled by the supervisor's code, the
+    export's file a real GGUF, the default model's) whose merged model passes: refused while the GGUF has no
+    evaluation, refused naming the GGUF's scores when it fails, released over the gate with an override (audited,
+    kept in the record), and releasable once the file's own evaluation passes."""
+    run_id, version, gguf, sha = _trained_and_exported(home, default_model)
     said = []
 
     def prepare(**kw):
@@ -328,3 +335,29 @@ def test_deploy_refuses_the_q4_k_m_release_whose_own_evaluation_fails_and_record
     assert prepared["gate_record"]["releasable"] and prepared["override_reason"] is None
     assert prepared["gate_record"]["override"] is None
     assert len(store.rows("SELECT * FROM audit_log WHERE action = 'gate.override'")) == 1
+
+
+def test_the_deploy_page_shows_the_record_and_the_refusal_in_vietnamese(home, default_model):
+    """The Deploy page (AppTest, a reader in Vietnamese) on that run at q4_k_m: the gate's record, the warning
+    that names the GGUF's scores, the override field for the GGUF, and step 1 refused in Vietnamese."""
+    from streamlit.testing.v1 import AppTest
+
+    from tests.conftest import REPO
+
+    run_id, version, gguf, sha = _trained_and_exported(home, default_model)
+    store_gguf_evaluation(home, "eval-q4", BASE_PREDS, run_id=run_id, dataset=version, sha256=sha)
+    at = AppTest.from_file(str(REPO / "pages" / "deploy.py"), default_timeout=120)
+    at.session_state["principal"] = OPERATOR
+    at.session_state["lang"], at.session_state["lang_for"] = "vi", (OPERATOR.kind, OPERATOR.name)
+    at.run()
+    quant = next(b for b in at.selectbox if b.key == "deploy_quant")
+    quant.set_value("q4_k_m").run()
+    assert not at.exception, [e.value for e in at.exception]
+    reason_vi = _check(gate.record(run_id, "q4_k_m", sha), "gguf")["reason"]["vi"]
+    assert any(reason_vi in w.value for w in at.warning), [w.value for w in at.warning]
+    assert i18n.translate("Override reason (only if the gate refuses the GGUF; recorded)", "vi") in \
+        [t.label for t in at.text_input]
+    next(b for b in at.button if b.label.startswith("1 ·")).click().run()
+    errors = [e.value for e in at.error]
+    assert any(reason_vi in e and "0.233" in e for e in errors), errors
+    assert not any("the merged model passing" in e for e in errors)   # no English left in the refusal
