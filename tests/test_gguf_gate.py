@@ -222,6 +222,7 @@ def test_gate_cli_prints_the_record_and_an_artifact_that_cannot_be_evaluated_is_
     assert len(store.rows("SELECT id FROM jobs")) == before
 
 
+@pytest.mark.extended   # about a minute of llama.cpp on the shared 2-core machine
 def test_batched_llama_cpp_decodes_like_one_at_a_time_and_keeps_each_answer_in_its_place(default_model, tokenizer):
     """One sequence at a time, the evaluation's llama.cpp generator gives the very tokens of llama-cpp-python's
     own greedy loop (the preflight's, the export smoke test's); with several sequences in parallel each answer
