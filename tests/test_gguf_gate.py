@@ -362,3 +362,27 @@ def test_the_deploy_page_shows_the_record_and_the_refusal_in_vietnamese(home, de
     errors = [e.value for e in at.error]
     assert any(reason_vi in e and "0.233" in e for e in errors), errors
     assert not any("the merged model passing" in e for e in errors)   # no English left in the refusal
+
+
+@pytest.mark.extended   # a real worker running llama.cpp over the 4 held-out pairs
+def test_a_gguf_evaluation_job_runs_in_a_worker_and_is_stored_tied_to_the_file(home, default_model, worker_env):
+    """`evaluations.submit(run, gguf=Q)` queues a real job: a worker (without DuckDB) renders the held-out pairs
+    in the run's format, decodes them with llama.cpp, scores them; the supervisor stores the row with the export,
+    the file's sha256 and the backend it ran on, and the gate reads it as this file's evaluation."""
+    from core.evaluation.inference import Decoding
+    from core.jobs import supervisor
+    from tests.conftest import worker_pythons
+
+    run_id, version, gguf, sha = _trained_and_exported(home, default_model)
+    job = evaluations.submit(run_id, gguf="q4_k_m", decoding=Decoding(max_new_tokens=8), n_parallel=2,
+                             actor=OPERATOR)
+    done = supervisor.wait(job["id"], timeout=900)
+    assert done["state"] == "succeeded", done["error"]
+    e = evaluations.get_evaluation(job["config"]["evaluation_id"])
+    assert (e["target"], e["quantization"], e["gguf_sha256"], e["gguf_path"]) == ("gguf", "q4_k_m", sha, str(gguf))
+    assert e["export_job_id"] == job["config"]["export_job_id"] and e["n"] == len(REFS)
+    assert e["artifact"] == f"{run_id} · q4_k_m" and e["decoding"]["max_new_tokens"] == 8
+    assert e["backend"]["engine"] == "llama.cpp" and e["backend"]["n_parallel"] == 2
+    assert e["backend"]["generated_tokens"] > 0
+    assert worker_pythons(home)["evaluate"] == {str(worker_env)}
+    assert _check(gate.record(run_id, "q4_k_m", sha), "gguf")["evaluation"] == e["id"]
