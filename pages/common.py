@@ -203,7 +203,10 @@ def fail(exc: Exception) -> None:
     """A clear message instead of a traceback, for an error the studio foresees (its text is the message)."""
     # the log stays in English; log.log, not log.info: the i18n check reads any .info()/.error() call as page text
     log.log(logging.INFO, "shown to the user: %s: %s", type(exc).__name__, exc)
-    text = exc.for_page() if hasattr(exc, "for_page") else str(exc)
+    if hasattr(exc, "for_page"):
+        text = exc.for_page()
+    else:   # a refusal core wrote as an M reads in the reader's language
+        text = say(exc.args[0]) if len(exc.args) == 1 and isinstance(exc.args[0], i18n.M) else str(exc)
     st.error(text)
 
 

@@ -6,10 +6,34 @@ from core.deploy import exporter, exports, modelfile, ollama, preflight, release
 from core.evaluation import gate
 from core.jobs import queue
 from core.training import runs as train_runs
-from pages.common import _, actor, can, fail, flash, label, project, say
+from pages.common import _, actor, can, fail, flash, label, lang, project, say
 
 ERRORS = (releases.DeployRefused, ollama.OllamaError, modelfile.ModelfileError, exporter.ExportError, queue.JobError,
           preflight.PreflightError, prompt_format.FormatError, PermissionError)
+
+def record_table(rec: dict) -> list[dict]:
+    """The gate's record as rows: each check, its verdict, the evaluation and artifact it read, its reason."""
+    here_lang = lang()
+    names = {"merged_model": _("merged model (HF, adapter)"), "gguf": _("the shipped GGUF"), "judge": _("LLM judge")}
+    rows = []
+    for c in rec.get("checks") or []:
+        n = c.get("numbers") or {}
+        rows.append({_("check"): names.get(c["name"], c["name"]),
+                     _("verdict"): _("PASS") if c["passed"] else (_("not judged") if c["passed"] is None else _("FAIL")),
+                     _("gates"): _("yes") if c["gates"] else _("no"), _("artifact"): c.get("artifact"),
+                     _("evaluation"): c.get("evaluation"),
+                     "BLEU": None if n.get("bleu") is None else round(n["bleu"], 4),
+                     "ROUGE-L": None if n.get("rouge_l") is None else round(n["rouge_l"], 4), "n": n.get("n"),
+                     _("reason"): c["reason"].get(here_lang) or c["reason"].get("en")})
+    return rows
+
+
+def record_summary(rec: dict | None) -> str:
+    if not rec:
+        return ""
+    return ", ".join(f"{c['name']} {_('PASS') if c['passed'] else _('FAIL')}" for c in rec.get("checks") or []) + (
+        " · " + _("override") if rec.get("override") else "")
+
 
 st.title(_("Deploy"))
 st.caption(_("Merge the adapter, export GGUF with llama.cpp's own converter and quantizer, write a Modelfile whose "
@@ -36,17 +60,33 @@ else:
         st.warning(_("Not releasable: {reason}. Deploying needs an override reason, recorded under your "
                      "account ({name}).").format(reason=say(verdict["reason"]), name=who.name))
 
+    default_quant = exports.default_quant(by_id[run_id]["base_model"])
+    quant = st.selectbox(_("Quantization"), list(exporter.QUANTIZATIONS),
+                         index=list(exporter.QUANTIZATIONS).index(default_quant),
+                         help=_("q4_k_m (the guide's default) for models of a billion parameters and more; q8_0 "
+                                "below that, where q4_k_m loses a short fine-tune and its stop (the preflight "
+                                "blocks such a GGUF)."), key="deploy_quant")
+    record = gate.record(run_id, quant, actor=who, verdict_of_run=verdict)
+    st.markdown(_("**The gate's record** for {quantization}: what a release of this GGUF is judged on")
+                .format(quantization=quant))
+    st.dataframe(record_table(record), hide_index=True)
+    if record["releasable"]:
+        st.success(_("A release of {quantization} passes the gate.").format(quantization=quant))
+    else:
+        st.warning(_("A release of {quantization} is refused as it stands: {reasons}").format(
+            quantization=quant, reasons="; ".join(gate.failing(record, lang()))))
+    if not record["releasable"] and verdict["releasable"]:
+        st.caption(_("A release needs the GGUF's own evaluation on the held-out split to pass too; where it has none, "
+                     "step 1 evaluates it (llama.cpp) before judging."))
     with st.form("prepare"):
-        c1, c2 = st.columns(2)
-        name = c1.text_input(_("Ollama model name"), "gemma3-vi-cskh:v1")
-        default_quant = exports.default_quant(by_id[run_id]["base_model"])
-        quant = c2.selectbox(_("Quantization"), list(exporter.QUANTIZATIONS),
-                             index=list(exporter.QUANTIZATIONS).index(default_quant),
-                             help=_("q4_k_m (the guide's default) for models of a billion parameters and more; q8_0 "
-                                    "below that, where q4_k_m loses a short fine-tune and its stop (the preflight "
-                                    "blocks such a GGUF)."))
+        name = st.text_input(_("Ollama model name"), "gemma3-vi-cskh:v1")
         system = st.text_area(_("System text"), modelfile.DEFAULT_SYSTEM)
-        override = "" if verdict["releasable"] else st.text_input(_("Override reason (required: the gate has not passed)"))
+        if not verdict["releasable"]:
+            override = st.text_input(_("Override reason (required: the gate has not passed)"))
+        elif not record["releasable"]:
+            override = st.text_input(_("Override reason (only if the gate refuses the GGUF; recorded)"))
+        else:
+            override = ""
         go = st.form_submit_button(_("1 · Export and write the Modelfile"), type="primary")
 
     if go:
@@ -89,6 +129,12 @@ if last:
     rel = releases.get_release(last, who)
     pf = rel["preflight"] or {}
     st.subheader(_("Release {release}: {name}:{tag}").format(release=rel["id"], name=rel["name"], tag=rel["tag"]))
+    if rel.get("gate_record"):
+        st.markdown(_("**Judged on** (the gate's record of this release)"))
+        st.dataframe(record_table(rel["gate_record"]), hide_index=True)
+        if rel["gate_record"].get("override"):
+            st.warning(_("Released over the gate by {who}: {reason}").format(
+                who=rel["gate_record"]["override"]["by"], reason=rel["gate_record"]["override"]["reason"]))
     c1, c2, c3 = st.columns(3)
     c1.metric(_("Preflight"), _("passed") if pf.get("passed") else _("blocked"))
     c2.metric(_("Exact match vs merged model"), f"{pf.get('exact_match_rate', 0):.0%}")
@@ -120,6 +166,7 @@ if not listed:
 else:
     st.dataframe([{_("release"): r["id"], _("name"): f"{r['name']}:{r['tag']}", _("state"): label(labels.RELEASE_STATES, r["state"]),
                    _("run"): r["run_id"], _("quant"): r["quantization"], _("evaluation"): r["evaluation_id"],
+                   _("judged on"): record_summary(r.get("gate_record")),
                    _("preflight"): (r["preflight"] or {}).get("reason"), _("override"): r["override_reason"],
                    _("rollback of"): r["rollback_of"], _("ollama"): r["ollama_status"], _("by"): r["created_by"],
                    _("when"): r["created_at"]} for r in listed], hide_index=True)

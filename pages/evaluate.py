@@ -1,11 +1,12 @@
 import streamlit as st
 
 from core import charts, labels, models
+from core.deploy import exports, releases
 from core.evaluation import evaluations, gate, judge, report, votes, words
 from core.jobs import queue
 from core.training import runs as train_runs
 from core.evaluation.inference import Decoding, parse_stop
-from pages.common import _, actor, can, fail, job_progress, label, live_jobs, live_view, project, refresh_live, say
+from pages.common import _, actor, can, fail, job_progress, label, lang, live_jobs, live_view, project, refresh_live, say
 
 RUNS_SHOWN = 200      # finished runs offered for a new evaluation (the newest)
 BOARD_ROWS = 50       # leaderboard rows a page
@@ -26,6 +27,13 @@ if can("evaluate.submit"):
         options |= {_("{model} without adapter, on {dataset}").format(model=models.display_name(r["base_model"]),
                                                                      dataset=r["dataset_version_id"]): f"base::{r['id']}"
                     for r in runs[:5]}
+        # the shipped artifacts: each exported GGUF (llama.cpp) and each release Ollama serves
+        for run_id, quants in exports.exported([r["id"] for r in runs[:20]]).items():
+            options |= {_("{run} · {quantization} (the exported GGUF, llama.cpp)").format(run=run_id, quantization=q):
+                        f"gguf::{run_id}::{q}" for q in quants}
+        options |= {_("{run} · Ollama {model} (the release)").format(run=rel["run_id"], model=f"{rel['name']}:{rel['tag']}"):
+                    f"ollama::{rel['run_id']}::{rel['name']}:{rel['tag']}"
+                    for rel in releases.list_releases(who, here, include_deleted=False, limit=20)}
         choice = st.selectbox(_("What to evaluate"), list(options) or [_("(no finished runs yet)")])
         c1, c2, c3, c4 = st.columns(4)
         limit = c1.number_input(_("Examples (0: the whole split, which the release gate needs)"), 0, 100000, 0)
@@ -37,13 +45,19 @@ if can("evaluate.submit"):
         temperature = d1.number_input(_("Temperature (0: greedy)"), 0.0, 5.0, 0.0, 0.05)
         top_p = d2.number_input("Top-p", 0.01, 1.0, 1.0, 0.05)
         stops = d3.text_area(_("Stop strings (one per line; \\n is a newline)"), "", height=68)
+        st.caption(_("An exported GGUF or an Ollama release is decoded like its run's own evaluation (the settings "
+                     "above are for a run or a base model); the release gate needs the shipped GGUF's own evaluation."))
         go = st.form_submit_button(_("Queue evaluation"), type="primary", disabled=not runs)
     if go and runs:
         try:
             target = options[choice]
             decoding = Decoding(max_new_tokens=int(max_new), batch_size=int(batch), temperature=float(temperature),
                                 top_p=float(top_p), stop=parse_stop(stops))
-            if target.startswith("base::"):
+            if target.startswith(("gguf::", "ollama::")):   # decoded like the run's own evaluation
+                kind, run_id, what = target.split("::", 2)
+                job = evaluations.submit(run_id, split=split, limit=int(limit) or None, actor=who,
+                                         **({"gguf": what} if kind == "gguf" else {"ollama_model": what}))
+            elif target.startswith("base::"):
                 run = train_runs.get_run(target.split("::", 1)[1], who)
                 job = evaluations.submit(None, base_model=run["base_model"], dataset_version_id=run["dataset_version_id"],
                                          split=split, limit=int(limit) or None, decoding=decoding, actor=who,
@@ -91,7 +105,7 @@ with board_tab:
             board = evaluations.leaderboard(who, None if version == "(all)" else version, None if base == "(all)" else base,
                                             project=here, limit=BOARD_ROWS, offset=(page - 1) * BOARD_ROWS)
             st.dataframe(
-                [{"#": e["rank"], _("evaluation"): e["id"], _("run"): e["run_id"] or _("(base model)"),
+                [{"#": e["rank"], _("evaluation"): e["id"], _("run"): say(e["artifact"]) if e["run_id"] else _("(base model)"),
                   _("base model"): models.display_name(e["base_model"]), _("dataset"): e["dataset_version_id"],
                   _("split"): label(labels.SPLITS, e["split"]), "n": e["n"], "BLEU": round(e["bleu"], 4), "ROUGE-L": round(e["rouge_l"], 4),
                   _("BLEU (words)"): None if e.get("bleu_words") is None else round(e["bleu_words"], 4),
@@ -100,6 +114,7 @@ with board_tab:
                   _("decoding"): _("T={temperature}, max {max_new_tokens}").format(
                       temperature=e["decoding"].get("temperature", 0), max_new_tokens=e["decoding"].get("max_new_tokens")),
                   _("examples/s"): round(e["examples_per_s"], 2) if e.get("examples_per_s") else None,
+                  _("backend"): say(evaluations.backend_text(e)),
                   _("when"): e["created_at"]} for e in board],
                 hide_index=True,
             )
@@ -118,6 +133,8 @@ with board_tab:
             st.caption(_("{reason} · thresholds of this verdict: BLEU > {bleu}, ROUGE-L > {rouge_l} · decoding {decoding}")
                        .format(reason=e.get("gate_reason") or "", bleu=e["thresholds"]["bleu"],
                                rouge_l=e["thresholds"]["rouge_l"], decoding=e["decoding"]))
+            if e.get("backend"):
+                st.caption(_("Ran on: {backend}").format(backend=say(evaluations.backend_text(e))))
             g1, g2 = st.columns(2)
             g1.plotly_chart(charts.gate_bars(e["bleu"], e["rouge_l"], e["thresholds"], tr=_), key="gate-bars")
             if e["run_id"]:
@@ -126,7 +143,7 @@ with board_tab:
             else:
                 g2.plotly_chart(charts.example_scores(evaluations.examples(chosen), tr=_), key="hist")
             b1, b2 = st.columns(2)
-            b1.download_button(_("Download the report (HTML)"), lambda chosen=chosen: report.build(chosen, actor=who),
+            b1.download_button(_("Download the report (HTML)"), lambda chosen=chosen, lg=lang(): report.build(chosen, actor=who, lang=lg),
                                file_name=f"{chosen}-report.html", mime="text/html", on_click="ignore")
             b2.download_button(_("Download the examples (CSV)"), lambda chosen=chosen: evaluations.examples_csv(chosen, who),
                                file_name=f"{chosen}-examples.csv", mime="text/csv", on_click="ignore")
@@ -139,7 +156,8 @@ with votes_tab:
         else:
             latest = {}
             for ev in evals:   # newest first: a run's latest evaluation
-                latest.setdefault(ev["run_id"], ev)
+                if (ev.get("target") or "adapter") == "adapter":   # the run itself, not one of its GGUFs
+                    latest.setdefault(ev["run_id"], ev)
 
             def _scores(model: str) -> tuple:
                 kind, __, ref = model.partition(":")
@@ -200,7 +218,7 @@ with compare_tab:
                 w2.markdown(_("**Got worse ({n})**").format(n=c["counts"]["worse"]))
                 w2.dataframe(cols(c["worse"]), hide_index=True)
                 st.download_button(_("Download the report of B compared with A (HTML)"),
-                                   lambda a=a, b=b: report.build(b, compare_with=a, actor=who), file_name=f"{b}-vs-{a}.html",
+                                   lambda a=a, b=b, lg=lang(): report.build(b, compare_with=a, actor=who, lang=lg), file_name=f"{b}-vs-{a}.html",
                                    mime="text/html", on_click="ignore")
 
 with drill_tab:

@@ -347,3 +347,19 @@ def pipeline(tmp_path_factory, default_model) -> dict:
     proc = cli("export", "--run", out["run"], "--quant", "f16", "q8_0", "q4_k_m", "--json", home=home)
     out["export"] = json.loads(proc.stdout)
     return out
+
+
+@pytest.fixture(scope="session")
+def pipeline_ggufs(pipeline) -> dict:
+    """The pipeline run's exported q8_0 and q4_k_m GGUFs evaluated through the CLI (llama.cpp, batched, on the
+    whole held-out split, decoded like the run's own evaluation), once: the gate's own evaluations of the files a
+    release ships (issue 28). ``{quantization: the CLI's JSON}``, and ``seconds`` each took."""
+    import time
+
+    out: dict = {"seconds": {}}
+    for quant in ("q8_0", "q4_k_m"):
+        t0 = time.perf_counter()
+        proc = cli("evaluate", "--run", pipeline["run"], "--gguf", quant, "--json", home=pipeline["home"])
+        out[quant] = json.loads(proc.stdout)
+        out["seconds"][quant] = round(time.perf_counter() - t0, 1)
+    return out

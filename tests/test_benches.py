@@ -134,6 +134,13 @@ def test_the_cpu_benches_small_passes(tmp_path, default_model):
     _bench(str(BENCH / "eval_generation.py"), "--device", "cpu", "--prompts", "4", "--batch-sizes", "2",
            "--max-new-tokens", "4", "--no-loop", "--json", str(report), timeout=900)
     assert json.loads(report.read_text())
+    gguf = tmp_path / "gguf.json"   # the GGUF evaluation's batched llama.cpp pass, one and two sequences at once
+    out = _bench(str(BENCH / "gguf_eval.py"), "--prompts", "4", "--parallel", "1", "2", "--max-new-tokens", "8",
+                 "--json", str(gguf), timeout=900).stdout
+    got = json.loads(gguf.read_text())["results"]
+    assert [r["parallel"] for r in got] == [1, 2] and all(r["tokens_per_s"] > 0 and r["projected_500_s"] > 0
+                                                          for r in got), got
+    assert "500 examples" in out
     agreement = tmp_path / "agreement.json"
     _bench(str(BENCH / "static_agreement.py"), "--base-model", str(default_model), "--device", "cpu", "--prompts", "2",
            "--max-new-tokens", "4", "--dtypes", "float32", "--json", str(agreement), timeout=900)

@@ -58,6 +58,50 @@ def empty_studio(tmp_path):
     proc.wait(10)
 
 
+def test_the_deploy_page_judges_the_gguf_that_ships(studio, pipeline, pipeline_ggufs):
+    """The pipeline run (its merged model passes) on the Deploy page: each quantization shows the gate's record
+    for its own file; a release of a GGUF whose own evaluation fails is refused on the page, naming that
+    evaluation's scores, and one whose evaluation passes is said to pass."""
+    from playwright.sync_api import sync_playwright
+
+    from core import store
+    from tests.conftest import studio_home
+
+    with studio_home(pipeline["home"]):
+        rows = {q: store.one("SELECT * FROM evaluations WHERE id = ?", [pipeline_ggufs[q]["evaluation"]])
+                for q in ("q8_0", "q4_k_m")}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1400})
+        page.set_default_timeout(60_000)
+        page.goto(f"{studio}/deploy")
+        page.get_by_role("heading", name="Deploy").first.wait_for()
+        page.get_by_text("Releasable:").first.wait_for()   # the merged model's verdict
+        for quant in ("q4_k_m", "q8_0"):
+            row = rows[quant]
+            box = page.locator(".st-key-deploy_quant")
+            if box.get_by_role("combobox").input_value() != quant:
+                box.get_by_role("button", name="Open").click()
+                page.get_by_role("option", name=quant, exact=True).click()
+            page.get_by_text(f"for {quant}: what a release of this GGUF is judged on").first.wait_for()
+            if row["passed"]:
+                page.get_by_text(f"A release of {quant} passes the gate.").wait_for()
+                continue
+            scores = f"BLEU {row['bleu']:.3f}, ROUGE-L {row['rouge_l']:.3f} is below the gate"
+            warning = page.get_by_text(f"A release of {quant} is refused as it stands")
+            warning.wait_for()
+            assert scores in warning.inner_text()
+            page.get_by_role("button", name="1 · Export and write the Modelfile").click()
+            error = page.locator('[data-testid="stAlertContentError"]').filter(has_text="is refused")
+            error.wait_for(timeout=120_000)
+            assert f"the {quant} GGUF's own evaluation {row['id']} (n=22): {scores}" in error.inner_text()
+            assert page.get_by_role("button", name="Download Modelfile").count() == 0   # nothing prepared
+        assert page.locator('[data-testid="stException"]').count() == 0
+        browser.close()
+
+
 def test_the_whole_pipeline_by_clicking_through_the_browser(empty_studio):
     """Import the samples → train the demo sample with the page's default preset (40 steps) → watch the
     loss → evaluate the whole held-out split (the page's default) → see the gate pass → export GGUF at the page's default (q8_0), see the Modelfile,
@@ -109,7 +153,8 @@ def test_the_whole_pipeline_by_clicking_through_the_browser(empty_studio):
         # the default for a model under a billion parameters: q8_0 (q4_k_m loses its stop; test_pipeline)
         assert page.get_by_role("combobox", name="Quantization").input_value() == "q8_0"
         page.get_by_role("button", name="1 · Export and write the Modelfile").click()
-        page.get_by_role("button", name="Download Modelfile").wait_for(timeout=300_000)
+        # export, then the q8_0 file's own evaluation (deploy runs it where it has none), then the Modelfile
+        page.get_by_role("button", name="Download Modelfile").wait_for(timeout=600_000)
         page.get_by_role("button", name="2 · Preflight, create in Ollama and record the release").click()
         released = page.get_by_role("heading", name=re.compile(r"^Release rel-"))
         released.or_(page.locator('[data-testid="stAlertContentError"]')).first.wait_for(timeout=600_000)

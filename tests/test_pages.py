@@ -341,13 +341,16 @@ def test_generate_page_lists_generations_and_shows_a_failure_in_one_line(home, m
 
 
 @pytest.mark.slow
-def test_deploy_page_exports_shows_the_modelfile_preflights_and_manages_releases(pipeline, monkeypatch):
+def test_deploy_page_exports_shows_the_modelfile_preflights_and_manages_releases(pipeline, pipeline_ggufs, monkeypatch):
     monkeypatch.setenv("VITUNE_HOME", str(pipeline["home"]))
     monkeypatch.setenv("VITUNE_SLOTS", "cpu")
     at = _run("deploy")
     at.text_input[0].set_value("vi-page:v1")
     assert at.selectbox[1].label == "Quantization" and at.selectbox[1].value == "q8_0"  # the 270M model's default
-    assert pipeline["evaluation"]["passed"] and len(at.text_input) == 1  # releasable: no override field
+    # the gate's record for the q8_0 file: the merged model's evaluation and the file's own (pipeline_ggufs)
+    assert pipeline["evaluation"]["passed"] and pipeline_ggufs["q8_0"]["passed"], pipeline_ggufs
+    assert any(s.value == "A release of q8_0 passes the gate." for s in at.success)
+    assert len(at.text_input) == 1  # releasable: no override field
     next(b for b in at.button if b.label.startswith("1 ·")).click().run()
     _clean(at)
     modelfile = next(t for t in at.text_area if t.label == "Modelfile (editable)")
@@ -361,6 +364,8 @@ def test_deploy_page_exports_shows_the_modelfile_preflights_and_manages_releases
     rel = releases.get_release(at.session_state["last_release"])
     assert "PARAMETER temperature 0.2" in rel["modelfile"] and rel["preflight"]["n"] == 2
     assert rel["override_reason"] is None and rel["quantization"] == "q8_0" and rel["evaluation_id"]
+    assert [(c["name"], c["passed"]) for c in rel["gate_record"]["checks"]] == [("merged_model", True), ("gguf", True)]
+    assert rel["gate_record"]["checks"][1]["evaluation"] == pipeline_ggufs["q8_0"]["evaluation"]
     assert any(m.label == "Preflight" and m.value == "passed" for m in at.metric)
     # both models against the held-out answers, from the release's own report, and the warning only where due
     held = rel["preflight"]["held_out"]

@@ -62,15 +62,18 @@ def test_the_evaluation_covers_the_held_out_split_and_its_numbers_recompute(pipe
     assert row["passed"] == ev["passed"] == (row["bleu"] > 0.35 and row["rouge_l"] > 0.45)
 
 
-def test_the_demo_run_passes_the_default_gate_and_the_cli_gate_says_so(pipeline, monkeypatch):
+def test_the_demo_run_passes_the_default_gate_and_the_cli_gate_says_so(pipeline, pipeline_ggufs, monkeypatch):
     """The demo sample's held-out notes are learned in 40 steps: the default model passes the default gate,
-    and ``python -m core gate`` releases the run on that evaluation."""
+    and ``python -m core gate`` judges a release of the run on that evaluation and on its default GGUF's (q8_0)."""
     monkeypatch.setenv("VITUNE_HOME", str(pipeline["home"]))
     ev = pipeline["evaluation"]
     assert ev["passed"] and ev["bleu"] > 0.35 and ev["rouge_l"] > 0.45, ev
     gate = cli("gate", "--run", pipeline["run"], home=pipeline["home"], check=False)
     out = json.loads(gate.stdout)
-    assert gate.returncode == 0 and out["releasable"] and out["evaluation"] == ev["evaluation"]
+    assert out["evaluation"] == ev["evaluation"] and out["checks"][0]["passed"] and out["quantization"] == "q8_0"
+    assert out["gguf_evaluation"] == pipeline_ggufs["q8_0"]["evaluation"]
+    assert gate.returncode == (0 if pipeline_ggufs["q8_0"]["passed"] else 1)
+    assert out["releasable"] == pipeline_ggufs["q8_0"]["passed"]
 
 
 VIETNAMESE = re.compile(r"[àáảãạăắằẳẵặâấầẩẫậđèéẻẽẹêếềểễệìíỉĩịòóỏõọôốồổỗộơớờởỡợùúủũụưứừửữựỳýỷỹỵ]", re.I)
@@ -110,6 +113,50 @@ def test_f16_q8_0_and_q4_k_m_ggufs_answer_in_llama_cpp(pipeline):
         assert sum(bool(VIETNAMESE.search(t)) for t in texts) >= 2, texts
     sizes = {q: Path(files[q]).stat().st_size for q in ("f16", "q8_0", "q4_k_m")}
     assert sizes["q4_k_m"] < sizes["q8_0"] < sizes["f16"] and sizes["q8_0"] < sizes["f16"] * 0.6
+
+
+def test_the_exported_ggufs_are_evaluated_like_the_run_and_gated_on_their_own_scores(pipeline, pipeline_ggufs,
+                                                                                     monkeypatch, worker_env):
+    """The q8_0 and q4_k_m files the export wrote, evaluated through the CLI (llama.cpp, batched, every core): the
+    same held-out pairs, decoding and scoring as the run's own evaluation, each its own row tied to the file by
+    its sha256; the leaderboard names them beside the run; `gate --run RUN --quant Q --json` judges each file on
+    its own evaluation (what the default model does at each is printed: the release tests below follow it)."""
+    from core.evaluation import gguf_eval
+
+    monkeypatch.setenv("VITUNE_HOME", str(pipeline["home"]))
+    home, run_id = pipeline["home"], pipeline["run"]
+    merged = store.one("SELECT * FROM evaluations WHERE id = ?", [pipeline["evaluation"]["evaluation"]])
+    merged_pairs = [(e["instruction"], e["input"], e["reference"]) for e in
+                    store.rows("SELECT * FROM evaluation_examples WHERE evaluation_id = ? ORDER BY idx", [merged["id"]])]
+    for quant in ("q8_0", "q4_k_m"):
+        ev = pipeline_ggufs[quant]
+        row = store.one("SELECT * FROM evaluations WHERE id = ?", [ev["evaluation"]])
+        print(f"{quant}: BLEU {row['bleu']:.3f} ROUGE-L {row['rouge_l']:.3f} passed={row['passed']} "
+              f"({pipeline_ggufs['seconds'][quant]} s; merged BLEU {merged['bleu']:.3f} ROUGE-L {merged['rouge_l']:.3f})")
+        assert (row["run_id"], row["target"], row["quantization"], row["split"], row["dataset_version_id"]) == (
+            run_id, "gguf", quant, "test", merged["dataset_version_id"])
+        assert row["gguf_sha256"] == pipeline["export"]["sha256"][quant] == exporter.sha256(Path(row["gguf_path"]))
+        assert json.loads(row["decoding"]) == json.loads(merged["decoding"])   # the run's own decoding, greedy
+        assert row["prompt_format"] == merged["prompt_format"] and row["n"] == merged["n"] == 22
+        examples = store.rows("SELECT * FROM evaluation_examples WHERE evaluation_id = ? ORDER BY idx", [row["id"]])
+        assert [(e["instruction"], e["input"], e["reference"]) for e in examples] == merged_pairs
+        again = scoring.score([e["reference"] for e in examples], [e["prediction"] for e in examples],
+                              json.loads(row["thresholds"]))
+        assert (row["bleu"], row["rouge_l"], row["passed"]) == (pytest.approx(again.bleu, abs=1e-12),
+                                                                pytest.approx(again.rouge_l, abs=1e-12), again.passed)
+        backend = json.loads(row["backend"])
+        assert backend["engine"] == "llama.cpp" and backend["n_threads"] == gguf_eval.cores()
+        assert backend["n_parallel"] == gguf_eval.DEFAULT_PARALLEL and backend["generated_tokens"] > 0
+        assert backend["device"] == ("GPU" if backend["gpu_layers"] else "CPU") and (backend["gpu_layers"] or backend["fallback"])
+        gated = cli("gate", "--run", run_id, "--quant", quant, "--json", home=home, check=False)
+        out = json.loads(gated.stdout)
+        assert out["gguf_evaluation"] == row["id"] and out["checks"][0]["passed"]   # the merged model passes
+        assert gated.returncode == (0 if row["passed"] else 1) and out["releasable"] == row["passed"]
+        if not row["passed"]:
+            assert f"BLEU {row['bleu']:.3f}, ROUGE-L {row['rouge_l']:.3f} is below the gate" in out["reason"]
+    assert worker_pythons(home)["evaluate"] == {str(worker_env)}
+    board = cli("evaluate", "list", home=home).stdout
+    assert all(name in board for name in (f"{run_id} ", f"{run_id} · q8_0", f"{run_id} · q4_k_m")), board
 
 
 def test_every_job_of_the_pipeline_ran_under_the_worker_environment(pipeline, worker_env):
@@ -171,9 +218,17 @@ def test_deploy_the_passing_run_through_the_cli_then_delete_and_roll_back(pipeli
     assert worker_pythons(home)["preflight"] == {str(worker_env)}  # the preflight worker was app-free too
     audit = store.rows("SELECT action FROM audit_log WHERE subject = ?", [run_id])
     assert {"action": "gate.override"} not in audit
+    # what it was judged on: the merged model's evaluation and the q8_0 file's own, both passing
+    record = json.loads(row["gate_record"])
+    assert release["gate_record"] == record and record["releasable"] and record["override"] is None
+    assert [(c["name"], c["passed"]) for c in record["checks"]] == [("merged_model", True), ("gguf", True)]
+    assert record["checks"][0]["evaluation"] == pipeline["evaluation"]["evaluation"]
+    assert record["checks"][1]["numbers"]["sha256"] == row["gguf_sha256"]
+    assert f"gate, {run_id} · q8_0: the q8_0 GGUF's own evaluation" in done.stderr
 
     listed = cli("releases", "list", home=home).stdout
     assert release["id"] in listed and "gemma3-vi-ghichu:v1" in listed
+    assert "judged on: gguf [PASS] the q8_0 GGUF's own evaluation" in listed
     deleted = cli("releases", "delete", release["id"], "--json", home=home)
     assert json.loads(deleted.stdout)["state"] == "deleted"
     again = cli("releases", "delete", release["id"], home=home, check=False)
@@ -244,7 +299,7 @@ def test_rollback_refuses_a_gguf_whose_sha256_changed(pipeline, monkeypatch):
     assert back["rollback_of"] == release["id"] and back["gguf_sha256"] == release["gguf_sha256"]
 
 
-def test_q4_k_m_of_the_passing_run_departs_from_it_and_a_lost_stop_is_blocked(pipeline, monkeypatch):
+def test_q4_k_m_of_the_passing_run_departs_from_it_and_a_lost_stop_is_blocked(pipeline, pipeline_ggufs, monkeypatch):
     """Why the default is q8_0 for this model: at q4_k_m the same run no longer answers like the merged model
     (q8_0 does: the test above). Where it also loses its stop on most golden prompts, the preflight blocks
     it, names q8_0, and nothing is released. It loses its stop on most of them in most trainings, not in
@@ -253,8 +308,26 @@ def test_q4_k_m_of_the_passing_run_departs_from_it_and_a_lost_stop_is_blocked(pi
     monkeypatch.setenv("VITUNE_HOME", str(pipeline["home"]))
     home, run_id = pipeline["home"], pipeline["run"]
     before = len(releases.list_releases(OPERATOR))
+    # the gate judges the q4_k_m file on its own evaluation: where it fails, the release is refused, naming its
+    # scores, however well the merged model did, and nothing is released; an audited override goes on
+    q4 = store.one("SELECT * FROM evaluations WHERE id = ?", [pipeline_ggufs["q4_k_m"]["evaluation"]])
+    refused = cli("deploy", "--run", run_id, "--name", "gemma3-vi-ghichu:q4", "--quant", "q4_k_m", home=home,
+                  check=False)
+    override = []
+    if not q4["passed"]:
+        assert refused.returncode == 1 and "the q4_k_m release of run" in refused.stderr, refused.stderr[-2000:]
+        assert (f"the q4_k_m GGUF's own evaluation {q4['id']} (n=22): BLEU {q4['bleu']:.3f}, ROUGE-L "
+                f"{q4['rouge_l']:.3f} is below the gate") in refused.stderr
+        assert len(releases.list_releases(OPERATOR)) == before
+        override = ["--override-reason", "q4 for a size demo, scores known"]
     proc = cli("deploy", "--run", run_id, "--name", "gemma3-vi-ghichu:q4", "--quant", "q4_k_m", "--golden", "8",
-               home=home, check=False)
+               "--json", *override, home=home, check=False)
+    if override:
+        audit = store.rows("SELECT actor, detail FROM audit_log WHERE subject = ? AND action = 'gate.override'",
+                           [run_id])
+        detail = json.loads(audit[-1]["detail"])
+        assert detail["reason"] == override[1] and detail["quantization"] == "q4_k_m"
+        assert any(f"BLEU {q4['bleu']:.3f}" in f for f in detail["failing"]) and audit[-1]["actor"] == OPERATOR.name
     row = store.one("SELECT result FROM jobs WHERE kind = 'preflight' ORDER BY id DESC LIMIT 1")
     report = row["result"] if isinstance(row["result"], dict) else json.loads(row["result"])
     assert report["n"] == 8 and all(e["prompt_matches_training"] for e in report["examples"]), report
@@ -274,6 +347,8 @@ def test_q4_k_m_of_the_passing_run_departs_from_it_and_a_lost_stop_is_blocked(pi
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert "no runaway answers beyond the merged model's" in proc.stderr + proc.stdout
         assert len(releases.list_releases(OPERATOR)) == before + 1
+        record = json.loads(proc.stdout)["gate_record"]   # released over the gate: the record says so
+        assert (record["override"] is not None) == bool(override) and record["releasable"] == bool(q4["passed"])
 
 
 def test_deploy_refuses_a_failing_run_then_records_an_override(home):

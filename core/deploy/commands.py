@@ -58,6 +58,8 @@ def cmd_deploy(args) -> int:
     out = {k: release[k] for k in ("id", "name", "tag", "run_id", "quantization", "gguf_path", "gguf_sha256",
                                    "modelfile_path", "ollama_status")}
     out["preflight"] = {k: pf[k] for k in ("passed", "reason", "n", "exact_match_rate", "rouge_l")}
+    out["gate_record"] = release.get("gate_record") if isinstance(release.get("gate_record"), dict) else \
+        json.loads(release.get("gate_record") or "null")
     if pf.get("held_out"):
         out["preflight"]["held_out"] = pf["held_out"]
     _print(out, args.json)
@@ -81,6 +83,8 @@ def cmd_releases(args) -> int:
                       f"{r['created_by'] or ''}  {r['created_at']:%Y-%m-%d %H:%M}"
                       + (f"  rollback of {r['rollback_of']}" if r.get("rollback_of") else "")
                       + (f"  override: {r['override_reason']}" if r.get("override_reason") else ""))
+                for line in releases.record_lines(r.get("gate_record")):
+                    print(f"    judged on: {line}")
             return 0
         if not args.id:
             return _fail(f"releases {args.action} needs a release id (see `python -m core releases list`)", 2)

@@ -55,6 +55,32 @@ def latest(run_id: str, quantization: str) -> dict | None:
     return None
 
 
+def latest_recorded(run_id: str, quantization: str) -> dict | None:
+    """The newest succeeded export of a run with this quantization whose file is there, its checksum as its export
+    recorded it (not read again: what a page shows; deploy verifies with ``latest``)."""
+    for job in queue.list_jobs(200, "export"):
+        if job["run_id"] != run_id or job["state"] != "succeeded" or not job.get("result"):
+            continue
+        path = job["result"].get("gguf", {}).get(quantization)
+        if path and Path(path).exists():
+            return job
+    return None
+
+
+def exported(run_ids: list[str]) -> dict[str, list[str]]:
+    """For each run, the quantizations whose GGUF its succeeded exports left in place (one listing of the export
+    jobs): what an evaluation of the shipped artifact can be asked of."""
+    wanted, found = set(run_ids), {}
+    for job in queue.list_jobs(200, "export"):   # newest first
+        if job.get("run_id") not in wanted or job["state"] != "succeeded" or not job.get("result"):
+            continue
+        mine = found.setdefault(job["run_id"], [])
+        for quant, path in (job["result"].get("gguf") or {}).items():
+            if quant not in mine and path and Path(path).is_file():
+                mine.append(quant)
+    return found
+
+
 def submit(run_id: str, quantizations: list[str] | None = None, *, actor: Principal) -> dict:
     run = runs.get_run(run_id, actor)
     require(actor, "export.submit", run["project"])

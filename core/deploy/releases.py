@@ -20,7 +20,7 @@ from core.access.principal import Principal, require
 from core.models import load_tokenizer
 from core.deploy import exporter, exports, modelfile, preflight, preflights
 from core.deploy.ollama import ollama_binary, ollama_create, ollama_remove, ollama_smoke
-from core.evaluation import gate
+from core.evaluation import evaluations, gate
 from core.jobs import queue, supervisor
 from core.training import runs
 
@@ -49,10 +49,15 @@ def _wait(job: dict, what: str, on_progress: Callable[[str], None]) -> dict:
 
 def prepare(run_id: str, name: str, *, system: str | None = None, quantization: str | None = None,
             override_reason: str | None = None, actor: Principal,
-            on_progress: Callable[[str], None] = print) -> dict:
+            on_progress: Callable[[str], None] = print, evaluate_gguf: bool = True) -> dict:
     """Gate (or override), export (or reuse), Modelfile. Nothing reaches Ollama yet. Without a
     quantization, the run's default (``exports.default_quant``: q8_0 under a billion parameters).
-    An override is recorded with the actor's identity, who must be allowed to override."""
+    An override is recorded with the actor's identity, who must be allowed to override.
+
+    The gate judges the file that ships (``gate.record``): the merged model's evaluation and the GGUF's own, at
+    this quantization, matched by its sha256. Where the GGUF has no evaluation of the gate's share of the split
+    yet (and ``evaluate_gguf``), deploy evaluates it on the whole held-out split with the run's own decoding
+    before judging."""
     modelfile.check_name(name)   # the arguments first: a bad name is said so whatever the run
     if system:
         system = modelfile.check_system(system)
@@ -64,13 +69,12 @@ def prepare(run_id: str, name: str, *, system: str | None = None, quantization: 
     if run["state"] != "succeeded" or not run["adapter_dir"]:
         raise DeployRefused(f"run {run_id} has not finished training ({run['state']})")
     verdict = gate.verdict(run_id)
-    if not verdict["releasable"]:
-        if not (override_reason and override_reason.strip()):
-            raise DeployRefused(f"run {run_id} is not releasable: {verdict['reason']}. "
-                                "Give an override reason to deploy anyway (it is recorded).")
+    overriding = bool(override_reason and override_reason.strip())
+    if not verdict["releasable"] and not overriding:
+        raise DeployRefused(M("run {run} is not releasable: {reason}. Give an override reason to deploy anyway (it is "
+                              "recorded).", run=run_id, reason=verdict["reason"]))
+    if overriding:
         require(actor, "gate.override", run["project"])
-        store.audit("gate.override", run_id, actor, project=run["project"], reason=override_reason,
-                    verdict=verdict["reason"], name=name)
     job = exports.latest(run_id, quantization)
     if job:
         on_progress(M("reusing export job {job} ({quantization}, checksum verified)", job=job["id"],
@@ -82,6 +86,33 @@ def prepare(run_id: str, name: str, *, system: str | None = None, quantization: 
             raise exporter.ExportError(f"export job {job['id']} {job['state']}: {job.get('error')}")
     result = job["result"]
     gguf = Path(result["gguf"][quantization])
+    sha = result["sha256"][quantization]
+    # the shipped file is judged too: its own evaluation on the held-out split (deploy runs it where it has none)
+    rec = gate.record(run_id, quantization, sha, actor=actor, verdict_of_run=verdict)
+    artifact = next(c for c in rec["checks"] if c["name"] == "gguf")
+    nums = artifact["numbers"]
+    uncovered = artifact["evaluation"] is None or (nums.get("n") or 0) < (nums.get("need") or 1)
+    if evaluate_gguf and uncovered and verdict["releasable"]:   # none yet, or one of too few examples
+        on_progress(M("evaluating the {quantization} GGUF itself on the held-out split (llama.cpp)",
+                      quantization=quantization))
+        ev = _wait(evaluations.submit(run_id, gguf=quantization, actor=actor), "evaluate", on_progress)
+        if ev["state"] != "succeeded":
+            raise DeployRefused(M("the evaluation of the {quantization} GGUF (job {job}) {state}: {error}",
+                                  quantization=quantization, job=ev["id"], state=ev["state"], error=ev.get("error")))
+        rec = gate.record(run_id, quantization, sha, actor=actor, verdict_of_run=verdict)
+    for c in rec["checks"]:
+        if c["name"] == "gguf":
+            on_progress(M("gate, {artifact}: {reason}", artifact=c["artifact"], reason=c["message"]))
+    if not rec["releasable"]:
+        if not overriding:
+            raise DeployRefused(M("the {quantization} release of run {run} is refused: {reasons}. Give an override "
+                                  "reason to deploy anyway (it is recorded).", quantization=quantization, run=run_id,
+                                  reasons=gate.failing_message(rec)))
+        require(actor, "gate.override", run["project"])
+        store.audit("gate.override", run_id, actor, project=run["project"], reason=override_reason,
+                    verdict=verdict["reason"], failing=gate.failing(rec), quantization=quantization, name=name)
+    rec["override"] = ({"reason": override_reason.strip(), "by": actor.name} if not rec["releasable"] else None)
+    rec = gate.stored(rec)
     text = modelfile.build(gguf, run["prompt_format"], load_tokenizer(result["merged_dir"]), system)
     # a draft to read and edit; each release writes its own Modelfile.<release id> next to it
     mf_path = gguf.parent / f"Modelfile.draft-{uuid.uuid4().hex[:8]}"
@@ -89,8 +120,8 @@ def prepare(run_id: str, name: str, *, system: str | None = None, quantization: 
     on_progress(M("Modelfile written to {path}", path=str(mf_path)))
     return {"run_id": run_id, "name": name, "quantization": quantization, "export_job": job["id"],
             "gguf": str(gguf), "merged_dir": result["merged_dir"], "gguf_sha256": result["sha256"][quantization],
-            "modelfile": text, "modelfile_path": str(mf_path), "verdict": verdict,
-            "override_reason": None if verdict["releasable"] else override_reason}
+            "modelfile": text, "modelfile_path": str(mf_path), "verdict": verdict, "gate_record": rec,
+            "override_reason": None if rec["releasable"] else override_reason}
 
 
 def held_out_lines(report: dict, quantization: str | None = None) -> list[M]:
@@ -188,6 +219,8 @@ def _record(prepared: dict, text: str, report: dict | None, status: str, actor: 
         "preflight": json.dumps(report, ensure_ascii=False) if report is not None else None,
         "ollama_status": status,
         "override_reason": prepared.get("override_reason"),
+        "gate_record": json.dumps(prepared["gate_record"], ensure_ascii=False, default=str)
+        if prepared.get("gate_record") else None,
         "state": "active",
         "rollback_of": rollback_of,
         "created_by": actor.name,
@@ -209,16 +242,37 @@ def _record(prepared: dict, text: str, report: dict | None, status: str, actor: 
 
 
 def _decode(r: dict | None) -> dict | None:
-    if r and isinstance(r.get("preflight"), str):
-        r["preflight"] = json.loads(r["preflight"])
+    for key in ("preflight", "gate_record"):
+        if r and isinstance(r.get(key), str):
+            r[key] = json.loads(r[key])
     return r
 
 
-def list_releases(actor: Principal, project: str | None = None, include_deleted: bool = True) -> list[dict]:
+def record_lines(rec: dict | None, lang: str = "en") -> list[str]:
+    """A release's gate record in lines of text: each check, passed or not, and its reason (``lang``)."""
+    if not rec:
+        return []
+    out = []
+    for c in rec.get("checks") or []:
+        mark = "PASS" if c["passed"] else ("–" if c["passed"] is None else "FAIL")
+        out.append(f"{c['name']} [{mark}{'' if c['gates'] else ', not gating'}] "
+                   f"{c['reason'].get(lang) or c['reason'].get('en')}")
+    if rec.get("override"):
+        out.append(f"override by {rec['override']['by']}: {rec['override']['reason']}")
+    return out
+
+
+def list_releases(actor: Principal, project: str | None = None, include_deleted: bool = True,
+                  limit: int | None = None) -> list[dict]:
+    """Newest first (the ``limit`` newest, when given)."""
     cond, params = projects.where(actor, project)
     if not include_deleted:
         cond += " AND coalesce(state, 'active') <> 'deleted'"
-    return [_decode(r) for r in store.rows(f"SELECT * FROM releases WHERE {cond} ORDER BY created_at DESC", params)]
+    tail = ""
+    if limit is not None:
+        tail, params = " LIMIT ?", params + [int(limit)]
+    return [_decode(r) for r in store.rows(f"SELECT * FROM releases WHERE {cond} ORDER BY created_at DESC{tail}",
+                                           params)]
 
 
 def get_release(release_id: str, actor: Principal | None = None) -> dict:
@@ -265,7 +319,8 @@ def rollback(release_id: str, *, actor: Principal, on_progress: Callable[[str], 
                                      replace=True)
     prepared = {"run_id": rel["run_id"], "name": name, "quantization": rel["quantization"], "gguf": str(gguf),
                 "gguf_sha256": rel["gguf_sha256"], "evaluation_id": rel["evaluation_id"],
-                "thresholds": rel["thresholds"], "override_reason": rel["override_reason"]}
+                "thresholds": rel["thresholds"], "override_reason": rel["override_reason"],
+                "gate_record": rel.get("gate_record")}
     rec = _record(prepared, rel["modelfile"], rel["preflight"], message, actor, rollback_of=release_id,
                   release_id=new_id)
     on_progress(message)

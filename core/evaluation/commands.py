@@ -30,8 +30,11 @@ def _share(text: str) -> float:
     return value
 
 
+DECODING_DEFAULTS = {"max_new_tokens": 128, "batch_size": 0, "temperature": 0.0, "top_p": 1.0, "top_k": 0}
+
+
 def _eval_row(e: dict) -> str:
-    return (f"{e['id']}  {e['run_id'] or '(base, no adapter)':<28} {e['dataset_version_id']}/{e['split']:<5} "
+    return (f"{e['id']}  {e['artifact'] if e['run_id'] else '(base, no adapter)':<36} {e['dataset_version_id']}/{e['split']:<5} "
             f"n={e['n']:<5} BLEU {e['bleu']:.4f}  ROUGE-L {e['rouge_l']:.4f}  {'PASS' if e['passed'] else 'FAIL'}")
 
 
@@ -94,7 +97,9 @@ def cmd_evaluate(args) -> int:
             if action == "report":
                 from core.evaluation import report
 
-                _write(out, report.build(ids[0], args.compare_with))
+                from core import i18n
+
+                _write(out, report.build(ids[0], args.compare_with, lang=args.lang or i18n.language_of(_actor())))
             else:
                 _write(out, evaluations.examples_csv(ids[0]))
             if args.csv:
@@ -104,12 +109,16 @@ def cmd_evaluate(args) -> int:
         if not args.run and not args.base_model:
             return _fail("evaluate needs --run RUN, or --base-model MODEL with --dataset VERSION "
                          "(or an action: list, show, compare, report, csv)", 2)
-        decoding = Decoding(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                            temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                            stop=list(args.stop or []))
+        given = {k: getattr(args, k) for k in ("max_new_tokens", "batch_size", "temperature", "top_p", "top_k")
+                 if getattr(args, k) is not None}
+        if args.stop:
+            given["stop"] = list(args.stop)
+        # an artifact (a GGUF, an Ollama release) is decoded like the run's own evaluation unless told otherwise
+        decoding = Decoding(**{**DECODING_DEFAULTS, **given}) if given or not (args.gguf or args.ollama) else None
         job = evaluations.submit(
             args.run, base_model=args.base_model, dataset_version_id=args.dataset, split=args.split,
             limit=args.limit, decoding=decoding, actor=_actor(), prompt_format_name=args.prompt_format,
+            gguf=args.gguf, ollama_model=args.ollama, n_parallel=args.parallel,
         )
     except (ValueError, queue.JobError) as exc:
         return _fail(str(exc))
@@ -141,16 +150,20 @@ def cmd_gate(args) -> int:
         return 0
     try:
         verdict = gate.verdict(args.run)
+        rec = gate.stored(gate.record(args.run, args.quant, verdict_of_run=verdict))
     except queue.JobError as exc:
         return _fail(str(exc), 2)
     e = verdict["evaluation"]
     judged = verdict.get("judge")
-    print(json.dumps({"run": args.run, "releasable": verdict["releasable"], "reason": verdict["reason"],
-                      "evaluation": e["id"] if e else None, "thresholds": verdict.get("thresholds"),
-                      **({"judge": {k: judged[k] for k in ("judge", "n", "mean", "gating", "passes", "blocks", "reason")}}
-                         if judged else {})},
-                     ensure_ascii=False))
-    return 0 if verdict["releasable"] else 1
+    artifact = next(c for c in rec["checks"] if c["name"] == "gguf")
+    out = {"run": args.run, "quantization": rec["quantization"], "releasable": rec["releasable"],
+           "reason": "; ".join(gate.failing(rec)) or verdict["reason"],
+           "evaluation": e["id"] if e else None, "gguf_evaluation": artifact["evaluation"],
+           "thresholds": verdict.get("thresholds"),
+           **({"judge": {k: judged[k] for k in ("judge", "n", "mean", "gating", "passes", "blocks", "reason")}}
+              if judged else {}), "checks": rec["checks"]}
+    print(json.dumps(out, ensure_ascii=False, indent=2 if args.json else None, default=str))
+    return 0 if rec["releasable"] else 1
 
 
 def cmd_score(args) -> int:
@@ -330,15 +343,23 @@ def add_evaluate(sub) -> None:
                    help="with --base-model: the prompt format (use the tuned run's to compare the two)")
     e.add_argument("--split-filter", choices=["test", "train"], help="list: only this split")
     e.add_argument("--limit", type=int, help="only the first N examples of the split")
-    e.add_argument("--max-new-tokens", type=int, default=128)
-    e.add_argument("--batch-size", type=int, default=0,
+    e.add_argument("--gguf", choices=["f16", "q8_0", "q4_k_m"],
+                   help="with --run: evaluate the run's exported GGUF at this quantization (llama.cpp, the file that "
+                        "ships) instead of its adapter; decoded like the run's own evaluation unless told otherwise")
+    e.add_argument("--ollama", metavar="NAME:TAG",
+                   help="with --run: evaluate the release NAME:TAG as the Ollama server serves it (ollama client)")
+    e.add_argument("--parallel", type=int, help="--gguf: sequences llama.cpp decodes together (default 8)")
+    e.add_argument("--max-new-tokens", type=int, help="default 128 (--gguf/--ollama: the run's evaluation's)")
+    e.add_argument("--batch-size", type=int,
                    help="prompts generated together (default 0: chosen from the GPU's free memory; 8 on a CPU)")
-    e.add_argument("--temperature", type=float, default=0.0, help="0: greedy (the default)")
-    e.add_argument("--top-p", type=float, default=1.0)
-    e.add_argument("--top-k", type=int, default=0)
+    e.add_argument("--temperature", type=float, help="0: greedy (the default)")
+    e.add_argument("--top-p", type=float, help="default 1.0")
+    e.add_argument("--top-k", type=int, help="default 0 (off)")
     e.add_argument("--stop", action="append", metavar="TEXT", help="stop string (repeatable)")
     e.add_argument("--out", help="report / csv: the file to write")
     e.add_argument("--csv", help="report: also write the examples' CSV here")
+    e.add_argument("--lang", choices=["vi", "en"], help="report: its language (default: the operator's, "
+                   "`python -m core i18n language`)")
     e.add_argument("--compare-with", metavar="EVAL", help="report: compare with this evaluation "
                    "(default: the base model's evaluation on the same split, when there is one)")
     e.add_argument("--timeout", type=_seconds, default=6 * 3600)
@@ -347,8 +368,14 @@ def add_evaluate(sub) -> None:
 
 
 def add_gate(sub) -> None:
-    g = sub.add_parser("gate", help="exit 0 only when the run is releasable; show or set the thresholds")
+    g = sub.add_parser("gate", help="exit 0 only when the run is releasable; show or set the thresholds",
+                       description="`gate --run RUN [--quant Q]` judges a release of the run's GGUF at Q (default: the "
+                                   "run's default quantization): the merged model's evaluation and the GGUF's own, and "
+                                   "prints the gate's record (each check, its numbers and reason in English and "
+                                   "Vietnamese); exit 0 only when every check that gates passed.")
     g.add_argument("--run")
+    g.add_argument("--quant", choices=["f16", "q8_0", "q4_k_m"], help="the quantization a release would ship")
+    g.add_argument("--json", action="store_true", help="the record, indented")
     g.add_argument("--set-thresholds", nargs=2, type=float, metavar=("BLEU", "ROUGE_L"),
                    help="set the gate's thresholds (recorded in the audit log; below 0.35/0.45 needs --override-reason)")
     g.add_argument("--override-reason", help="why the thresholds go below the floor (recorded)")

@@ -26,13 +26,36 @@ from core.jobs import queue
 from core.jobs.queue import JobError
 from core.training import runs
 
+TARGETS = ("adapter", "gguf", "ollama")
+
+
 def submit(run_id: str | None = None, *, base_model: str | None = None, dataset_version_id: str | None = None,
            split: str = "test", limit: int | None = None, decoding: Decoding | None = None,
-           actor: Principal, prompt_format_name: str | None = None) -> dict:
+           actor: Principal, prompt_format_name: str | None = None, gguf: str | None = None,
+           ollama_model: str | None = None, n_parallel: int | None = None) -> dict:
     """Queue an evaluation of a run (its adapter) or, with ``base_model`` alone, of the base model
     (in ``prompt_format_name``: give the tuned run's format to compare the two on equal terms). It
-    belongs to the dataset version's project."""
+    belongs to the dataset version's project.
+
+    With ``gguf`` (a quantization: f16, q8_0, q4_k_m) it evaluates the run's exported GGUF at that quantization
+    (its latest intact export) through llama.cpp; with ``ollama_model`` (NAME:TAG of one of the run's releases)
+    the model the Ollama server serves. Both on the same split and with the same decoding as the run's gating
+    evaluation unless ``decoding`` says otherwise (greedy by default), scored alike, stored as their own row."""
+    if gguf and ollama_model:
+        raise ValueError("evaluate a GGUF or an Ollama model, not both at once")
+    artifact = None
+    if gguf or ollama_model:
+        if not run_id:
+            raise ValueError("an exported GGUF or an Ollama release is evaluated as a run's artifact: give the run")
+        artifact = _artifact(run_id, gguf, ollama_model, actor)
+        if decoding is None:   # the run's own evaluation's decoding: the comparison is on equal terms
+            from core.evaluation import gate as _gate
+
+            rests_on = _gate.verdict(run_id, actor).get("evaluation") or {}
+            decoding = Decoding.from_dict(rests_on.get("decoding")) if rests_on.get("decoding") else None
     decoding = (decoding or Decoding()).validate()
+    if n_parallel is not None and not 1 <= int(n_parallel) <= 256:
+        raise ValueError(f"the parallel sequences must be between 1 and 256, not {n_parallel}")
     if split not in ("test", "train"):
         raise ValueError(f"unknown split '{split}' (test or train)")
     if limit is not None and limit < 1:
@@ -69,9 +92,47 @@ def submit(run_id: str | None = None, *, base_model: str | None = None, dataset_
         "thresholds": gate.thresholds(),
         "owner": actor.name,
         "project": version["project"],
+        "target": "adapter",
     }
+    if artifact:
+        payload.update(artifact)
+        if n_parallel:
+            payload["n_parallel"] = int(n_parallel)
     return queue.submit("evaluate", payload, where / evaluation_id, actor, run_id, dataset_version_id,
                         version["project"])
+
+
+def _artifact(run_id: str, gguf: str | None, ollama_model: str | None, actor: Principal) -> dict:
+    """What the job needs to reach the artifact, checked here so that a missing one is said plainly."""
+    from core.deploy import exporter, exports
+
+    if gguf:
+        if gguf not in exporter.QUANTIZATIONS:
+            raise ValueError(f"unknown quantization '{gguf}' (one of: {', '.join(exporter.QUANTIZATIONS)})")
+        job = exports.latest(run_id, gguf)
+        if job is None:
+            raise ValueError(M("run {run} has no intact {quantization} export to evaluate: export it first "
+                               "(python -m core export --run {run} --quant {quantization})", run=run_id,
+                               quantization=gguf))
+        return {"target": "gguf", "quantization": gguf, "export_job_id": job["id"],
+                "gguf_path": job["result"]["gguf"][gguf], "gguf_sha256": job["result"]["sha256"][gguf]}
+    from core.deploy import ollama
+
+    name, _, tag = ollama_model.partition(":")
+    rel = store.one("""SELECT * FROM releases WHERE run_id = ? AND name = ? AND tag = ? AND coalesce(state, 'active') <> 'deleted'
+                       ORDER BY created_at DESC LIMIT 1""", [run_id, name, tag or "latest"])
+    if rel is None:
+        raise ValueError(M("run {run} has no release named {model}: the Ollama model evaluated must be one of its "
+                           "releases", run=run_id, model=ollama_model))
+    problem = ollama.server_problem()
+    if problem:
+        raise ValueError(M("cannot evaluate the Ollama model {model}: {problem}", model=ollama_model, problem=problem))
+    full = f"{name}:{tag or 'latest'}"
+    if not ollama.model_exists(full):
+        raise ValueError(M("the Ollama server has no model {model} (released as {release}; re-create it with "
+                           "`python -m core releases rollback {release}`)", model=full, release=rel["id"]))
+    return {"target": "ollama", "ollama_model": full, "ollama_host": ollama.OLLAMA_HOST,
+            "quantization": rel["quantization"], "gguf_path": rel["gguf_path"], "gguf_sha256": rel["gguf_sha256"]}
 
 
 def pair_key(instruction: str | None, input_text: str | None, reference: str | None) -> str:
@@ -113,8 +174,10 @@ def ingest(con, job: dict, result: dict) -> None:
         """INSERT INTO evaluations (id, job_id, run_id, base_model, dataset_version_id, split, n, bleu, rouge_l,
                passed, thresholds, decoding, duration_s, created_at, prompt_format, adapter_dir, sample_limit,
                generation_s, scoring_s, examples_per_s, gate_reason, created_by, project,
-               bleu_words, rouge_l_words, word_segmenter)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+               bleu_words, rouge_l_words, word_segmenter, target, quantization, export_job_id, gguf_path,
+               gguf_sha256, ollama_model, backend)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
+                   ?, ?, ?, ?, ?, ?, ?)""",
         [cfg["evaluation_id"], job["id"], cfg.get("run_id"), cfg["base_model"], cfg["dataset_version_id"],
          cfg["split"], result["n"], result["bleu"], result["rouge_l"], result["passed"],
          json.dumps(th), json.dumps(cfg["decoding"]), result.get("duration_s"), store.now(),
@@ -122,7 +185,10 @@ def ingest(con, job: dict, result: dict) -> None:
          result.get("generation_s"), result.get("scoring_s"), result.get("examples_per_s"),
          gate_reason(result["passed"], result["bleu"], result["rouge_l"], th), cfg.get("owner") or job.get("owner"),
          cfg.get("project") or job.get("project") or DEFAULT_PROJECT,
-         ws.bleu if ws else None, ws.rouge_l if ws else None, ws.segmenter if ws else None],
+         ws.bleu if ws else None, ws.rouge_l if ws else None, ws.segmenter if ws else None,
+         cfg.get("target") or "adapter", cfg.get("quantization"), cfg.get("export_job_id"), cfg.get("gguf_path"),
+         cfg.get("gguf_sha256"), cfg.get("ollama_model"),
+         json.dumps(result["backend"], ensure_ascii=False, default=str) if result.get("backend") else None],
     )
     store.crash_point("evaluation.stored")
     per_word = ws.per_example if ws else [{"bleu": None, "rouge_l": None}] * len(exs)
@@ -163,17 +229,47 @@ def ensure_word_scores(evaluation_id: str, actor: Principal | None = None) -> di
 def _decode(e: dict | None) -> dict | None:
     if e is None:
         return None
-    for key in ("thresholds", "decoding"):
+    for key in ("thresholds", "decoding", "backend"):
         if isinstance(e.get(key), str):
             e[key] = json.loads(e[key])
+    e["artifact"] = artifact_label(e)
     e["label"] = label(e)
     return e
+
+
+def artifact_label(e: dict) -> str:
+    """What an evaluation judged, as the leaderboard names it: ``run``, ``run · q8_0`` (its exported GGUF),
+    ``run · ollama NAME:TAG`` (the release Ollama serves), or the base model alone."""
+    if not e.get("run_id"):
+        return M("{model} (base, no adapter)", model=models.display_name(e["base_model"]))
+    if e.get("target") == "gguf":
+        return f"{e['run_id']} · {e.get('quantization')}"
+    if e.get("target") == "ollama":
+        return f"{e['run_id']} · ollama {e.get('ollama_model')}"
+    return e["run_id"]
+
+
+def backend_text(e: dict) -> str:
+    """The backend an evaluation ran on, in a line (what llama.cpp used, or fell back to)."""
+    b = e.get("backend") or {}
+    if b.get("engine") == "llama.cpp":
+        line = M("llama.cpp on {device} ({gpu_layers}/{layers} layers offloaded, {threads} threads, {parallel} "
+                 "sequences in parallel, {tps} tokens/s)", device=b.get("device"), gpu_layers=b.get("gpu_layers"),
+                 layers=b.get("layers"), threads=b.get("n_threads"), parallel=b.get("n_parallel"),
+                 tps=b.get("tokens_per_s"))
+        return M("{line}; fell back: {why}", line=line, why=b["fallback"]) if b.get("fallback") else line
+    if b.get("engine") == "ollama":
+        return M("Ollama {model} at {host} ({tps} tokens/s)", model=b.get("model"), host=b.get("host"),
+                 tps=b.get("tokens_per_s"))
+    if b:
+        return M("transformers ({engine} engine) on {device}", engine=b.get("engine"), device=b.get("device"))
+    return ""
 
 
 def label(e: dict) -> str:
     from core import labels
 
-    who = e["run_id"] or M("{model} (base, no adapter)", model=models.display_name(e["base_model"]))
+    who = e.get("artifact") or artifact_label(e)
     return M("{evaluation} · {who} · {version}, {split} · n={n}", evaluation=e["id"], who=who,
              version=e["dataset_version_id"], split=labels.SPLITS.get(e["split"], e["split"]), n=e["n"])
 

@@ -14,6 +14,14 @@ the evaluation the verdict rests on); it gates only when an admin has let it (``
 one judge and rubric, with a minimum mean and a minimum share of the evaluation it must have scored).
 Then a run whose evaluation passes BLEU and ROUGE-L is still refused when that judge's mean is below the
 minimum, or when that judge has not scored enough of it.
+
+**The shipped artifact** (issue 28). ``verdict`` judges the run's adapter on its HF base model; a release ships a
+GGUF at one quantization, and ``record`` judges that: the GGUF's own evaluation (``target`` gguf, or the Ollama
+model made from the same file, matched by its sha256) must cover the gate's share of the held-out split and pass
+the thresholds too. ``record`` returns the gate's record: a list of named checks, each ``{name, passed, gates,
+evaluation, artifact, numbers, reason: {en, vi}}``, and ``releasable`` when every check that gates passed. Other
+checks (quantization cost, retention, …) join by appending a function to ``EXTRA_CHECKS``: it gets the context
+(run, quantization, sha256, verdict) and returns a check (``check(...)``) or None. Each release keeps its record.
 """
 from __future__ import annotations
 
@@ -172,7 +180,8 @@ def verdicts(of_runs: list[dict]) -> dict[str, dict]:
                           (e.split = 'test' AND e.dataset_version_id = r.dataset_version_id AND e.n >= r.need) DESC,
                           (e.split = 'test' AND e.dataset_version_id = r.dataset_version_id) DESC,
                           e.created_at DESC) AS _pick
-               FROM evaluations e JOIN r ON e.run_id = r.id LEFT JOIN j ON j.ref = e.id)
+               FROM evaluations e JOIN r ON e.run_id = r.id LEFT JOIN j ON j.ref = e.id
+               WHERE coalesce(e.target, 'adapter') = 'adapter')
            SELECT * FROM ranked WHERE _pick = 1""",
         [share, ids, judge_cfg.get("judge"), judge_cfg.get("rubric_version")])
     best = {e["run_id"]: e for e in picked}
@@ -224,3 +233,148 @@ def _verdict_of(run: dict, e: dict | None, reviews: dict[str, dict], share: floa
                         "passed the gate ({verdict})", evaluation=e["id"], n=e["n"], rows=held_out_rows,
                         version=e["dataset_version_id"],
                         verdict=e.get("gate_reason") or gate_reason(True, e["bleu"], e["rouge_l"], th))}
+
+
+# ── the gate's record: what a release is judged on ───────────────────────────
+
+RECORD_VERSION = 1
+EXTRA_CHECKS: list = []   # callables (ctx: dict) -> dict | None: the checks other parts of the studio add
+
+
+def _both(message) -> dict:
+    """A reason in both languages of the studio (kept as text: a record must read the same later)."""
+    from core import i18n
+
+    return {lang: i18n.render(message, lambda t, lang=lang: i18n.translate(t, lang)) for lang in ("en", "vi")}
+
+
+def check(name: str, passed: bool | None, reason, *, gates: bool = True, evaluation: str | None = None,
+          artifact: str | None = None, numbers: dict | None = None) -> dict:
+    """One named check of the gate's record. ``passed`` None: not judged (a check that does not gate says why);
+    ``gates``: whether failing it refuses the release; ``reason`` an ``M`` (kept in English and Vietnamese)."""
+    return {"name": name, "passed": passed, "gates": bool(gates), "evaluation": evaluation, "artifact": artifact,
+            "numbers": numbers or {}, "reason": _both(reason), "message": reason}
+
+
+def stored(rec: dict) -> dict:
+    """The record as a release keeps it (and JSON shows it): its reasons as text in both languages."""
+    return {**rec, "checks": [{k: v for k, v in c.items() if k != "message"} for c in rec["checks"]]}
+
+
+def _numbers(e: dict | None, rows: int | None = None, need: int | None = None) -> dict:
+    if not e:
+        return {"held_out_rows": rows, "need": need}
+    th = e["thresholds"] if isinstance(e.get("thresholds"), dict) else json.loads(e.get("thresholds") or "{}")
+    return {"bleu": e["bleu"], "rouge_l": e["rouge_l"], "n": e["n"], "held_out_rows": rows, "need": need,
+            "thresholds": th}
+
+
+def _merged_check(run: dict, v: dict) -> dict:
+    e = v.get("evaluation")
+    return check("merged_model", bool(v["releasable"]), v["reason"], evaluation=e["id"] if e else None,
+                 artifact=run["id"], numbers=_numbers(e))
+
+
+def artifact_evaluation(run: dict, quantization: str, sha256: str | None) -> tuple[dict | None, int, int]:
+    """The evaluation of the run's GGUF at ``quantization`` (this very file: its sha256) that a release rests on
+    — the latest on the held-out split that covers the gate's share, else the latest held-out one — and the
+    held-out rows and the examples the gate needs."""
+    share = min_share()
+    got = store.one(
+        """WITH r AS (SELECT coalesce(rows_test, 0) AS held_out_rows, greatest(1, ceil(coalesce(rows_test, 0) * ?)) AS need
+                      FROM dataset_versions WHERE id = ?)
+           SELECT e.*, r.held_out_rows AS _rows, r.need AS _need, (e.n >= r.need) AS _covers
+           FROM evaluations e, r
+           WHERE e.run_id = ? AND e.target IN ('gguf', 'ollama') AND e.quantization = ? AND e.gguf_sha256 = ?
+             AND e.split = 'test' AND e.dataset_version_id = ?
+           ORDER BY (e.n >= r.need) DESC, e.created_at DESC LIMIT 1""",
+        [share, run["dataset_version_id"], run["id"], quantization, sha256 or "", run["dataset_version_id"]])
+    if got is None:
+        need = store.one("SELECT coalesce(rows_test, 0) AS rows FROM dataset_versions WHERE id = ?",
+                         [run["dataset_version_id"]])
+        rows = int(need["rows"]) if need else 0
+        return None, rows, max(1, int(-(-rows * share // 1)))
+    rows, need = int(got.pop("_rows")), int(got.pop("_need"))
+    got.pop("_covers", None)
+    return _decode(got), rows, need
+
+
+def _artifact_check(run: dict, quantization: str, sha256: str | None) -> dict:
+    name = f"{run['id']} · {quantization}"
+    if not sha256:
+        return check("gguf", False, M("the run has no intact {quantization} export yet: export it, then evaluate the "
+                                      "GGUF (deploy does both)", quantization=quantization), artifact=name)
+    e, rows, need = artifact_evaluation(run, quantization, sha256)
+    nums = _numbers(e, rows, need)
+    nums["sha256"] = sha256
+    if e is None:
+        return check("gguf", False, M("the {quantization} GGUF (sha256 {sha}…) has no evaluation on the held-out split: "
+                                      "evaluate it (python -m core evaluate --run {run} --gguf {quantization})",
+                                      quantization=quantization, sha=sha256[:12], run=run["id"]),
+                     artifact=name, numbers=nums)
+    if e.get("target") == "ollama":
+        name = f"{run['id']} · ollama {e.get('ollama_model')}"
+    th = e["thresholds"]
+    if e["n"] < need:
+        return check("gguf", False, M("the {quantization} GGUF's evaluation {evaluation} covers {n} of the {rows} "
+                                      "held-out pairs; the gate needs at least {need}: evaluate the whole split",
+                                      quantization=quantization, evaluation=e["id"], n=e["n"], rows=rows, need=need),
+                     evaluation=e["id"], artifact=name, numbers=nums)
+    if not e["passed"]:
+        return check("gguf", False, M("the {quantization} GGUF's own evaluation {evaluation} (n={n}): BLEU {bleu:.3f}, "
+                                      "ROUGE-L {rouge_l:.3f} is below the gate (BLEU > {bleu_min}, ROUGE-L > "
+                                      "{rouge_l_min}); the merged model passing is not enough",
+                                      quantization=quantization, evaluation=e["id"], n=e["n"], bleu=e["bleu"],
+                                      rouge_l=e["rouge_l"], bleu_min=th["bleu"], rouge_l_min=th["rouge_l"]),
+                     evaluation=e["id"], artifact=name, numbers=nums)
+    return check("gguf", True, M("the {quantization} GGUF's own evaluation {evaluation} covers {n} of {rows} held-out "
+                                 "pairs and passed: BLEU {bleu:.3f}, ROUGE-L {rouge_l:.3f} (BLEU > {bleu_min}, "
+                                 "ROUGE-L > {rouge_l_min})", quantization=quantization, evaluation=e["id"], n=e["n"],
+                                 rows=rows, bleu=e["bleu"], rouge_l=e["rouge_l"], bleu_min=th["bleu"],
+                                 rouge_l_min=th["rouge_l"]),
+                 evaluation=e["id"], artifact=name, numbers=nums)
+
+
+def record(run_id: str, quantization: str | None = None, sha256: str | None = None, *,
+           actor: Principal | None = None, verdict_of_run: dict | None = None) -> dict:
+    """The gate's record for releasing ``run_id`` at ``quantization`` (default: the run's default) from the GGUF
+    whose sha256 is ``sha256`` (default: as the run's latest export at that quantization recorded it): every check,
+    and ``releasable`` when every check that gates passed."""
+    from core.deploy import exports
+
+    run = runs.get_run(run_id, actor)
+    quantization = quantization or exports.default_quant(run["base_model"])
+    if sha256 is None:
+        job = exports.latest_recorded(run_id, quantization)
+        sha256 = job["result"]["sha256"][quantization] if job else None
+    v = verdict_of_run or verdicts([run])[run_id]
+    checks = [_merged_check(run, v), _artifact_check(run, quantization, sha256)]
+    judged = v.get("judge")
+    if judged and (judged.get("gating") or judged.get("n")):
+        checks.append(check("judge", judged.get("passes"), judged.get("reason") or "", gates=bool(judged.get("gating")),
+                            evaluation=(v.get("evaluation") or {}).get("id"), artifact=run_id,
+                            numbers={k: judged.get(k) for k in ("judge", "rubric_version", "n", "mean", "share",
+                                                               "min_mean", "min_share")}))
+    ctx = {"run": run, "quantization": quantization, "sha256": sha256, "verdict": v}
+    for extra in EXTRA_CHECKS:
+        got = extra(ctx)
+        if got:
+            checks.append(got)
+    releasable = all(c["passed"] for c in checks if c["gates"])
+    return {"version": RECORD_VERSION, "run_id": run_id, "quantization": quantization, "gguf_sha256": sha256,
+            "releasable": releasable, "checks": checks, "judged_at": store.now().isoformat()}
+
+
+def failing(rec: dict, lang: str = "en") -> list[str]:
+    """The reasons of the record's failing checks that gate, in ``lang``."""
+    return [c["reason"].get(lang) or c["reason"]["en"] for c in rec["checks"] if c["gates"] and not c["passed"]]
+
+
+def failing_message(rec: dict):
+    """The reasons of the record's failing checks that gate, as one message (a page shows it in its reader's
+    language; its text is the English)."""
+    out = None
+    for c in reversed([c for c in rec["checks"] if c["gates"] and not c["passed"]]):
+        msg = c.get("message") or c["reason"]["en"]
+        out = msg if out is None else M("{first}; {rest}", first=msg, rest=out)
+    return out or ""

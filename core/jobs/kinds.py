@@ -37,7 +37,8 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
          "LoRA / QLoRA training (Unsloth on CUDA when installed)"),
     Kind("evaluate", "core.evaluation.evaluator", "core.evaluation.evaluations",
          ("torch", "transformers", "peft", "pyarrow", "numpy", "pandas", "rapidfuzz"),
-         "batched generation on a held-out split, BLEU and ROUGE-L"),
+         "batched generation on a held-out split, BLEU and ROUGE-L",
+         optional=("llama_cpp", "ollama")),   # an exported GGUF (llama.cpp), an Ollama release (its client)
     Kind("export", "core.deploy.exporter", "core.deploy.exports",
          ("torch", "transformers", "peft", "safetensors", "gguf", "sentencepiece", "llama_cpp"),
          "merge, llama.cpp's GGUF converter, quantization"),

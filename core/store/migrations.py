@@ -386,9 +386,23 @@ def _m012_sign_in_guards(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+def _m013_artifact_evaluations(con: duckdb.DuckDBPyConnection) -> None:
+    """The artifact an evaluation judged (issue 28): the run's adapter on its HF base (``adapter``), an exported
+    GGUF at its quantization through llama.cpp (``gguf``: the export job, the file and its sha256), or a release
+    served by Ollama (``ollama``: the tag), and the backend it ran on (llama.cpp's device, threads, parallel
+    sequences, tokens/s, or what it fell back to). Each release keeps the gate's record: the list of named checks
+    it was judged on (``core.evaluation.gate.record``)."""
+    for column, kind in (("target", "VARCHAR DEFAULT 'adapter'"), ("quantization", "VARCHAR"),
+                         ("export_job_id", "INTEGER"), ("gguf_path", "VARCHAR"), ("gguf_sha256", "VARCHAR"),
+                         ("ollama_model", "VARCHAR"), ("backend", "JSON")):
+        con.execute(f"ALTER TABLE evaluations ADD COLUMN IF NOT EXISTS {column} {kind}")
+    con.execute("UPDATE evaluations SET target = 'adapter' WHERE target IS NULL")
+    con.execute("ALTER TABLE releases ADD COLUMN IF NOT EXISTS gate_record JSON")
+
+
 MIGRATIONS = [_m001_initial, _m002_reviews, _m004_evaluation_details, _m005_release_lifecycle,
               _m006_training_metrics, _m007_team_access, _m008_preference_votes, _m009_word_scores,
-              _m010_saved_conversations, _m011_judge, _m012_sign_in_guards]
+              _m010_saved_conversations, _m011_judge, _m012_sign_in_guards, _m013_artifact_evaluations]
 
 
 def _migration_number(fn) -> int:
