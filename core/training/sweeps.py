@@ -219,8 +219,9 @@ def load_file(path: str | Path) -> dict:
         raise SweepError(M("{source}: no such file", source=str(path))) from None
     except IsADirectoryError:
         raise SweepError(M("{source}: a folder, not a sweep spec", source=str(path))) from None
-    except UnicodeDecodeError:
-        raise SweepError(M("{source}: not UTF-8 text", source=str(path))) from None
+    except UnicodeDecodeError as exc:
+        raise SweepError(M("{source}: not UTF-8 text (byte {byte}); a sweep spec is YAML", source=str(path),
+                           byte=exc.start)) from None
     except OSError as exc:
         raise SweepError(M("{source}: cannot be read ({why})", source=str(path), why=exc.strerror or str(exc))) from None
     return load(text, str(path))
