@@ -409,19 +409,13 @@ def message(est: dict) -> M:
         return M("{n} runs; no time estimate yet: no finished run (and evaluation) of {models} was measured on "
                  "this box", n=n, models=", ".join(model_names.display_name(x) or x for x in est.get("unmeasured") or []))
     if est.get("gpu"):
-        return M("{n} runs, about {hours} GPU-hours on this box ({slots} GPUs: about {wall} of wall time)", n=n,
-                 hours=_hours(hours), slots=len(est["slots"]), wall=_duration(wall))
-    return M("{n} runs, about {hours} CPU-hours on this box (no GPU: one run at a time, about {wall})", n=n,
-             hours=_hours(hours), wall=_duration(wall))
+        return M("{n} runs, about {hours} GPU-hours on this box ({slots} GPUs: about {wall} hours of wall time)", n=n,
+                 hours=_hours(hours), slots=len(est["slots"]), wall=_hours(wall))
+    return M("{n} runs, about {hours} CPU-hours on this box (no GPU: one run at a time)", n=n, hours=_hours(hours))
 
 
 def _hours(h: float) -> str:
     return f"{h:.2f}" if h < 0.1 else f"{h:.1f}"
-
-
-def _duration(h: float) -> str:
-    minutes = h * 60
-    return f"{minutes:.0f} min" if minutes < 90 else f"{h:.1f} h"
 
 
 # ── starting, cancelling ─────────────────────────────────────────────────────
@@ -571,7 +565,7 @@ def list_sweeps(actor: Principal, project: str | None = None, limit: int = 50) -
     return out
 
 
-STATES = {"running": M("running"), "finished": M("finished"), "cancelled": M("cancelled")}
+STATES = {"running": M("sweep running"), "finished": M("sweep finished"), "cancelled": M("sweep cancelled")}
 
 
 def view(sweep_id: str, actor: Principal | None = None) -> dict:
