@@ -351,3 +351,15 @@ def test_a_3x2_sweep_of_the_default_model_runs_to_the_best_through_the_cli(home,
     again = cli("sweep", "plan", "--dataset", version, "--preset", "quick test (CPU, 20 steps)", "--grid", "r=4,8",
                 "--max-steps", "2", "--eval-limit", "2", home=home).stdout
     assert again.splitlines()[-1].startswith("2 runs, about ") and "CPU-hours on this box" in again
+
+
+def test_a_finished_sweep_has_nothing_to_cancel(home, version):
+    started = sweeps.submit({"grid": {"r": [8]}, "preset": "quick test (CPU, 20 steps)"}, version, actor=OPERATOR)
+    _trained(started["runs"][0]["job"])
+    _evaluated(_eval_job(started["runs"][0]["run"])["id"], good=True)
+    v = sweeps.view(started["id"])
+    assert v["state"] == "finished" and v["best"] == started["runs"][0]["run"] and v["runs"][0]["releasable"]
+    with pytest.raises(queue.JobError, match="has finished, nothing to cancel"):
+        sweeps.cancel(started["id"], actor=OPERATOR)
+    assert sweeps.view(started["id"])["state"] == "finished"
+    assert store.one("SELECT count(*) AS n FROM audit_log WHERE action = 'sweep.cancelled'")["n"] == 0

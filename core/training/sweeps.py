@@ -476,13 +476,20 @@ def cancel(sweep_id: str, *, actor: Principal) -> dict:
 
     sweep = get(sweep_id, actor)
     require(actor, "job.cancel", sweep["project"])
-    with store.transaction() as con:
-        first = con.execute("UPDATE sweeps SET cancelled_at = ?, cancelled_by = ? WHERE id = ? AND cancelled_at IS NULL "
-                            "RETURNING id", [store.now(), actor.name, sweep_id]).fetchall()
-    jobs = store.rows(
-        """SELECT j.id FROM jobs j JOIN sweep_runs s ON s.run_id = j.run_id
-           WHERE s.sweep_id = ? AND j.kind IN ('train', 'evaluate') AND j.state IN ('queued', 'running')
-           ORDER BY j.state = 'running', j.id""", [sweep_id])   # the queued first: none of them starts meanwhile
+
+    def active() -> list[dict]:   # the queued first: none of them starts while the running ones are stopped
+        return store.rows(
+            """SELECT j.id FROM jobs j JOIN sweep_runs s ON s.run_id = j.run_id
+               WHERE s.sweep_id = ? AND j.kind IN ('train', 'evaluate') AND j.state IN ('queued', 'running')
+               ORDER BY j.state = 'running', j.id""", [sweep_id])
+
+    if not active():
+        raise queue.JobError(f"sweep {sweep_id} was cancelled already, and none of its jobs is queued or running"
+                             if sweep["cancelled_at"] else
+                             f"sweep {sweep_id} has no queued or running job: it has finished, nothing to cancel")
+    store.execute("UPDATE sweeps SET cancelled_at = ?, cancelled_by = ? WHERE id = ? AND cancelled_at IS NULL",
+                  [store.now(), actor.name, sweep_id])
+    jobs = active()   # again: an evaluation queued by a settle before the sweep was marked is among them
     cancelled, ended = [], []
     for j in jobs:
         try:
@@ -490,8 +497,6 @@ def cancel(sweep_id: str, *, actor: Principal) -> dict:
             cancelled.append(j["id"])
         except queue.JobError:
             ended.append(j["id"])   # it ended on its own meanwhile
-    if not first and not cancelled:
-        raise queue.JobError(f"sweep {sweep_id} was cancelled already, and none of its jobs is queued or running")
     store.audit("sweep.cancelled", sweep_id, actor, project=sweep["project"], jobs=cancelled, ended_meanwhile=ended)
     return {"id": sweep_id, "cancelled": cancelled, "ended_meanwhile": ended}
 
