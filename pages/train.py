@@ -295,7 +295,11 @@ def sweep_view(sweep_id: str, live: bool = False) -> None:
         st.success(_("Best run: {run} ({settings}): BLEU {bleu:.3f}, ROUGE-L {rouge:.3f} on {n} held-out pairs.")
                    .format(run=best["run_id"], settings=best["label"], bleu=best["bleu"], rouge=best["rouge_l"], n=best["n"]))
     st.dataframe([{_("best"): "★" if r["best"] else "", _("rank"): r["rank"], _("run"): r["run_id"],
-                   _("settings"): r["label"], _("training"): label(labels.JOB_STATES, r["train_state"]),
+                   _("settings"): r["label"], _("LoRA r"): r["config"]["lora_r"], _("LoRA alpha"): r["config"]["lora_alpha"],
+                   _("Learning rate"): r["config"]["learning_rate"], _("Epochs"): r["config"]["num_train_epochs"],
+                   _("Batch size"): r["config"]["per_device_train_batch_size"],
+                   _("Base model"): models.display_name(r["base_model"]),
+                   _("training"): label(labels.JOB_STATES, r["train_state"]),
                    _("evaluation"): label(labels.JOB_STATES, r["eval_state"]) if r["eval_state"] else "–",
                    "BLEU": r["bleu"], "ROUGE-L": r["rouge_l"], "n": r["n"],
                    _("gate"): (_("releasable") if r["releasable"] else _("not releasable")) if r["evaluation"] else "–",

@@ -363,3 +363,29 @@ def test_a_finished_sweep_has_nothing_to_cancel(home, version):
         sweeps.cancel(started["id"], actor=OPERATOR)
     assert sweeps.view(started["id"])["state"] == "finished"
     assert store.one("SELECT count(*) AS n FROM audit_log WHERE action = 'sweep.cancelled'")["n"] == 0
+
+
+def test_the_sweep_view_costs_the_same_at_2_and_12_runs(home, version):
+    """Six queries whatever the sweep's size (no query a run can creep in), and the Train page showing it a
+    handful more than without it."""
+    from tests.test_pages import _clean, _run
+
+    def cost(fn) -> dict:
+        before = store.counters()
+        fn()
+        got = store.counted_since(before)
+        return {"connections": got["connections"], "queries": got["queries"]}
+
+    made = {}
+    for size, grid in (("small", {"r": [4, 8]}), ("large", {"r": [4, 8, 16, 32], "lr": [1e-4, 2e-4, 5e-4]})):
+        started = sweeps.submit({"grid": grid, "preset": "quick test (CPU, 20 steps)", "name": size}, version,
+                                actor=OPERATOR)
+        for i, r in enumerate(started["runs"]):
+            _trained(r["job"])
+            _evaluated(_eval_job(r["run"])["id"], good=i % 2 == 0)
+        made[size] = started["id"]
+    small, large = (cost(lambda s=made[k]: sweeps.view(s, OPERATOR)) for k in ("small", "large"))
+    assert small == large == {"connections": 6, "queries": 6}, (small, large)
+    assert len(sweeps.view(made["large"])["runs"]) == 12
+    page = cost(lambda: _clean(_run("train")))   # the newest sweep (12 runs) shown
+    assert page["queries"] <= 12 + small["queries"] + 1, page

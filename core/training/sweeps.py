@@ -574,8 +574,9 @@ STATES = {"running": M("sweep running"), "finished": M("sweep finished"), "cance
 
 
 def view(sweep_id: str, actor: Principal | None = None) -> dict:
-    """The sweep view's data, in five queries whatever its size: the sweep, its runs (settings, training job,
-    latest evaluation job), the gate's verdicts (two), and every run's loss curve. ``runs`` is ranked best
+    """The sweep view's data, in six queries whatever its size: the sweep, its runs (settings, training job,
+    latest evaluation job), the gate's verdicts (its settings, the evaluations, the reviews), and every run's
+    loss curve. ``runs`` is ranked best
     first by the gate's metrics (releasable, passed, ROUGE-L, BLEU of the evaluation each verdict rests on);
     runs without an evaluation follow in their order. ``best``: the first run's id, once one is evaluated."""
     from core.evaluation import gate
