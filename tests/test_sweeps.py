@@ -295,6 +295,11 @@ def test_the_train_page_counts_queues_and_shows_a_sweep_ranked(home, version):
     at.text_input(key="sweep-lora_r").set_value("4, 0")
     next(b for b in at.button if b.label == "Count the runs and estimate the time").click().run()
     assert [e.value for e in at.error] == ["grid.lora_r: 0 is out of range (1–256)"] and not at.exception
+    at.text_area(key="sweep-yaml").set_value("grid: {r: [8]}\ngird: 1\n")
+    next(b for b in at.button if b.label == "Count the runs and estimate the time").click().run()
+    assert [e.value for e in at.error] == ["YAML: gird: not a sweep field (one of: name, dataset, preset, settings, "
+                                           "grid, runs, evaluate)"] and not at.exception
+    at.text_area(key="sweep-yaml").set_value("")
     at.text_input(key="sweep-lora_r").set_value("4, 8, 16")
     next(b for b in at.button if b.label == "Queue the sweep").click().run()
     _clean(at)
