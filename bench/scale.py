@@ -527,6 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed-only", action="store_true", help="only seed, and time the sweep view without a browser")
     ap.add_argument("--sweep-only", action="store_true",
                     help="in Chromium, time only the Train page's sweep view (no other page, no CLI)")
+    ap.add_argument("--pages-only", action="store_true", help="in Chromium, every page and the sweep view; no CLI")
     ap.add_argument("--profile", action="store_true", help="count one `dataset list`'s opens and queries, and stop")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--cli-runs", type=int, default=10)
@@ -572,7 +573,7 @@ def main(argv: list[str] | None = None) -> int:
         results["pages"] = time_pages(url, args.rounds, args.page_limit, server.pid,
                                       pages={} if args.sweep_only else None)
         print(_table(results), flush=True)
-        if args.sweep_only:
+        if args.sweep_only or args.pages_only:
             return _save(results, args)
         results["cli"] = time_cli(home, args.cli_runs)
         results["tabs"] = args.tabs

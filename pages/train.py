@@ -294,7 +294,8 @@ def sweep_view(sweep_id: str, live: bool = False) -> None:
     if best:
         st.success(_("Best run: {run} ({settings}): BLEU {bleu:.3f}, ROUGE-L {rouge:.3f} on {n} held-out pairs.")
                    .format(run=best["run_id"], settings=best["label"], bleu=best["bleu"], rouge=best["rouge_l"], n=best["n"]))
-    st.dataframe([{_("best"): "★" if r["best"] else "", _("rank"): r["rank"], _("run"): r["run_id"],
+    # a plain table, not a data grid: a sweep has at most 64 runs, and a running one is redrawn every 2 s
+    st.table([{_("best"): "★" if r["best"] else "", _("rank"): r["rank"], _("run"): r["run_id"],
                    _("settings"): r["label"], _("LoRA r"): r["config"]["lora_r"], _("LoRA alpha"): r["config"]["lora_alpha"],
                    _("Learning rate"): r["config"]["learning_rate"], _("Epochs"): r["config"]["num_train_epochs"],
                    _("Batch size"): r["config"]["per_device_train_batch_size"],
@@ -304,7 +305,7 @@ def sweep_view(sweep_id: str, live: bool = False) -> None:
                    "BLEU": r["bleu"], "ROUGE-L": r["rouge_l"], "n": r["n"],
                    _("gate"): (_("releasable") if r["releasable"] else _("not releasable")) if r["evaluation"] else "–",
                    _("why"): say(r["reason"]) if r["reason"] else (r["error"] or "")} for r in v["runs"]],
-                 hide_index=True)
+             hide_index=True, border="horizontal")
     st.plotly_chart(charts.sweep_losses(v["metrics"], {r["run_id"]: r["label"] for r in v["runs"]}, v["best"], tr=_),
                     key=f"sweep-loss-{sweep_id}")
     if v["state"] == "running" and can("job.cancel"):

@@ -319,7 +319,7 @@ def test_the_train_page_counts_queues_and_shows_a_sweep_ranked(home, version):
     at = _run("train", person("vy", "viewer"))
     _clean(at)
     assert f"Sweep {sweep['id']}" in [s.value for s in at.subheader]
-    table = at.dataframe[-1].value
+    table = at.table[-1].value
     assert list(table["run"][:2]) == [runs_[1], runs_[0]] and list(table["best"][:2]) == ["★", ""]
     assert list(table["gate"][:2]) == ["releasable", "not releasable"]   # the whole split, reviewed, passing
     assert any(s.value.startswith(f"Best run: {runs_[1]} (r=4, lr=0.0005)") for s in at.success)
