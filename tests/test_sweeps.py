@@ -394,3 +394,22 @@ def test_the_sweep_view_costs_the_same_at_2_and_12_runs(home, version):
     assert len(sweeps.view(made["large"])["runs"]) == 12
     page = cost(lambda: _clean(_run("train")))   # the newest sweep (12 runs) shown
     assert page["queries"] <= 12 + small["queries"] + 1, page
+
+
+def test_the_sweep_view_reads_in_vietnamese(home, version, monkeypatch):
+    from tests.test_pages import _clean, _run
+
+    monkeypatch.delenv("VITUNE_LANGUAGE", raising=False)   # everyone's default: Vietnamese
+    started = sweeps.submit({"grid": {"r": [4, 8]}, "preset": "quick test (CPU, 20 steps)", "name": "vi"}, version,
+                            actor=OPERATOR)
+    for i, r in enumerate(started["runs"]):
+        _trained(r["job"])
+        _evaluated(_eval_job(r["run"])["id"], good=i == 1)
+    at = _run("train", person("an"))
+    _clean(at)
+    assert "Lượt quét vi" in [s.value for s in at.subheader] and "Quét siêu tham số" in [h.value for h in at.header]
+    best = started["runs"][1]["run"]
+    assert any(s.value.startswith(f"Lượt tốt nhất: {best} (r=8)") for s in at.success)
+    caption = next(c.value for c in at.caption if c.value.startswith("quét xong: 2/2 lượt đã huấn luyện"))
+    assert "Ước tính lúc bắt đầu: 2 lượt; chưa ước tính được thời gian" in caption
+    assert list(at.table[-1].value["tốt nhất"]) == ["★", ""]
