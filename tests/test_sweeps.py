@@ -350,6 +350,7 @@ def test_a_3x2_sweep_of_the_default_model_runs_to_the_best_through_the_cli(home,
     assert sorted((r["params"]["lora_r"], r["params"]["learning_rate"]) for r in out["runs"]) == [
         (4, 1e-4), (4, 5e-4), (8, 1e-4), (8, 5e-4), (16, 1e-4), (16, 5e-4)]
     assert "6 runs; no time estimate yet" in proc.stderr   # nothing of the model measured here before it
+    assert out["estimated_hours"] is None and out["hours_used"] > 0   # the slot time its twelve jobs took
     shown = cli("sweep", "show", out["id"], home=home).stdout
     assert shown.splitlines()[1].startswith("★  1  " + out["best"]) and f"best: {out['best']}" in shown
     # now this box has measured the model: the next sweep's count comes with hours

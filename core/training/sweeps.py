@@ -585,7 +585,9 @@ def view(sweep_id: str, actor: Principal | None = None) -> dict:
     members = store.rows(
         """SELECT sr.idx, sr.run_id, sr.params, r.id, r.dataset_version_id, r.base_model, r.config, r.adapter_dir,
                   j.id AS job_id, j.state AS train_state, j.error AS train_error,
-                  e.id AS eval_job, e.state AS eval_state, e.error AS eval_error
+                  epoch(j.finished_at) - epoch(j.started_at) AS train_s,
+                  e.id AS eval_job, e.state AS eval_state, e.error AS eval_error,
+                  epoch(e.finished_at) - epoch(e.started_at) AS eval_s
            FROM sweep_runs sr JOIN runs r ON r.id = sr.run_id JOIN jobs j ON j.id = r.job_id
            LEFT JOIN (SELECT * FROM jobs WHERE kind = 'evaluate' AND run_id IN (SELECT run_id FROM sweep_runs WHERE sweep_id = ?)
                       QUALIFY row_number() OVER (PARTITION BY run_id ORDER BY id DESC) = 1) e ON e.run_id = sr.run_id
@@ -625,8 +627,9 @@ def view(sweep_id: str, actor: Principal | None = None) -> dict:
     counts = {"runs": len(rows), "trained": sum(r["train_state"] == "succeeded" for r in rows),
               "evaluated": sum(r["eval_state"] == "succeeded" for r in rows),
               "failed": sum(r["train_state"] == "failed" or r["eval_state"] == "failed" for r in rows)}
+    used = sum((m["train_s"] or 0) + (m["eval_s"] or 0) for m in members)   # slot time of its jobs so far
     return {"sweep": sweep, "state": state, "runs": ranked, "best": evaluated[0]["run_id"] if evaluated else None,
-            "metrics": metrics, "counts": counts}
+            "metrics": metrics, "counts": counts, "hours_used": round(used / 3600, 4)}
 
 
 def summary(v: dict) -> dict:
@@ -635,6 +638,7 @@ def summary(v: dict) -> dict:
             "passed", "releasable", "reason", "error")
     return {"id": v["sweep"]["id"], "name": v["sweep"]["name"], "state": v["state"], "counts": v["counts"],
             "best": v["best"], "estimate": str(message(v["sweep"]["estimate"])) if v["sweep"].get("estimate") else None,
+            "estimated_hours": (v["sweep"].get("estimate") or {}).get("hours"), "hours_used": v["hours_used"],
             "runs": [{k: (str(r[k]) if k == "reason" and r[k] is not None else r[k]) for k in keep} for r in v["runs"]]}
 
 
