@@ -141,7 +141,7 @@ def test_the_cpu_benches_small_passes(tmp_path, default_model):
     out = _bench(str(BENCH / "scale.py"), "--home", str(tmp_path / "scale"), "--seed-only", "--imports", "4", "--runs",
                  "8", timeout=900).stdout
     assert (tmp_path / "scale" / "data" / "studio.duckdb").exists()
-    seeded = json.loads(out[out.index("{"):])   # the sweep view, timed without a browser on the seeded home
+    seeded = json.loads(out[out.index("\n{") + 1:])   # the sweep view, timed without a browser on the seeded home
     assert seeded["seed"]["made"]["sweeps"] == 1 and seeded["seed"]["made"]["sweep_runs"] == 9
     assert seeded["sweep_view"]["runs"] == 9 and seeded["sweep_view"]["best"]
     assert len(seeded["sweep_view"]["train_page_apptest_s"]) == 5
