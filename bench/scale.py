@@ -18,10 +18,15 @@ examples each, and the audit rows all that writes. Then, against the studio's we
 * ``python -m core dataset list``, ``evaluate list`` and ``jobs list``, each ``--cli-runs`` times
   (median and max), with the server idle;
 * the same CLI calls with ``--tabs`` browser tabs open on the Train page (its live view refreshes
-  every 2 s), and the server's CPU share meanwhile.
+  every 2 s), and the server's CPU share meanwhile;
+* the Train page's sweep view (issue 25): a 3 × 3 sweep seeded through ``sweeps.submit``, each run's
+  training settled (which queues its evaluation) and each evaluation settled; in Chromium, the Train page
+  until the sweep view's heading has rendered (``--sweep-only``: that alone); without a browser
+  (``--seed-only``, the small CPU pass of tests/test_benches.py), ``sweeps.view`` and the Train page's
+  script run under AppTest.
 
 Targets on the 2-core machine (issue 14): every page ≤ 1.0 s, every listing ≤ 0.5 s, ≤ 2× that with
-8 tabs open; the seed ≤ 60 s. Results go to ``bench/results/scale-DATE-LABEL.json``.
+8 tabs open; the seed ≤ 60 s; the sweep view ≤ 1.0 s (issue 25). Results go to ``bench/results/scale-DATE-LABEL.json``.
 """
 from __future__ import annotations
 
@@ -42,6 +47,7 @@ REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 PAGES = {"": "Datasets", "generate": "Generate pairs", "train": "Train", "evaluate": "Evaluate",
          "playground": "Playground", "deploy": "Deploy", "admin": "Admin"}
+SWEEP_VIEW = "Train: sweep view"   # the Train page until the newest sweep's view has rendered
 LISTINGS = {"dataset list": ["dataset", "list"], "evaluate list": ["evaluate", "list"], "jobs list": ["jobs", "list"]}
 WORDS = ("khách hàng hợp đồng dịch vụ thanh toán bảo hành sản phẩm yêu cầu hỗ trợ điều khoản thời hạn giao hàng "
          "đổi trả hoá đơn tài khoản mật khẩu ngân hàng chuyển khoản phí lãi suất bên mua bên bán trách nhiệm "
@@ -146,15 +152,104 @@ def seed(home: Path, imports: int = 160, n_runs: int = 1000, n_evals: int = 1000
     _settle(evals, batch)
     took["evals_settle"] = time.perf_counter() - t0
 
+    t0 = time.perf_counter()
+    _seed_sweep(rng, trainable[0], who, metric_rows, examples)
+    took["sweep"] = time.perf_counter() - t0
+
     counts = store.one("""SELECT (SELECT count(*) FROM dataset_versions) AS versions,
                                  (SELECT count(*) FROM runs) AS runs,
                                  (SELECT count(*) FROM metrics) AS metric_rows,
                                  (SELECT count(*) FROM evaluations) AS evaluations,
+                                 (SELECT count(*) FROM sweeps) AS sweeps,
+                                 (SELECT count(*) FROM sweep_runs) AS sweep_runs,
                                  (SELECT count(*) FROM evaluation_examples) AS examples,
                                  (SELECT count(*) FROM audit_log) AS audit_rows,
                                  (SELECT count(*) FROM jobs WHERE state <> 'succeeded') AS unsettled""")
     took["total"] = sum(took.values())
     return {"seconds": took, "made": counts, "db_mb": Path(store.paths.db_path()).stat().st_size / 1e6}
+
+
+SWEEP_NAME = "r-and-lr"   # the seeded sweep: 3 ranks × 3 learning rates, each run trained and evaluated
+
+
+def _seed_sweep(rng: random.Random, version: str, who, metric_rows: int, examples: int) -> str:
+    """A 3 × 3 sweep through ``sweeps.submit``; each training job's result written the way a worker writes it
+    and settled the way a tick settles it (which queues each run's evaluation), then each evaluation likewise."""
+    from core.datasets import versions
+    from core.evaluation import scoring
+    from core.jobs.files import METRICS, STATUS, write_json_atomic
+    from core.jobs.queue import get_job
+    from core import store
+    from core.training import sweeps
+
+    started = sweeps.submit({"name": SWEEP_NAME, "preset": "demo pass (CPU, 40 steps)",
+                             "grid": {"r": [8, 16, 32], "lr": [1e-4, 2e-4, 5e-4]}, "evaluate": {"limit": examples}},
+                            version, actor=who)
+    jobs = []
+    for n, made in enumerate(started["runs"]):
+        job = get_job(made["job"])
+        job_dir = Path(job["job_dir"])
+        lines = [{"step": step, "loss": (2.0 + n * 0.1) * 0.97 ** step + rng.random() * 0.05, "learning_rate": 1e-4,
+                  "grad_norm": 1.0, "tokens_per_s": 900.0, "ts": time.time()} for step in range(1, metric_rows + 1)]
+        (job_dir / METRICS).write_text("".join(json.dumps(x) + "\n" for x in lines), encoding="utf-8")
+        write_json_atomic(job_dir / STATUS, {"state": "succeeded", "result": {
+            "adapter_dir": str(job_dir / "adapter"), "backend": "hf", "steps": metric_rows,
+            "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1, "train_runtime_s": 60.0}})
+        jobs.append(job)
+    _settle(jobs, len(jobs))
+    evals = store.rows("SELECT id, config FROM jobs WHERE kind = 'evaluate' AND run_id IN (SELECT run_id FROM sweep_runs "
+                       "WHERE sweep_id = ?) ORDER BY id", [started["id"]])
+    rows = versions.load_rows(version, "train") + versions.load_rows(version, "test")
+    for n, ev in enumerate(evals):
+        ev = get_job(ev["id"])
+        picked = [rows[i % len(rows)] for i in range(examples)]
+        refs = [r["output"] for r in picked]
+        preds = [_perturb(rng, r, 0.1 + 0.07 * n) for r in refs]
+        scores = scoring.score(refs, preds, ev["config"]["thresholds"])
+        out = Path(ev["job_dir"]) / "predictions.jsonl"
+        out.write_text("".join(json.dumps({"idx": i, "instruction": r["instruction"], "input": r["input"],
+                                           "reference": ref, "prediction": p, **per}, ensure_ascii=False) + "\n"
+                               for i, (r, ref, p, per) in enumerate(zip(picked, refs, preds, scores.per_example))),
+                       encoding="utf-8")
+        write_json_atomic(Path(ev["job_dir"]) / STATUS, {"state": "succeeded", "result": {
+            **scores.summary(), "duration_s": 30.0, "generation_s": 25.0, "scoring_s": 0.1, "examples_per_s": 0.8,
+            "prompt_format": "chat", "predictions": str(out)}})
+    _settle(evals, len(evals))
+    return started["id"]
+
+
+def time_sweep_view(home: Path, rounds: int = 5) -> dict:
+    """The sweep view without a browser: its core read (``sweeps.view``) and the Train page's whole script run
+    with it (Streamlit's AppTest, the newest sweep shown), median of ``rounds`` after a first run."""
+    os.environ["VITUNE_HOME"] = str(home)
+    os.environ["VITUNE_LANGUAGE"] = "en"   # the heading it looks for is the English one
+    sys.path.insert(0, str(REPO))
+    from streamlit.testing.v1 import AppTest
+
+    from core.access.principal import operator
+    from core.training import sweeps
+
+    newest = sweeps.list_sweeps(operator(), limit=1)
+    if not newest:
+        raise SystemExit(f"{home} has no sweep: seed it with today's bench/scale.py")
+    sweep_id = newest[0]["id"]
+    core_s, page_s = [], []
+    sweeps.view(sweep_id)
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        v = sweeps.view(sweep_id)
+        core_s.append(time.perf_counter() - t0)
+    for i in range(rounds + 1):
+        at = AppTest.from_file(str(REPO / "pages" / "train.py"), default_timeout=600)
+        at.session_state["principal"] = operator()
+        t0 = time.perf_counter()
+        at.run()
+        if i:   # the first run imports the page's modules
+            page_s.append(time.perf_counter() - t0)
+        if at.exception or f"Sweep {v['sweep']['name']}" not in [h.value for h in at.subheader]:
+            raise SystemExit(f"the Train page did not show the sweep view: {[e.value for e in at.exception]}")
+    return {"sweep": sweep_id, "runs": len(v["runs"]), "best": v["best"], "view_median_s": statistics.median(core_s),
+            "train_page_apptest_median_s": statistics.median(page_s), "view_s": core_s, "train_page_apptest_s": page_s}
 
 
 def _seed_version(rng: random.Random, src: Path, i: int, rows: int, who) -> list[str]:
@@ -231,17 +326,20 @@ def _quiet(server_pid: int | None, most_s: float = 180) -> None:
         pass
 
 
-def time_pages(url: str, rounds: int, limit_s: float = 120, server_pid: int | None = None) -> dict:
-    """Every page, ``rounds`` times (median); a page over ``limit_s`` is recorded as such and not tried again."""
+def time_pages(url: str, rounds: int, limit_s: float = 120, server_pid: int | None = None,
+               pages: dict | None = None, sweep_view: bool = True) -> dict:
+    """Every page (of ``pages``), ``rounds`` times (median), and the Train page's sweep view; a page over
+    ``limit_s`` is recorded as such and not tried again."""
     from playwright.sync_api import sync_playwright
 
-    got: dict[str, list] = {title: [] for title in PAGES.values()}
+    pages = PAGES if pages is None else pages
+    got: dict[str, list] = {title: [] for title in pages.values()}
     with sync_playwright() as p:
         browser = _browser(p)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         render(page, url, "Datasets", limit_s)  # warm-up: the server's first run imports the page modules
         for _ in range(rounds):
-            for path, title in PAGES.items():
+            for path, title in pages.items():
                 if None in got[title]:
                     continue
                 took = render(page, f"{url}/{path}", title, limit_s)
@@ -249,6 +347,8 @@ def time_pages(url: str, rounds: int, limit_s: float = 120, server_pid: int | No
                 if took is None:
                     page.goto("about:blank")
                     _quiet(server_pid)
+        if sweep_view:   # the Train page until its sweep view (the newest sweep, shown at once) has rendered
+            got[SWEEP_VIEW] = [render(page, f"{url}/train", f"Sweep {SWEEP_NAME}", limit_s) for _ in range(rounds)]
         browser.close()
     out = {}
     for title, v in got.items():
@@ -424,7 +524,10 @@ def _table(results: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--home", type=Path, help="studio home to seed (when empty) and time; default: a temporary one")
-    ap.add_argument("--seed-only", action="store_true")
+    ap.add_argument("--seed-only", action="store_true", help="only seed, and time the sweep view without a browser")
+    ap.add_argument("--sweep-only", action="store_true",
+                    help="in Chromium, time only the Train page's sweep view (no other page, no CLI)")
+    ap.add_argument("--pages-only", action="store_true", help="in Chromium, every page and the sweep view; no CLI")
     ap.add_argument("--profile", action="store_true", help="count one `dataset list`'s opens and queries, and stop")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--cli-runs", type=int, default=10)
@@ -457,6 +560,7 @@ def main(argv: list[str] | None = None) -> int:
         results["seed"]["wall_s"] = time.perf_counter() - t0
         print(f"seeded {home} in {results['seed']['seconds']['total']:.1f} s: {results['seed']['made']}", flush=True)
     if args.seed_only:
+        results["sweep_view"] = time_sweep_view(home)
         print(json.dumps(results, indent=2, default=str))
         return 0
     sys.path.insert(0, str(REPO))
@@ -466,14 +570,21 @@ def main(argv: list[str] | None = None) -> int:
     server = start_studio(home, port, VITUNE_LANGUAGE="en")   # the headings it waits for are the English ones
     url = f"http://127.0.0.1:{port}"
     try:
-        results["pages"] = time_pages(url, args.rounds, args.page_limit, server.pid)
+        results["pages"] = time_pages(url, args.rounds, args.page_limit, server.pid,
+                                      pages={} if args.sweep_only else None)
         print(_table(results), flush=True)
+        if args.sweep_only or args.pages_only:
+            return _save(results, args)
         results["cli"] = time_cli(home, args.cli_runs)
         results["tabs"] = args.tabs
         results["cli_with_tabs"] = with_tabs(url, home, args.tabs, args.cli_runs_tabs, server.pid)
     finally:
         server.terminate()
         server.wait(30)
+    return _save(results, args)
+
+
+def _save(results: dict, args) -> int:
     results["load_after"] = os.getloadavg()
     out = args.out or REPO / "bench" / "results" / f"scale-{results['date']}-{args.label}.json"
     out.write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")

@@ -174,3 +174,21 @@ def judge_scores(distribution: dict, mean: float | None = None, tr: Tr = None) -
     fig.update_layout(title=T("The judge's scores (1–5)"), xaxis={"tickmode": "array", "tickvals": xs, "title": T("score")},
                       yaxis_title=T("examples"), height=300, margin={"t": 50, "b": 40})
     return fig
+
+
+def sweep_losses(metrics, labels: dict, best: str | None = None, tr: Tr = None) -> go.Figure:
+    """A sweep's training loss curves side by side, one line a run (named by what it varies), the best one
+    drawn thick (``metrics``: run_id, step, loss; ``labels``: run id → its label)."""
+    T = tr or _same
+    fig = go.Figure()
+    if metrics is not None and len(metrics):
+        for run_id, part in metrics.groupby("run_id", sort=False):
+            name = labels.get(run_id, run_id)
+            top = run_id == best
+            fig.add_trace(go.Scatter(x=part["step"], y=part["loss"], mode="lines",
+                                     name=("★ " if top else "") + name, line={"width": 4 if top else 1.5}))
+    fig.update_layout(title=T("Training loss of every run"), height=380, margin={"t": 50, "b": 40, "l": 40, "r": 40},
+                      legend={"orientation": "h", "y": -0.2})
+    fig.update_xaxes(title_text=T("step"))
+    fig.update_yaxes(title_text=T("loss"))
+    return fig

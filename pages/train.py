@@ -183,3 +183,153 @@ with jobs_place:
     jobs_live()
 if chosen:
     (run_live if live else run_view)(chosen)
+
+
+# ── sweeps ───────────────────────────────────────────────────────────────────
+
+from core.training import sweeps  # noqa: E402
+
+SWEEP_GRID = ("lora_r", "lora_alpha", "learning_rate", "num_train_epochs", "per_device_train_batch_size")
+
+
+def sweep_spec(values: dict) -> dict:
+    """The form's boxes as a spec (core parses and checks them); a YAML spec, when given, instead."""
+    if values["yaml"].strip():
+        spec = sweeps.load(values["yaml"], "YAML")
+        if not spec.get("dataset"):
+            spec["dataset"] = values["version"]
+        return spec
+    grid = {field: values[field] for field in SWEEP_GRID}
+    if values["models"]:
+        grid["base_model"] = values["models"]
+    if values["presets"]:
+        grid["preset"] = values["presets"]
+    settings = {"max_steps": int(values["max_steps"])} if values["max_steps"] else {}
+    return sweeps.from_options(preset=values["preset"], grid=grid, settings=settings, dataset=values["version"],
+                               name=values["name"].strip() or None,
+                               evaluate={"limit": int(values["limit"]) or None,
+                                         "max_new_tokens": int(values["max_new_tokens"])})
+
+
+def sweep_form() -> None:
+    with st.expander(_("New sweep: many runs over a grid of settings, each evaluated on its held-out split"),
+                     expanded=False):
+        by_version = {v["id"]: v for v in versions}
+        with st.form("sweep"):
+            c1, c2 = st.columns(2)
+            values = {"version": c1.selectbox(_("Version to sweep on"), list(by_version),
+                                              format_func=lambda i: f"{by_version[i]['name']} ({i})", key="sweep-version"),
+                      "preset": c2.selectbox(_("Every run starts from"), list(presets.PRESETS), index=1,
+                                             format_func=lambda p: label(presets.TITLES, p), key="sweep-preset")}
+            titles = {"lora_r": _("LoRA r values"), "lora_alpha": _("LoRA alpha values"),
+                      "learning_rate": _("Learning rates"), "num_train_epochs": _("Epoch counts"),
+                      "per_device_train_batch_size": _("Batch sizes")}
+            for col, field in zip(st.columns(len(SWEEP_GRID)), SWEEP_GRID):
+                values[field] = col.text_input(titles[field], key=f"sweep-{field}",
+                                               help=_("Values separated by commas, e.g. 8, 16, 32; empty: the preset's."))
+            d1, d2 = st.columns(2)
+            values["models"] = d1.multiselect(_("Models to compare (empty: the preset's)"),
+                                              models.list_base_models(), format_func=models.display_name,
+                                              key="sweep-models")
+            values["presets"] = d2.multiselect(_("Presets to compare"), list(presets.PRESETS),
+                                               format_func=lambda p: label(presets.TITLES, p), key="sweep-presets")
+            e1, e2, e3, e4 = st.columns(4)
+            values["max_steps"] = e1.number_input(_("Steps per sweep run (0: by epochs)"), min_value=0, value=0, step=10,
+                                                  key="sweep-max-steps")
+            values["limit"] = e2.number_input(_("Held-out pairs evaluated (0: all, as the gate needs)"), min_value=0,
+                                              value=0, key="sweep-limit")
+            values["max_new_tokens"] = e3.number_input(_("Answer length in the evaluation (tokens)"), min_value=1,
+                                                       max_value=8192, value=128, key="sweep-tokens")
+            values["name"] = e4.text_input(_("Sweep name"), key="sweep-name")
+            values["yaml"] = st.text_area(_("…or a YAML sweep spec (grid, runs, settings, evaluate: docs/training.md)"),
+                                          key="sweep-yaml", height=120)
+            b1, b2 = st.columns(2)
+            estimate = b1.form_submit_button(_("Count the runs and estimate the time"))
+            go = b2.form_submit_button(_("Queue the sweep"), type="primary")
+        if estimate or go:
+            try:
+                planned = sweeps.plan(sweep_spec(values), actor=who)
+                st.info(say(planned["estimate"]["message"]))
+                if go:
+                    started = sweeps.submit(planned["spec"], actor=who)
+                    refresh_live()
+                    _sweep_view.clear()
+                    st.session_state["watch_sweep"] = started["id"]
+                    st.success(_("Queued sweep {sweep}: {n} training jobs, each evaluated when it has trained.")
+                               .format(sweep=started["id"], n=len(started["runs"])))
+                else:
+                    st.table([{_("run"): i, _("settings"): sweeps.describe(r["params"])}
+                              for i, r in enumerate(planned["runs"], start=1)], hide_index=True)
+            except sweeps.SweepError as exc:
+                st.error(say(exc.args[0]))
+            except (ValueError, queue.JobError, PermissionError) as exc:
+                fail(exc)
+
+
+@st.cache_data(ttl=2.0, show_spinner=False, max_entries=100)
+def _sweep_view(home: str, sweep_id: str, scope: str, _who) -> dict:
+    return sweeps.view(sweep_id, _who)
+
+
+@live_view("the Train page (sweep)")
+def sweep_live(sweep_id: str) -> None:
+    """A running sweep, refreshed every 2 s until it has finished."""
+    sweep_view(sweep_id, live=True)
+
+
+def sweep_view(sweep_id: str, live: bool = False) -> None:
+    from core import paths
+    from core.access import projects as access_projects
+
+    v = _sweep_view(str(paths.home()), sweep_id, repr(access_projects.where(who, here)), who)
+    if live and v["state"] != "running":
+        st.rerun()
+    s, c = v["sweep"], v["counts"]
+    st.subheader(_("Sweep {name}").format(name=s["name"]))
+    st.caption(_("{state}: {trained} of {runs} runs trained, {evaluated} evaluated, {failed} failed. Estimate when it "
+                 "started: {estimate}").format(state=say(sweeps.STATES[v["state"]]), trained=c["trained"],
+                                                runs=c["runs"], evaluated=c["evaluated"], failed=c["failed"],
+                                                estimate=say(sweeps.message(s["estimate"])) if s.get("estimate") else "–"))
+    best = next((r for r in v["runs"] if r["best"]), None)
+    if best:
+        st.success(_("Best run: {run} ({settings}): BLEU {bleu:.3f}, ROUGE-L {rouge:.3f} on {n} held-out pairs.")
+                   .format(run=best["run_id"], settings=best["label"], bleu=best["bleu"], rouge=best["rouge_l"], n=best["n"]))
+    # a plain table, not a data grid: a sweep has at most 64 runs, and a running one is redrawn every 2 s
+    st.table([{_("best"): "★" if r["best"] else "", _("rank"): r["rank"], _("run"): r["run_id"],
+                   _("settings"): r["label"], _("LoRA r"): r["config"]["lora_r"], _("LoRA alpha"): r["config"]["lora_alpha"],
+                   _("Learning rate"): r["config"]["learning_rate"], _("Epochs"): r["config"]["num_train_epochs"],
+                   _("Batch size"): r["config"]["per_device_train_batch_size"],
+                   _("Base model"): models.display_name(r["base_model"]),
+                   _("training"): label(labels.JOB_STATES, r["train_state"]),
+                   _("evaluation"): label(labels.JOB_STATES, r["eval_state"]) if r["eval_state"] else "–",
+                   "BLEU": r["bleu"], "ROUGE-L": r["rouge_l"], "n": r["n"],
+                   _("gate"): (_("releasable") if r["releasable"] else _("not releasable")) if r["evaluation"] else "–",
+                   _("why"): say(r["reason"]) if r["reason"] else (r["error"] or "")} for r in v["runs"]],
+             hide_index=True, border="horizontal")
+    st.plotly_chart(charts.sweep_losses(v["metrics"], {r["run_id"]: r["label"] for r in v["runs"]}, v["best"], tr=_),
+                    key=f"sweep-loss-{sweep_id}")
+    if v["state"] == "running" and can("job.cancel"):
+        if st.button(_("Cancel the sweep"), key=f"sweep-cancel-{sweep_id}"):
+            try:
+                done = sweeps.cancel(sweep_id, actor=who)
+                _sweep_view.clear()
+                refresh_live()
+                st.success(_("Sweep {sweep} cancelled: {n} jobs stopped.").format(sweep=sweep_id, n=len(done["cancelled"])))
+            except (queue.JobError, PermissionError, ValueError) as exc:
+                fail(exc)
+
+
+st.header(_("Sweeps"))
+if versions and can("train.submit"):
+    sweep_form()
+all_sweeps = sweeps.list_sweeps(who, here, limit=30)
+if all_sweeps:
+    ids = [s["id"] for s in all_sweeps]
+    by_id = {s["id"]: s for s in all_sweeps}
+    watch = st.session_state.get("watch_sweep")
+    picked = st.selectbox(_("Sweep"), ids, index=ids.index(watch) if watch in ids else 0, key="sweep-pick",
+                          format_func=lambda i: f"{by_id[i]['name']} · {say(sweeps.STATES[by_id[i]['state']])} · "
+                                                f"{by_id[i]['n_runs']}")
+    (sweep_live if by_id[picked]["state"] == "running" else sweep_view)(picked)
+else:
+    st.caption(_("No sweeps yet."))

@@ -190,6 +190,22 @@ CASES = [
          "error: {corpus}/plain_folder: a folder, not a YAML training config"),
     Case("train-config-missing", ["train", "--config", "{corpus}/missing.yaml", "--dataset", "{sample}"], 1,
          "error: {corpus}/missing.yaml: no such file"),
+    # ── sweep: a YAML sweep spec that is no spec, an unknown dataset or sweep; refused before anything is queued ──
+    Case("sweep-spec-bad_syntax", ["sweep", "--file", "{corpus}/bad_syntax.yaml", "--dataset", "{sample}"], 1,
+         "error: {corpus}/bad_syntax.yaml: line 2, column 14: not valid YAML (expected ',' or ']', but got ':')"),
+    Case("sweep-spec-a_list", ["sweep", "plan", "--file", "{corpus}/a_list.yaml", "--dataset", "{sample}"], 1,
+         "error: {corpus}/a_list.yaml: a sweep must be a mapping of fields (name, dataset, preset, settings, grid, "
+         "runs, evaluate), not list"),
+    Case("sweep-spec-unknown_key", ["sweep", "--file", "{corpus}/unknown_key.yaml", "--dataset", "{sample}"], 1,
+         "error: {corpus}/unknown_key.yaml: lora_rank: not a sweep field (one of: name, dataset, preset, settings, "
+         "grid, runs, evaluate)"),
+    Case("sweep-spec-binary", ["sweep", "--file", "{corpus}/binary.yaml", "--dataset", "{sample}"], 1,
+         r"error: {corpus}/binary\.yaml: not UTF-8 text \(byte \d+\); a sweep spec is YAML", regex=True),
+    Case("sweep-spec-folder", ["sweep", "--file", "{corpus}/plain_folder", "--dataset", "{sample}"], 1,
+         "error: {corpus}/plain_folder: a folder, not a sweep spec"),
+    Case("sweep-unknown-dataset", ["sweep", "--dataset", "ds-nope", "--grid", "r=8,16"], 1,
+         AN_ID.format(what="dataset version", id="ds-nope")),
+    Case("sweep-unknown-id", ["sweep", "cancel", "../sweep-nope"], 1, "error: no sweep '../sweep-nope'"),
     Case("train-unknown-dataset", ["train", "--dataset", "ds-nope", "--preset", "quick test (CPU, 20 steps)"], 1,
          AN_ID.format(what="dataset version", id="ds-nope")),
     Case("train-dataset-dotdot", ["train", "--dataset", "../ds", "--preset", "quick test (CPU, 20 steps)"], 1,

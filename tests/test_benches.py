@@ -125,7 +125,7 @@ def test_the_tiny_twins_of_the_other_shapes_build_and_are_counted(tmp_path, shap
 @pytest.mark.slow
 def test_the_cpu_benches_small_passes(tmp_path, default_model):
     """The CPU benches at their smallest: scoring, the bulk import, generation engines on the default model,
-    the static engine's agreement, seeding a team-sized home (a small one)."""
+    the static engine's agreement, seeding a team-sized home (a small one, with a sweep) and timing its sweep view."""
     out = _bench(str(BENCH / "score.py"), "--pairs", "200", "--syllables", "40", "--repeat", "1", timeout=600).stdout
     assert "pairs" in out
     out = _bench(str(BENCH / "dataset_import.py"), "--rows", "3000", "--skip-pandas", timeout=900).stdout
@@ -145,9 +145,13 @@ def test_the_cpu_benches_small_passes(tmp_path, default_model):
     _bench(str(BENCH / "static_agreement.py"), "--base-model", str(default_model), "--device", "cpu", "--prompts", "2",
            "--max-new-tokens", "4", "--dtypes", "float32", "--json", str(agreement), timeout=900)
     assert json.loads(agreement.read_text())
-    _bench(str(BENCH / "scale.py"), "--home", str(tmp_path / "scale"), "--seed-only", "--imports", "4", "--runs", "8",
-           timeout=900)
+    out = _bench(str(BENCH / "scale.py"), "--home", str(tmp_path / "scale"), "--seed-only", "--imports", "4", "--runs",
+                 "8", timeout=900).stdout
     assert (tmp_path / "scale" / "data" / "studio.duckdb").exists()
+    seeded = json.loads(out[out.index("\n{") + 1:])   # the sweep view, timed without a browser on the seeded home
+    assert seeded["seed"]["made"]["sweeps"] == 1 and seeded["seed"]["made"]["sweep_runs"] == 9
+    assert seeded["sweep_view"]["runs"] == 9 and seeded["sweep_view"]["best"]
+    assert len(seeded["sweep_view"]["train_page_apptest_s"]) == 5
 
 
 @pytest.mark.slow

@@ -76,30 +76,48 @@ def submit(run_id: str | None = None, *, base_model: str | None = None, dataset_
         base_models.check(base_model)
     version = versions.get_version(dataset_version_id, actor)
     require(actor, "evaluate.submit", version["project"])
+    payload, job_dir = _payload(run_id, run["run_dir"] if run_id else None, base_model, adapter_dir, fmt, version,
+                                split, limit, decoding, actor.name)
+    if artifact:
+        payload.update(artifact)
+        if n_parallel:
+            payload["n_parallel"] = int(n_parallel)
+    return queue.submit("evaluate", payload, job_dir, actor, run_id, dataset_version_id, version["project"])
+
+
+def _payload(run_id: str | None, run_dir: str | None, base_model: str, adapter_dir: str | None, fmt: str,
+             version: dict, split: str, limit: int | None, decoding: Decoding, owner: str) -> tuple[dict, Path]:
+    """An evaluation job's payload and folder (the caller has checked who asks)."""
     evaluation_id = "eval-" + uuid.uuid4().hex[:10]
-    where = Path(run["run_dir"]) / "evaluations" if run_id else paths.data_dir() / "evaluations"
+    where = Path(run_dir) / "evaluations" if run_id else paths.data_dir() / "evaluations"
     payload = {
         "evaluation_id": evaluation_id,
         "run_id": run_id,
         "base_model": base_model,
         "adapter_dir": adapter_dir,
         "prompt_format": fmt,
-        "dataset_version_id": dataset_version_id,
+        "dataset_version_id": version["id"],
         "split": split,
         "rows_file": str(Path(version["path"]) / f"{split}.parquet"),
         "limit": limit,
         "decoding": decoding.to_dict(),
         "thresholds": gate.thresholds(),
-        "owner": actor.name,
+        "owner": owner,
         "project": version["project"],
         "target": "adapter",
     }
-    if artifact:
-        payload.update(artifact)
-        if n_parallel:
-            payload["n_parallel"] = int(n_parallel)
-    return queue.submit("evaluate", payload, where / evaluation_id, actor, run_id, dataset_version_id,
-                        version["project"])
+    return payload, where / evaluation_id
+
+
+def queue_for_run(con, *, run_id: str, run_dir: str, base_model: str, adapter_dir: str, prompt_format_name: str,
+                  dataset_version_id: str, limit: int | None, decoding: Decoding, owner: str, project: str) -> int:
+    """The gate's evaluation of a run just trained (its held-out split), queued on ``con`` inside the settle of its
+    training job: a sweep's automatic evaluation (core.training.sweeps; the sweep's owner was checked when it
+    started). Returns the job id."""
+    version = versions.get_version(dataset_version_id)
+    payload, job_dir = _payload(run_id, run_dir, base_model, adapter_dir, prompt_format_name, version, "test", limit,
+                                decoding.validate(), owner)
+    return queue.insert(con, "evaluate", job_dir, payload, owner, run_id, dataset_version_id, project)
 
 
 def _artifact(run_id: str, gguf: str | None, ollama_model: str | None, actor: Principal) -> dict:

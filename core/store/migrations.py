@@ -398,11 +398,38 @@ def _m013_artifact_evaluations(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f"ALTER TABLE evaluations ADD COLUMN IF NOT EXISTS {column} {kind}")
     con.execute("UPDATE evaluations SET target = 'adapter' WHERE target IS NULL")
     con.execute("ALTER TABLE releases ADD COLUMN IF NOT EXISTS gate_record JSON")
+def _m014_sweeps(con: duckdb.DuckDBPyConnection) -> None:
+    """Sweeps (issue 25): many training runs from one grid or list of settings, under one sweep id, each
+    evaluated on its held-out split when its training is ingested (core.training.sweeps)."""
+    con.execute(
+        """
+        CREATE TABLE sweeps (
+            id            VARCHAR PRIMARY KEY,
+            name          VARCHAR NOT NULL,
+            project       VARCHAR NOT NULL DEFAULT 'default',
+            dataset_version_id VARCHAR NOT NULL,
+            spec          JSON NOT NULL,             -- the normalized spec: preset, settings, grid, runs, evaluate
+            estimate      JSON,                      -- the count and the time estimate it started with
+            created_by    VARCHAR,
+            created_at    TIMESTAMPTZ NOT NULL,
+            cancelled_at  TIMESTAMPTZ,               -- set: no evaluation is queued for it any more
+            cancelled_by  VARCHAR
+        );
+        CREATE TABLE sweep_runs (
+            sweep_id      VARCHAR NOT NULL,
+            idx           INTEGER NOT NULL,          -- the run's place in the expanded grid
+            run_id        VARCHAR NOT NULL UNIQUE,   -- an ordinary run (and training job) of the runs table
+            params        JSON NOT NULL,             -- what this run varies
+            PRIMARY KEY (sweep_id, idx)
+        );
+        """
+    )
 
 
 MIGRATIONS = [_m001_initial, _m002_reviews, _m004_evaluation_details, _m005_release_lifecycle,
               _m006_training_metrics, _m007_team_access, _m008_preference_votes, _m009_word_scores,
-              _m010_saved_conversations, _m011_judge, _m012_sign_in_guards, _m013_artifact_evaluations]
+              _m010_saved_conversations, _m011_judge, _m012_sign_in_guards, _m013_artifact_evaluations,
+              _m014_sweeps]
 
 
 def _migration_number(fn) -> int:

@@ -175,3 +175,6 @@ def ingest(con, job: dict, result: dict) -> None:
     """The finished run's adapter folder."""
     ingest_progress(con, job)
     con.execute("UPDATE runs SET adapter_dir = ? WHERE id = ?", [result.get("adapter_dir"), job["run_id"]])
+    from core.training import sweeps   # a sweep's run: its evaluation is queued in this same transaction
+
+    sweeps.after_training(con, job, result)
