@@ -113,7 +113,7 @@ COMMANDS = (
     datasets.add_generate_stop, evaluation.add_gate, evaluation.add_score, deploy.add_export,
     deploy.add_modelfile, deploy.add_deploy, deploy.add_releases, access.add_users,
     datasets.add_endpoints, access.add_projects, access.add_demo, playground.add_conversations,
-    evaluation.add_votes, _add_i18n, access.add_audit, evaluation.add_judge,
+    evaluation.add_votes, _add_i18n, access.add_audit, evaluation.add_judge, evaluation.add_retention,
 )
 
 
