@@ -178,3 +178,36 @@ def test_the_cli_shows_the_check_and_the_examples(home):
     assert bad.returncode == 2 and "needs --run RUN" in bad.stderr
     bad = cli("retention", "run", "--run", "run-nope", home=home, check=False)
     assert bad.returncode == 1 and "no run 'run-nope'" in bad.stderr
+
+
+@pytest.mark.parametrize("lang", ["en", "vi"])
+def test_the_evaluate_pages_retention_panel_shows_base_against_tuned_and_the_examples(home, monkeypatch, lang):
+    from streamlit.testing.v1 import AppTest
+
+    from core import i18n
+    from tests.conftest import REPO, open_tab
+
+    if lang == "vi":
+        monkeypatch.delenv("VITUNE_LANGUAGE", raising=False)   # the server's default: Vietnamese
+    run_id, _ = _run(home)
+    runs_done = store.one("SELECT job_id FROM runs WHERE id = ?", [run_id])
+    store.execute("UPDATE jobs SET state = 'succeeded' WHERE id = ?", [runs_done["job_id"]])
+    store_result(home, None, "base", "shipped", list(REFS), [1.0] * 4)
+    store_result(home, run_id, "run", "shipped", ["Tôi không biết."] + list(REFS[1:]), [1.1] * 4)
+    at = AppTest.from_file(str(REPO / "pages" / "evaluate.py"), default_timeout=120)
+    # in Vietnamese as a viewer: AppTest formats the Evaluate form's selectboxes outside the script's run, where the
+    # page's translator has no session (the form shows to engineers and above only)
+    at.session_state["principal"] = person("thu", "admin") if lang == "en" else person("vy", "viewer")
+    at = open_tab(at.run(), "evaluate-tab", "General Vietnamese kept")
+    assert not at.exception, [e.value for e in at.exception]
+    T = lambda s: i18n.translate(s, lang)
+    assert [e.value for e in at.error] == [T("General Vietnamese: {verdict}.").format(verdict=T("not kept")) + " "
+                                           + i18n.render(retention.check(run_id).reason, T)]
+    table = at.dataframe[0].value
+    assert list(table[T("model")]) == [T("base"), T("tuned")] and list(table["n"]) == [4, 4]
+    assert len(at.get("plotly_chart")) == 1
+    texts = [t.value for t in at.text]
+    assert "Câu hỏi 0" in texts and "Tôi không biết." in texts and REFS[0] in texts   # the largest loss first
+    labels = {n.label for n in at.number_input} | {b.label for b in at.button}
+    forms = {T("ROUGE-L the tuned run may lose"), T("Save the check's bounds"), T("Queue the retention check")}
+    assert forms <= labels if lang == "en" else not forms & labels   # an admin's forms; a viewer sees none
