@@ -38,10 +38,6 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("evaluate", "core.evaluation.evaluator", "core.evaluation.evaluations",
          ("torch", "transformers", "peft", "pyarrow", "numpy", "pandas", "rapidfuzz"),
          "batched generation on a held-out split, BLEU and ROUGE-L"),
-    Kind("retention", "core.evaluation.retention_worker", "core.evaluation.retention",
-         ("torch", "transformers", "peft", "numpy", "pandas", "rapidfuzz"),
-         "general Vietnamese, base against tuned: BLEU, ROUGE-L and perplexity of the reference answers",
-         optional=("llama_cpp",)),   # a GGUF target
     Kind("export", "core.deploy.exporter", "core.deploy.exports",
          ("torch", "transformers", "peft", "safetensors", "gguf", "sentencepiece", "llama_cpp"),
          "merge, llama.cpp's GGUF converter, quantization"),
@@ -55,6 +51,10 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("judge", "core.evaluation.judge_worker", "core.evaluation.judge", (),
          "an LLM judge's 1–5 scores of an evaluation's answers (an endpoint, or the default model)",
          optional=("llama_cpp.server",)),   # the default model as the judge: llama.cpp's server
+    Kind("retention", "core.evaluation.retention_worker", "core.evaluation.retention",
+         ("torch", "transformers", "peft", "numpy", "pandas", "rapidfuzz"),
+         "general Vietnamese, base against tuned: BLEU, ROUGE-L and perplexity of the reference answers",
+         optional=("llama_cpp",)),   # a GGUF target
     Kind("inference", "core.playground.server", "core.playground.playground",
          ("torch", "transformers", "peft"),
          "one model served on loopback for the playground", resident=True),
