@@ -192,3 +192,22 @@ def sweep_losses(metrics, labels: dict, best: str | None = None, tr: Tr = None) 
     fig.update_xaxes(title_text=T("step"))
     fig.update_yaxes(title_text=T("loss"))
     return fig
+
+
+def retention_bars(numbers: dict, set_labels: dict, tr: Tr = None) -> go.Figure:
+    """General Vietnamese kept (``core.evaluation.retention``): base against tuned on each set, ROUGE-L and
+    BLEU on the left, the perplexity of the reference answers on the right."""
+    T = tr or _same
+    sets = [name for name, s in numbers["sets"].items() if s.get("base")]
+    names = [set_labels.get(name, name) for name in sets]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=(T("ROUGE-L and BLEU (higher is better)"),
+                                                        T("Perplexity of the reference answers (lower is better)")))
+    for who, key, color in ((T("base"), "base", "#9e9e9e"), (T("tuned"), "tuned", "#1565c0")):
+        fig.add_trace(go.Bar(x=[f"ROUGE-L · {n}" for n in names] + [f"BLEU · {n}" for n in names],
+                             y=[numbers["sets"][s][key]["rouge_l"] for s in sets]
+                             + [numbers["sets"][s][key]["bleu"] for s in sets],
+                             name=who, marker_color=color, legendgroup=key), row=1, col=1)
+        fig.add_trace(go.Bar(x=names, y=[numbers["sets"][s][key]["perplexity"] for s in sets], name=who,
+                             marker_color=color, legendgroup=key, showlegend=False), row=1, col=2)
+    fig.update_layout(barmode="group", height=340, margin={"t": 60, "b": 40}, legend={"orientation": "h", "y": -0.25})
+    return fig

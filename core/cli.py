@@ -114,6 +114,7 @@ COMMANDS = (
     deploy.add_modelfile, deploy.add_deploy, deploy.add_releases, access.add_users,
     datasets.add_endpoints, access.add_projects, access.add_demo, playground.add_conversations,
     evaluation.add_votes, _add_i18n, access.add_audit, evaluation.add_judge, training.add_sweep,
+    evaluation.add_retention,
 )
 
 

@@ -13,7 +13,7 @@ JOB_STATES = {"queued": M("queued"), "running": M("running"), "succeeded": M("su
               "cancelled": M("cancelled")}
 JOB_KINDS = {"train": M("training"), "evaluate": M("evaluation"), "export": M("export"), "preflight": M("preflight"),
              "generate": M("pair generation"), "inference": M("inference (playground)"),
-             "judge": M("LLM judge")}
+             "judge": M("LLM judge"), "retention": M("general Vietnamese kept (retention)")}
 DECISIONS = {"approved": M("approved"), "edited": M("edited"), "rejected": M("rejected"), "pending": M("pending"),
              None: M("pending")}
 RELEASE_STATES = {"active": M("active"), "replaced": M("replaced"), "deleted": M("deleted")}

@@ -2,7 +2,7 @@ import streamlit as st
 
 from core import charts, labels, models
 from core.deploy import exports, releases
-from core.evaluation import evaluations, gate, judge, report, votes, words
+from core.evaluation import evaluations, gate, judge, report, retention, votes, words
 from core.jobs import queue
 from core.training import runs as train_runs
 from core.evaluation.inference import Decoding, parse_stop
@@ -87,8 +87,9 @@ evals = evaluations.list_evaluations(who, project=here, limit=PICKABLE) if filte
 if not evals:
     st.info(_("No evaluations yet."))
 eval_labels = {e["id"]: say(e["label"]) for e in evals}
-board_tab, compare_tab, drill_tab, votes_tab, judge_tab, gate_tab = st.tabs(
-    [_("Leaderboard"), _("Compare"), _("Examples"), _("Preference votes"), _("LLM judge"), _("Gate thresholds")],
+board_tab, compare_tab, drill_tab, votes_tab, judge_tab, gate_tab, kept_tab = st.tabs(
+    [_("Leaderboard"), _("Compare"), _("Examples"), _("Preference votes"), _("LLM judge"), _("Gate thresholds"),
+     _("General Vietnamese kept")],
     key="evaluate-tab", on_change="rerun")
 
 with board_tab:
@@ -381,6 +382,97 @@ with gate_tab:
                     try:
                         judge.set_gate(let, judge=gating_judge or None, min_mean=judge_min, min_share=judge_share,
                                        actor=who, override_reason=judge_reason or None)
+                        st.success(_("Saved."))
+                    except (ValueError, PermissionError) as exc:
+                        fail(exc)
+
+
+with kept_tab:
+    if kept_tab.open:
+        rc = retention.settings()
+        st.caption(_("Does tuning keep general Vietnamese? The base model and a tuned run answer general Vietnamese — "
+                     "the test split of the general data mixed into the run's version, and the studio's own general "
+                     "set — scored like an evaluation, with the perplexity of the reference answers. The gate asks "
+                     "that the tuned ROUGE-L stay at least the base's − {drop} and its perplexity at most the base's "
+                     "× {ratio}.").format(drop=rc["rouge_l_drop"], ratio=rc["perplexity_ratio"])
+                   + " " + (_("A run without the check is not releasable.") if rc["required"]
+                            else _("It gates where measured.")))
+        done_runs = train_runs.list_runs(who, here, state="succeeded", limit=RUNS_SHOWN)
+        if not done_runs:
+            st.info(_("No finished runs yet."))
+        else:
+            kept_run = st.selectbox(_("Run"), [r["id"] for r in done_runs], key="kept-run")
+            shown = retention.summary(kept_run, who)
+            c = shown["check_obj"]
+            verdict = {True: _("kept"), False: _("not kept"), None: _("not measured")}[c.passed]
+            (st.success if c.passed else st.error if c.passed is False else st.info)(
+                _("General Vietnamese: {verdict}.").format(verdict=verdict) + " " + say(c.reason))
+            table = []
+            for name, s in c.numbers["sets"].items():
+                for who_key, who_name in (("base", _("base")), ("tuned", _("tuned"))):
+                    got = s.get(who_key)
+                    if got:
+                        table.append({_("set"): say(retention.SET_LABELS.get(name, name)), _("model"): who_name,
+                                      "n": s["n"], "BLEU": round(got["bleu"], 4), "ROUGE-L": round(got["rouge_l"], 4),
+                                      _("perplexity"): None if got["perplexity"] is None else round(got["perplexity"], 3)})
+            if table:
+                st.dataframe(table, hide_index=True)
+            if any(s.get("base") for s in c.numbers["sets"].values()):
+                st.plotly_chart(charts.retention_bars(c.numbers, {k: say(v) for k, v in retention.SET_LABELS.items()},
+                                                      tr=_), key="retention-bars")
+                measured = [n for n, s in c.numbers["sets"].items() if s.get("base_id")]
+                kept_set = st.selectbox(_("Examples of"), measured, key="kept-set",
+                                        format_func=lambda n: say(retention.SET_LABELS.get(n, n)))
+                s = c.numbers["sets"][kept_set]
+                rows = retention.drilldown(s["tuned_id"], s["base_id"], who)
+                pick = st.selectbox(_("Example (largest ROUGE-L loss first)"), [r["idx"] for r in rows], key="kept-ex",
+                                    format_func=lambda i: next(f"#{r['idx']} · ROUGE-L {r['base_rouge_l']:.3f} → "
+                                                               f"{r['tuned_rouge_l']:.3f} · {(r['instruction'] or '')[:60]}"
+                                                               for r in rows if r["idx"] == i))
+                ex = next(r for r in rows if r["idx"] == pick)
+                st.text(ex["instruction"] or "")   # data shows as text, never as markdown
+                if ex["input"]:
+                    st.text(ex["input"])
+                st.markdown(_("**Reference**"))
+                st.text(ex["reference"] or "")
+                e1, e2 = st.columns(2)
+                e1.markdown(_("**Base** — ROUGE-L {rouge_l:.3f}, NLL {nll}").format(
+                    rouge_l=ex["base_rouge_l"], nll="–" if ex["base_nll"] is None else f"{ex['base_nll']:.3f}"))
+                e1.text(ex["base"] or "")
+                e2.markdown(_("**Tuned** — ROUGE-L {rouge_l:.3f}, NLL {nll}").format(
+                    rouge_l=ex["tuned_rouge_l"], nll="–" if ex["tuned_nll"] is None else f"{ex['tuned_nll']:.3f}"))
+                e2.text(ex["tuned"] or "")
+            if can("evaluate.submit"):
+                with st.form("retention-run"):
+                    k1, k2, k3 = st.columns(3)
+                    kept_limit = k1.number_input(_("Pairs of each set (0: all)"), 0, 100000, 0)
+                    kept_tokens = k2.number_input(_("Max new tokens"), 1, 8192, 128, key="kept-tokens")
+                    kept_quant = k3.selectbox(_("Also its GGUF"), ["", "f16", "q8_0", "q4_k_m"],
+                                              format_func=lambda q: q or _("(no)"))
+                    go_kept = st.form_submit_button(_("Queue the retention check"))
+                if go_kept:
+                    try:
+                        job = retention.submit(kept_run, actor=who, quant=kept_quant or None,
+                                               limit=int(kept_limit) or None, max_new_tokens=int(kept_tokens))
+                        refresh_live()
+                        st.success(_("Queued retention job {job}.").format(job=job["id"]))
+                    except (ValueError, queue.JobError, PermissionError) as exc:
+                        fail(exc)
+        for job in live_jobs(10, "retention"):
+            if job["state"] in ("queued", "running"):
+                job_progress(job)
+        if can("gate.thresholds"):
+            with st.form("retention-settings"):
+                s1, s2 = st.columns(2)
+                drop = s1.number_input(_("ROUGE-L the tuned run may lose"), 0.0, 1.0, float(rc["rouge_l_drop"]), 0.01)
+                ratio = s2.number_input(_("Perplexity at most the base's ×"), 1.0, 100.0, float(rc["perplexity_ratio"]),
+                                        0.05)
+                required = st.checkbox(_("Required: a run without the check is not releasable"), value=rc["required"])
+                why = st.text_input(_("Reason, to loosen the check beyond its defaults (recorded)"))
+                if st.form_submit_button(_("Save the check's bounds")):
+                    try:
+                        retention.set_settings(actor=who, rouge_l_drop=drop, perplexity_ratio=ratio, required=required,
+                                               override_reason=why or None)
                         st.success(_("Saved."))
                     except (ValueError, PermissionError) as exc:
                         fail(exc)

@@ -155,6 +155,19 @@ def test_the_cpu_benches_small_passes(tmp_path, default_model):
 
 
 @pytest.mark.slow
+def test_the_retention_bench_small_pass(tmp_path, default_model):
+    """bench/retention.py at its smallest: two trainings of two steps (with and without the general mix), and
+    the retention check of each on 3 pairs a set with 8 new tokens; the base model is evaluated once."""
+    report = tmp_path / "retention.json"
+    _bench(str(BENCH / "retention.py"), "--home", str(tmp_path / "home"), "--max-steps", "2", "--limit", "3",
+           "--max-new-tokens", "8", "--no-domain", "--out", str(report), timeout=1800)
+    got = json.loads(report.read_text())
+    mixed, plain = got["retention"]["with mix"]["numbers"]["sets"], got["retention"]["without mix"]["numbers"]["sets"]
+    assert "general-test" not in plain and set(plain) <= set(mixed) and plain["shipped"]["n"] == 3
+    assert plain["shipped"]["base_id"] == mixed["shipped"]["base_id"]   # the base model's results, reused
+    assert all(s["base"] and s["tuned"]["perplexity"] > 1 for s in [*mixed.values(), *plain.values()])
+
+@pytest.mark.slow
 def test_train_throughputs_worker_path_on_the_cpu(tmp_path):
     """bench/train_throughput.py's model builder and its call of the studio's worker (the path its CUDA runs
     take), with the CPU's backend and two steps."""

@@ -388,3 +388,68 @@ def test_deploy_refuses_a_failing_run_then_records_an_override(home):
     if ollama.ollama_binary() is None:
         assert row["ollama_status"].startswith("ollama is not installed")
         pytest.skip("no ollama binary here: everything up to `ollama create` ran; the call itself was skipped")
+
+
+def test_general_vietnamese_kept_by_the_trained_run_and_its_gguf(pipeline, monkeypatch):
+    """The retention check on the fixture's run (not trained again), limited to the first 6 pairs of each set
+    and 32 new tokens to stay short: the base model, the run and its q8_0 GGUF answer general Vietnamese; every
+    stored number recomputes from the stored examples, one answer's NLL recomputes with plain transformers
+    (labels masked to the answer), and the q8_0 GGUF's perplexity (llama.cpp's logits) is the merged run's
+    within a few per cent."""
+    import math
+
+    from core.datasets import versions
+    from core.evaluation import retention
+    from transformers import AutoModelForCausalLM
+
+    from core.models import load_tokenizer
+
+    monkeypatch.setenv("VITUNE_HOME", str(pipeline["home"]))
+    run = pipeline["run"]
+    out = json.loads(cli("retention", "run", "--run", run, "--limit", "6", "--max-new-tokens", "32", "--quant", "q8_0",
+                         "--json", home=pipeline["home"]).stdout)
+    general = retention.general_test_rows(versions.get_version(pipeline["dataset"]))[1]
+    sets = {"shipped"} | ({"general-test"} if general else set())
+    results = store.rows("SELECT * FROM retention_results ORDER BY set_name, target")
+    assert {(r["target"], r["set_name"]) for r in results} == {(t, s) for t in ("base", "run", "gguf") for s in sets}
+    for r in results:
+        exs = store.rows("SELECT * FROM retention_examples WHERE result_id = ? ORDER BY idx", [r["id"]])
+        assert len(exs) == r["n"] == min(6, len(general) if r["set_name"] == "general-test" else 239)
+        again = scoring.score([e["reference"] for e in exs], [e["prediction"] for e in exs])
+        assert (r["bleu"], r["rouge_l"]) == pytest.approx((again.bleu, again.rouge_l), abs=1e-12)
+        tokens = sum(e["tokens"] for e in exs)
+        assert tokens == r["answer_tokens"] and 1 < r["perplexity"] < 1e4
+        assert r["perplexity"] == pytest.approx(math.exp(sum(e["nll"] * e["tokens"] for e in exs) / tokens), rel=1e-9)
+        assert (r["run_id"] is None) == (r["target"] == "base") and (r["quant"] == "q8_0") == (r["target"] == "gguf")
+    by = {(r["target"], r["set_name"]): r for r in results}
+    # q8_0 keeps the merged run's next-token distribution: their perplexities agree within 5 %
+    assert abs(math.log(by[("gguf", "shipped")]["perplexity"] / by[("run", "shipped")]["perplexity"])) < 0.05
+    # the first shipped answer's NLL under the base model, recomputed with plain transformers
+    first = retention.shipped_rows()[0]
+    stored = store.one("SELECT nll, tokens FROM retention_examples WHERE result_id = ? AND idx = 0",
+                       [by[("base", "shipped")]["id"]])
+    tok = load_tokenizer(by[("base", "shipped")]["base_model"])
+    prompt = prompt_format.render_prompt(first, "chat", tok)
+    full = prompt_format.render_training_text(first, "chat", tok)
+    assert full.startswith(prompt)
+    ids = tok(full, return_tensors="pt", add_special_tokens=not full.startswith(tok.bos_token))["input_ids"]
+    n_prompt = len(tok(prompt, add_special_tokens=not prompt.startswith(tok.bos_token))["input_ids"])
+    labels = ids.clone()
+    labels[:, :n_prompt] = -100
+    model = AutoModelForCausalLM.from_pretrained(by[("base", "shipped")]["base_model"], dtype=torch.float32)
+    with torch.inference_mode():
+        loss = model(input_ids=ids, labels=labels).loss.item()
+    assert stored["tokens"] == ids.shape[1] - n_prompt
+    assert stored["nll"] == pytest.approx(loss, rel=5e-3)
+    # the check the gate asks, on the CLI and in the verdict
+    assert set(out["check"]["numbers"]["sets"]) == sets and out["check"]["passed"] in (True, False)
+    verdict = gate.verdict(run)
+    assert verdict["retention"].passed == out["check"]["passed"]
+    if out["check"]["passed"] is False:
+        assert not verdict["releasable"] and "general Vietnamese not kept" in verdict["reason"]
+    gguf = retention.check(run, "q8_0")
+    assert set(gguf.numbers["sets"]) == sets and gguf.passed in (True, False)
+    s = out["check"]["numbers"]["sets"]["shipped"]
+    rows = json.loads(cli("retention", "examples", "--run", run, "--set", "shipped", "--json",
+                          home=pipeline["home"]).stdout)
+    assert sorted(r["idx"] for r in rows) == list(range(6)) and s["tuned_id"] and s["base_id"]

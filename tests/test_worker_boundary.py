@@ -159,7 +159,7 @@ def test_self_check_imports_every_kind_under_the_worker_environment(worker_env):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert lines[0].startswith(f"worker interpreter: {worker_env}")
-    assert lines[-1] == "kinds: train evaluate export preflight generate judge inference"
+    assert lines[-1] == "kinds: train evaluate export preflight generate judge retention inference"
     assert [line.split()[0] for line in lines[1:-1]] == list(kinds.KINDS)
 
 

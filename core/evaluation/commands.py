@@ -134,7 +134,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_gate(args) -> int:
-    from core.evaluation import gate
+    from core.evaluation import gate, retention
     from core.jobs import queue
 
     if args.set_thresholds or args.set_min_share is not None:
@@ -161,9 +161,72 @@ def cmd_gate(args) -> int:
            "evaluation": e["id"] if e else None, "gguf_evaluation": artifact["evaluation"],
            "thresholds": verdict.get("thresholds"),
            **({"judge": {k: judged[k] for k in ("judge", "n", "mean", "gating", "passes", "blocks", "reason")}}
-              if judged else {}), "checks": rec["checks"]}
+              if judged else {}),
+           **({"retention": retention.as_dict(verdict["retention"])} if verdict.get("retention") else {}),
+           "checks": rec["checks"]}
     print(json.dumps(out, ensure_ascii=False, indent=2 if args.json else None, default=str))
     return 0 if rec["releasable"] else 1
+
+
+def _retention_text(out: dict) -> str:
+    c = out["check"]
+    verdict = {True: "KEPT", False: "NOT KEPT", None: "NOT MEASURED"}[c["passed"]]
+    lines = [f"{out['run']}: {c['name']}: {verdict}", c["reason"]["en"]]
+    for name, s in c["numbers"]["sets"].items():
+        base = s["base"] or {}
+        lines.append(f"  {name:<13} n={s['n']:<4} " + "  ".join(
+            f"{k} {(base.get(k) if base.get(k) is not None else float('nan')):.4f} → {s['tuned'][k]:.4f}"
+            for k in ("bleu", "rouge_l", "perplexity") if s["tuned"].get(k) is not None))
+    return "\n".join(lines)
+
+
+def cmd_retention(args) -> int:
+    from core.evaluation import retention
+    from core.jobs import queue, supervisor
+
+    who = _actor()
+    try:
+        if args.action == "settings":
+            changes = {k: getattr(args, k) for k in ("rouge_l_drop", "perplexity_ratio")}
+            if args.required and args.not_required:
+                return _fail("retention settings takes --required or --not-required, not both", 2)
+            required = True if args.required else (False if args.not_required else None)
+            if any(v is not None for v in changes.values()) or required is not None:
+                retention.set_settings(actor=who, required=required, override_reason=args.override_reason, **changes)
+            print(json.dumps(retention.settings(), ensure_ascii=False))
+            return 0
+        if not args.run:
+            return _fail(f"retention {args.action} needs --run RUN", 2)
+        if args.action == "examples":
+            c = retention.check(args.run, args.quant)
+            wanted = args.set or next(iter(c.numbers["sets"]), None)
+            s = c.numbers["sets"].get(wanted) if wanted else None
+            if not s or not s["base_id"]:
+                return _fail(f"run {args.run} has no retention result on the set '{wanted}' beside the base's", 2)
+            rows = retention.drilldown(s["tuned_id"], s["base_id"], who)
+            if args.json:
+                print(json.dumps(rows, ensure_ascii=False, indent=2, default=str))
+                return 0
+            for r in rows[: args.limit or len(rows)]:
+                print(f"#{r['idx']:<4} ROUGE-L {r['base_rouge_l']:.3f} → {r['tuned_rouge_l']:.3f}  "
+                      f"{(r['instruction'] or '')[:70]}\n      base:  {(r['base'] or '')[:100]}\n"
+                      f"      tuned: {(r['tuned'] or '')[:100]}")
+            return 0
+        if args.action == "run":
+            job = retention.submit(args.run, actor=who, quant=args.quant, limit=args.limit,
+                                   max_new_tokens=args.max_new_tokens, base=not args.no_base)
+            job = supervisor.wait(job["id"], timeout=args.timeout, on_update=_progress_printer("retention"))
+            if job["state"] != "succeeded":
+                return _fail(f"retention job {job['id']} {job['state']}: {job['error']}")
+        out = retention.summary(args.run, who, args.quant)
+        out.pop("check_obj")
+        if args.json:
+            print(json.dumps(out, ensure_ascii=False, indent=2, default=str))
+        else:
+            print(_retention_text(out))
+        return 0
+    except (ValueError, queue.JobError) as exc:
+        return _fail(str(exc))
 
 
 def cmd_score(args) -> int:
@@ -382,6 +445,32 @@ def add_gate(sub) -> None:
     g.add_argument("--set-min-share", type=float, metavar="SHARE",
                    help="the share of the held-out split a gating evaluation must cover (default 1.0)")
     g.set_defaults(fn=cmd_gate)
+
+
+def add_retention(sub) -> None:
+    r = sub.add_parser(
+        "retention", help="general Vietnamese kept? the base model against the tuned run (and its GGUF)",
+        description="`retention run --run RUN` evaluates the base model and the run on general Vietnamese (the test "
+                    "split of the general data mixed into its version, and the studio's own general set): BLEU, "
+                    "ROUGE-L and the perplexity of the reference answers; `retention show --run RUN` the check the "
+                    "gate asks (tuned ROUGE-L ≥ base − 0.05, perplexity ≤ base × 1.25 by default); `retention "
+                    "examples --run RUN [--set shipped]` the examples, the largest loss first; `retention settings` "
+                    "(admins; audited) the check's bounds.")
+    r.add_argument("action", choices=["run", "show", "examples", "settings"])
+    r.add_argument("--run")
+    r.add_argument("--quant", help="the run's GGUF at this quantization (an intact export) as the tuned target")
+    r.add_argument("--limit", type=_count, help="run: the first N pairs of each set; examples: show N")
+    r.add_argument("--max-new-tokens", type=_count, default=128)
+    r.add_argument("--no-base", action="store_true", help="run: do not evaluate the base model")
+    r.add_argument("--set", choices=["general-test", "shipped"], help="examples: which set")
+    r.add_argument("--rouge-l-drop", type=_share, help="settings: the ROUGE-L the tuned run may lose (default 0.05)")
+    r.add_argument("--perplexity-ratio", type=float, help="settings: tuned ÷ base perplexity at most (default 1.25)")
+    r.add_argument("--required", action="store_true", help="settings: a run without the check is not releasable")
+    r.add_argument("--not-required", action="store_true", help="settings: the check gates only where measured")
+    r.add_argument("--override-reason", help="settings: why the bounds are looser than the defaults (recorded)")
+    r.add_argument("--timeout", type=_seconds, default=6 * 3600)
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(fn=cmd_retention)
 
 
 def add_score(sub) -> None:

@@ -30,7 +30,7 @@ import json
 from core import store
 from core.access.principal import Principal, require
 from core.datasets import review
-from core.evaluation import scoring
+from core.evaluation import retention, scoring
 from core.evaluation.scoring import gate_reason
 from core.i18n import M
 from core.training import runs
@@ -81,9 +81,10 @@ def settings() -> dict:
 def _settings() -> dict:
     """``settings()`` and ``judge_gate()`` in one query (what a verdict reads)."""
     got = store.get_settings({"thresholds": dict(scoring.DEFAULT_THRESHOLDS), "gate_min_share": DEFAULT_MIN_SHARE,
-                              JUDGE_GATE: {}})
+                              JUDGE_GATE: {}, retention.SETTING: {}})
     return {"thresholds": got["thresholds"], "min_share": float(got["gate_min_share"]),
-            "judge": {**JUDGE_GATE_DEFAULT, **(got[JUDGE_GATE] or {})}}
+            "judge": {**JUDGE_GATE_DEFAULT, **(got[JUDGE_GATE] or {})},
+            "retention": {**retention.DEFAULTS, **(got[retention.SETTING] or {})}}
 
 
 def judge_gate() -> dict:
@@ -187,7 +188,22 @@ def verdicts(of_runs: list[dict]) -> dict[str, dict]:
     best = {e["run_id"]: e for e in picked}
     passing = [r for r in of_runs if r["id"] in best and best[r["id"]]["_covers"] and best[r["id"]]["passed"]]
     reviews = review.statuses([r["dataset_version_id"] for r in passing])
-    return {r["id"]: _verdict_of(r, best.get(r["id"]), reviews, share, judge_cfg) for r in of_runs}
+    kept = retention.checks([r["id"] for r in passing], cfg=gs["retention"])   # general Vietnamese kept (one query)
+    return {r["id"]: _with_retention(_verdict_of(r, best.get(r["id"]), reviews, share, judge_cfg), kept.get(r["id"]))
+            for r in of_runs}
+
+
+def _with_retention(verdict: dict, kept) -> dict:
+    """The retention check's hook (``core.evaluation.retention.check``: name, passed, numbers, reason): shown
+    with a verdict whose evaluation passed; a releasable verdict is refused where it failed (not measured
+    counts as failed only when an admin made the check required)."""
+    if kept is None:
+        return verdict
+    verdict["retention"] = kept
+    if verdict["releasable"] and kept.passed is False:
+        verdict.update(releasable=False, reason=M("{verdict}; but the check \"{check}\" fails: {why}",
+                                                  verdict=verdict["reason"], check=kept.name, why=kept.reason))
+    return verdict
 
 
 def _verdict_of(run: dict, e: dict | None, reviews: dict[str, dict], share: float, judge_cfg: dict) -> dict:
@@ -355,6 +371,10 @@ def record(run_id: str, quantization: str | None = None, sha256: str | None = No
                             evaluation=(v.get("evaluation") or {}).get("id"), artifact=run_id,
                             numbers={k: judged.get(k) for k in ("judge", "rubric_version", "n", "mean", "share",
                                                                "min_mean", "min_share")}))
+    kept = v.get("retention")   # general Vietnamese kept (core.evaluation.retention): gates once measured or required
+    if kept is not None:
+        checks.append(check("retention", kept.passed, kept.reason, gates=kept.passed is not None, artifact=run_id,
+                            numbers=kept.numbers))
     ctx = {"run": run, "quantization": quantization, "sha256": sha256, "verdict": v}
     for extra in EXTRA_CHECKS:
         got = extra(ctx)

@@ -52,6 +52,10 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("judge", "core.evaluation.judge_worker", "core.evaluation.judge", (),
          "an LLM judge's 1–5 scores of an evaluation's answers (an endpoint, or the default model)",
          optional=("llama_cpp.server",)),   # the default model as the judge: llama.cpp's server
+    Kind("retention", "core.evaluation.retention_worker", "core.evaluation.retention",
+         ("torch", "transformers", "peft", "numpy", "pandas", "rapidfuzz"),
+         "general Vietnamese, base against tuned: BLEU, ROUGE-L and perplexity of the reference answers",
+         optional=("llama_cpp",)),   # a GGUF target
     Kind("inference", "core.playground.server", "core.playground.playground",
          ("torch", "transformers", "peft"),
          "one model served on loopback for the playground", resident=True),

@@ -426,10 +426,60 @@ def _m014_sweeps(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+def _m015_retention(con: duckdb.DuckDBPyConnection) -> None:
+    """What tuning broke (core.evaluation.retention): general Vietnamese answered by the base model, a tuned run
+    and its GGUF, one row per (target, set) — the test split of the general data mixed into the run's version,
+    or the general set that ships with the studio — with BLEU, ROUGE-L (syllables) and the perplexity of the
+    reference answers (teacher-forced), and every example. ``set_key`` (the pairs evaluated, in order) ties a
+    tuned result to the base result it is compared with."""
+    con.execute(
+        """
+        CREATE TABLE retention_results (
+            id            VARCHAR PRIMARY KEY,
+            job_id        INTEGER,
+            run_id        VARCHAR,                   -- the run the check is of (NULL: the base model alone)
+            target        VARCHAR NOT NULL,          -- base | run | gguf
+            quant         VARCHAR,                   -- target gguf: its quantization
+            gguf          VARCHAR,                   -- target gguf: its file
+            base_model    VARCHAR NOT NULL,
+            prompt_format VARCHAR NOT NULL,
+            set_name      VARCHAR NOT NULL,          -- general-test | shipped
+            set_ref       VARCHAR,                   -- the general data's dataset version, or the shipped file
+            set_key       VARCHAR NOT NULL,          -- sha256 of the pairs evaluated, in order, and the decoding
+            n             INTEGER NOT NULL,
+            bleu          DOUBLE NOT NULL,
+            rouge_l       DOUBLE NOT NULL,
+            perplexity    DOUBLE,                    -- exp(mean NLL per reference-answer token)
+            answer_tokens INTEGER,
+            decoding      JSON NOT NULL,
+            duration_s    DOUBLE,
+            created_by    VARCHAR,
+            created_at    TIMESTAMPTZ NOT NULL,
+            project       VARCHAR NOT NULL DEFAULT 'default'
+        );
+        CREATE INDEX retention_results_run ON retention_results (run_id);
+        CREATE INDEX retention_results_key ON retention_results (set_key, target);
+        CREATE TABLE retention_examples (
+            result_id     VARCHAR NOT NULL,
+            idx           INTEGER NOT NULL,
+            instruction   VARCHAR,
+            input         VARCHAR,
+            reference     VARCHAR,
+            prediction    VARCHAR,
+            bleu          DOUBLE,
+            rouge_l       DOUBLE,
+            nll           DOUBLE,                    -- mean NLL per token of the reference answer
+            tokens        INTEGER,                   -- its tokens
+            PRIMARY KEY (result_id, idx)
+        );
+        """
+    )
+
+
 MIGRATIONS = [_m001_initial, _m002_reviews, _m004_evaluation_details, _m005_release_lifecycle,
               _m006_training_metrics, _m007_team_access, _m008_preference_votes, _m009_word_scores,
               _m010_saved_conversations, _m011_judge, _m012_sign_in_guards, _m013_artifact_evaluations,
-              _m014_sweeps]
+              _m014_sweeps, _m015_retention]
 
 
 def _migration_number(fn) -> int:
