@@ -371,9 +371,9 @@ def record(run_id: str, quantization: str | None = None, sha256: str | None = No
                             evaluation=(v.get("evaluation") or {}).get("id"), artifact=run_id,
                             numbers={k: judged.get(k) for k in ("judge", "rubric_version", "n", "mean", "share",
                                                                "min_mean", "min_share")}))
-    kept = v.get("retention")   # general Vietnamese kept (core.evaluation.retention): gates once measured or required
-    if kept is not None:
-        checks.append(check("retention", kept.passed, kept.reason, gates=kept.passed is not None, artifact=run_id,
+    kept = v.get("retention")   # general Vietnamese kept (core.evaluation.retention), where measured or required
+    if kept is not None and kept.passed is not None:
+        checks.append(check("retention", kept.passed, kept.reason, artifact=run_id,
                             numbers=kept.numbers))
     ctx = {"run": run, "quantization": quantization, "sha256": sha256, "verdict": v}
     for extra in EXTRA_CHECKS:

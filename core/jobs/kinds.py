@@ -29,12 +29,16 @@ class Kind:
     optional: tuple[str, ...] = ()  # needed for some jobs of the kind only (named in the self-check)
     resident: bool = False          # long-lived (an inference worker): starts at once beside the queue's jobs,
                                     # is evicted when a queued job needs its slot
+    then: tuple[str, ...] = ()      # app-side modules whose after_ingest(con, job, result) runs in the same
+                                    # transaction as the kind's ingest (found by name: the stage that reacts to
+                                    # a job imports the job's stage, never the other way round)
 
 
 KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("train", "core.training.trainer", "core.training.runs",
          ("torch", "transformers", "peft", "trl", "datasets", "pyarrow"),
-         "LoRA / QLoRA training (Unsloth on CUDA when installed)"),
+         "LoRA / QLoRA training (Unsloth on CUDA when installed)",
+         then=("core.training.sweeps",)),   # a sweep's run: its evaluation queued as its training is ingested
     Kind("evaluate", "core.evaluation.evaluator", "core.evaluation.evaluations",
          ("torch", "transformers", "peft", "pyarrow", "numpy", "pandas", "rapidfuzz"),
          "batched generation on a held-out split, BLEU and ROUGE-L",
@@ -81,3 +85,8 @@ def worker_module(name: str):
 def app_module(name: str):
     """The kind's app-side module (imported on demand, by the supervisor)."""
     return importlib.import_module(get(name).app)
+
+
+def then_modules(name: str) -> list:
+    """The modules that react to the kind's ingest (``after_ingest``), imported on demand."""
+    return [importlib.import_module(m) for m in get(name).then]

@@ -236,11 +236,13 @@ def _settle(job: dict, status: dict) -> bool:
         with store.transaction() as con:
             if state == "succeeded":
                 ingest = getattr(kinds.app_module(job["kind"]), "ingest", None)
-                if ingest:
-                    try:
+                try:
+                    if ingest:
                         ingest(con, job, result or {})
-                    except Exception as exc:
-                        raise _IngestFailed() from exc
+                    for module in kinds.then_modules(job["kind"]):
+                        module.after_ingest(con, job, result or {})
+                except Exception as exc:
+                    raise _IngestFailed() from exc
                 _crash_point("settle.ingested")
             _finish(con, job, state, error, result)
         return True

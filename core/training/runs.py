@@ -175,6 +175,5 @@ def ingest(con, job: dict, result: dict) -> None:
     """The finished run's adapter folder."""
     ingest_progress(con, job)
     con.execute("UPDATE runs SET adapter_dir = ? WHERE id = ?", [result.get("adapter_dir"), job["run_id"]])
-    from core.training import sweeps   # a sweep's run: its evaluation is queued in this same transaction
-
-    sweeps.after_training(con, job, result)
+    # a sweep's run has its evaluation queued in this same transaction: core.training.sweeps.after_ingest,
+    # which the train kind names (core.jobs.kinds), so that runs never imports the sweeps above it

@@ -5,7 +5,7 @@ epochs, the batch (or the whole preset) and the base model — either as a **gri
 as a **list** of runs (each entry its own settings; a list and a grid together: every entry crossed with
 the grid). Every run is an ordinary training job (``runs.submit_train``), recorded under the sweep's id
 (``sweep_runs``, migration 14). When a sweep's training job is ingested by the supervisor, the gate's own
-evaluation of its adapter on the held-out split is queued in the same transaction (``after_training``), so
+evaluation of its adapter on the held-out split is queued in the same transaction (``after_ingest``, which the train kind names in core.jobs.kinds), so
 each run is evaluated without anyone starting it. The sweep view ranks the runs by the gate's metrics
 (the evaluation each gate verdict rests on: releasable first, then passing, then ROUGE-L, then BLEU), with
 their settings, loss curves and verdicts; the first is the best. Cancelling a sweep cancels its queued and
@@ -504,7 +504,7 @@ def cancel(sweep_id: str, *, actor: Principal) -> dict:
 # ── the supervisor's side ────────────────────────────────────────────────────
 
 
-def after_training(con, job: dict, result: dict) -> int | None:
+def after_ingest(con, job: dict, result: dict) -> int | None:
     """In the settle of a training job (its transaction): when its run belongs to a sweep that is not cancelled,
     queue the gate's evaluation of the new adapter on the held-out split, as the sweep's owner. Idempotent: a
     run with an evaluation job already is left alone. Returns the evaluation job's id."""
