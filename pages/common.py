@@ -203,7 +203,8 @@ def fail(exc: Exception) -> None:
     """A clear message instead of a traceback, for an error the studio foresees (its text is the message)."""
     # the log stays in English; log.log, not log.info: the i18n check reads any .info()/.error() call as page text
     log.log(logging.INFO, "shown to the user: %s: %s", type(exc).__name__, exc)
-    text = exc.for_page() if hasattr(exc, "for_page") else str(exc)
+    said = exc.args[0] if len(exc.args) == 1 and isinstance(exc.args[0], i18n.M) else None   # core's own words
+    text = exc.for_page() if hasattr(exc, "for_page") else say(said) if said is not None else str(exc)
     st.error(text)
 
 

@@ -2,7 +2,7 @@ import pandas as pd
 import streamlit as st
 
 from core import labels, prompt_format
-from core.deploy import exporter, exports, modelfile, ollama, preflight, releases
+from core.deploy import exporter, exports, modelfile, ollama, preflight, quant_costs, releases
 from core.evaluation import gate
 from core.jobs import queue
 from core.training import runs as train_runs
@@ -36,12 +36,59 @@ else:
         st.warning(_("Not releasable: {reason}. Deploying needs an override reason, recorded under your "
                      "account ({name}).").format(reason=say(verdict["reason"]), name=who.name))
 
+    # the cost of quantization: each GGUF's perplexity on the held-out answers and its KL divergence from f16
+    costs = quant_costs.for_run(run_id)
+    bound = quant_costs.kl_bound()
+    with st.expander(_("Cost of quantization (perplexity, KL divergence from f16)"), expanded=bool(costs)):
+        if not costs:
+            st.caption(_("Not measured yet: every export measures it (`python -m core quant-cost --run {run}` measures "
+                         "the run's newest export).").format(run=run_id))
+        else:
+            choice, why = quant_costs.recommend(costs, bound)
+            st.dataframe([{_("quantization"): q + (" ✓" if q == choice else ""),
+                           _("file (MB)"): round((c["file_bytes"] or 0) / 1e6),
+                           _("perplexity"): round(c["ppl"], 4),
+                           _("PPL / f16"): None if c["ppl_ratio"] is None else round(c["ppl_ratio"], 4),
+                           _("mean KL from f16 (nats)"): None if c["kl_mean"] is None else round(c["kl_mean"], 5),
+                           _("same top token as f16"): None if c["same_top"] is None else f"{c['same_top']:.1%}",
+                           _("Δp RMS"): None if c["dp_rms"] is None else f"{c['dp_rms']:.2%}",
+                           _("answer tokens"): c["tokens"], _("export job"): c["export_job_id"]}
+                          for q in quant_costs.BY_SIZE[::-1] if (c := costs.get(q))], hide_index=True)
+            st.info(_("Choose: {why}.").format(why=say(why)))
+            st.caption(_("The rule: the smallest file whose mean KL divergence from f16 is at most the KL bound (or "
+                         "{advised} nats when no bound is set). Measured as llama.cpp's `llama-perplexity "
+                         "--kl-divergence` does, on llama.cpp's own logits: teacher-forced on the held-out answers in "
+                         "the training prompt format, only the answer's tokens scored.").format(
+                             advised=quant_costs.ADVISED_KL))
+        st.caption(_("KL bound: a release whose mean KL divergence from f16 is above {bound} nats is refused (an "
+                     "override reason lets it through, recorded).").format(bound=bound) if bound is not None
+                   else _("No KL bound is set: the cost is shown, it does not block a release."))
+        if can("gate.thresholds"):
+            with st.form("kl-bound"):
+                b1, b2 = st.columns(2)
+                new_bound = b1.number_input(_("KL bound (nats)"), 0.0, quant_costs.MAX_BOUND,
+                                            float(bound if bound is not None else quant_costs.ADVISED_KL), 0.01,
+                                            format="%.3f")
+                set_it = b2.form_submit_button(_("Set the KL bound"))
+                lift_it = b2.form_submit_button(_("Lift the KL bound"))
+            try:
+                if set_it or lift_it:
+                    quant_costs.set_kl_bound(new_bound if set_it else None, actor=who)
+                    flash(_("KL bound set to {bound} nats.").format(bound=new_bound) if set_it
+                          else _("KL bound lifted."))
+                    st.rerun()
+            except (ValueError, RuntimeError, PermissionError) as exc:
+                fail(exc)
+
     with st.form("prepare"):
         c1, c2 = st.columns(2)
         name = c1.text_input(_("Ollama model name"), "gemma3-vi-cskh:v1")
         default_quant = exports.default_quant(by_id[run_id]["base_model"])
         quant = c2.selectbox(_("Quantization"), list(exporter.QUANTIZATIONS),
                              index=list(exporter.QUANTIZATIONS).index(default_quant),
+                             format_func=lambda q: q if q not in costs else _("{q} · PPL {ppl:.3f} · KL {kl}").format(
+                                 q=q, ppl=costs[q]["ppl"], kl="-" if costs[q]["kl_mean"] is None
+                                 else f"{costs[q]['kl_mean']:.4f}"),
                              help=_("q4_k_m (the guide's default) for models of a billion parameters and more; q8_0 "
                                     "below that, where q4_k_m loses a short fine-tune and its stop (the preflight "
                                     "blocks such a GGUF)."))

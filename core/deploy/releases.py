@@ -18,7 +18,7 @@ from core.i18n import M
 from core.access import projects
 from core.access.principal import Principal, require
 from core.models import load_tokenizer
-from core.deploy import exporter, exports, modelfile, preflight, preflights
+from core.deploy import exporter, exports, modelfile, preflight, preflights, quant_costs
 from core.deploy.ollama import ollama_binary, ollama_create, ollama_remove, ollama_smoke
 from core.evaluation import gate
 from core.jobs import queue, supervisor
@@ -80,6 +80,14 @@ def prepare(run_id: str, name: str, *, system: str | None = None, quantization: 
         job = _wait(exports.submit(run_id, [quantization], actor=actor), "export", on_progress)
         if job["state"] != "succeeded":
             raise exporter.ExportError(f"export job {job['id']} {job['state']}: {job.get('error')}")
+    # the cost of quantization against the admin's KL bound (core.deploy.quant_costs); an override is audited
+    cost = quant_costs.check(job["id"], quantization, actor=actor, on_progress=on_progress)
+    if not cost[1]:
+        if not (override_reason and override_reason.strip()):
+            raise DeployRefused(M("{reason}. Give an override reason to deploy anyway (it is recorded).", reason=cost[3]))
+        require(actor, "gate.override", run["project"])
+        store.audit("quant_cost.override", run_id, actor, project=run["project"], reason=override_reason,
+                    check=str(cost[3]), numbers=cost[2], name=name)
     result = job["result"]
     gguf = Path(result["gguf"][quantization])
     text = modelfile.build(gguf, run["prompt_format"], load_tokenizer(result["merged_dir"]), system)
@@ -90,7 +98,8 @@ def prepare(run_id: str, name: str, *, system: str | None = None, quantization: 
     return {"run_id": run_id, "name": name, "quantization": quantization, "export_job": job["id"],
             "gguf": str(gguf), "merged_dir": result["merged_dir"], "gguf_sha256": result["sha256"][quantization],
             "modelfile": text, "modelfile_path": str(mf_path), "verdict": verdict,
-            "override_reason": None if verdict["releasable"] else override_reason}
+            "override_reason": None if verdict["releasable"] and cost[1] else override_reason,
+            "quant_cost": {"passed": cost[1], "reason": cost[3], **cost[2]}}
 
 
 def held_out_lines(report: dict, quantization: str | None = None) -> list[M]:

@@ -386,9 +386,45 @@ def _m012_sign_in_guards(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+def _m014_quant_cost(con: duckdb.DuckDBPyConnection) -> None:
+    """The cost of quantization (issue 28), kept with the export: for each GGUF of an export job, perplexity on
+    the held-out answers and, for a quantization, its KL divergence from the export's f16 (llama.cpp's
+    ``llama-perplexity --kl-divergence`` method; core.deploy.quant_cost). One row per export and quantization;
+    a later measurement of the same export (a ``quant_cost`` job) replaces its rows."""
+    con.execute(
+        """
+        CREATE TABLE quant_costs (
+            export_job_id   INTEGER NOT NULL,
+            quantization    VARCHAR NOT NULL,           -- f16 | q8_0 | q4_k_m
+            run_id          VARCHAR,
+            measured_by_job INTEGER NOT NULL,           -- the export job itself, or a quant_cost job
+            sequences       INTEGER NOT NULL,           -- held-out pairs measured
+            tokens          INTEGER NOT NULL,           -- answer tokens scored
+            ppl             DOUBLE NOT NULL,
+            ppl_unc         DOUBLE,
+            ppl_ratio       DOUBLE,                     -- PPL(q) / PPL(f16)
+            kl_mean         DOUBLE,                     -- nats; NULL for f16 (the reference)
+            kl_unc          DOUBLE,
+            kl_median       DOUBLE,
+            kl_p99          DOUBLE,
+            kl_max          DOUBLE,
+            same_top        DOUBLE,                     -- share of answer tokens with f16's most likely token
+            dp_rms          DOUBLE,                     -- RMS of p_q(token) - p_f16(token)
+            file_bytes      BIGINT,
+            method          VARCHAR,
+            report          VARCHAR,                    -- quant_cost.json, per sequence
+            created_at      TIMESTAMPTZ NOT NULL,
+            project         VARCHAR,
+            PRIMARY KEY (export_job_id, quantization)
+        );
+        CREATE INDEX quant_costs_run ON quant_costs (run_id);
+        """
+    )
+
+
 MIGRATIONS = [_m001_initial, _m002_reviews, _m004_evaluation_details, _m005_release_lifecycle,
               _m006_training_metrics, _m007_team_access, _m008_preference_votes, _m009_word_scores,
-              _m010_saved_conversations, _m011_judge, _m012_sign_in_guards]
+              _m010_saved_conversations, _m011_judge, _m012_sign_in_guards, _m014_quant_cost]
 
 
 def _migration_number(fn) -> int:
