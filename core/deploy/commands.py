@@ -122,6 +122,8 @@ def cmd_quant_cost(args) -> int:
             return _fail(f"job {export_id} is a {export['kind']} job, not an export")
         runs.get_run(export["run_id"], actor)
         costs = quant_costs.for_export(export["id"])
+        if args.pairs < 1:
+            return _fail("--pairs must be at least 1", 2)
         if args.measure or not costs:
             job = quant_costs.submit(export["id"], actor=actor, pairs=args.pairs)
             job = supervisor.wait(job["id"], timeout=args.timeout, on_update=_progress_printer("quant_cost"))
@@ -207,7 +209,8 @@ def add_quant_cost(sub) -> None:
     qc.add_argument("--export", type=int, help="an export job's id (default with --run: the run's newest export)")
     qc.add_argument("--run", help="a run: its newest succeeded export")
     qc.add_argument("--measure", action="store_true", help="measure again (a quant_cost job) even if measured")
-    qc.add_argument("--pairs", type=int, default=16, help="held-out pairs to measure on (with --measure)")
+    qc.add_argument("--pairs", type=int, default=8,
+                    help="held-out pairs to measure on (with --measure; default 8, as at export)")
     qc.add_argument("--set-bound", type=float, metavar="NATS",
                     help="admins: refuse a release whose mean KL from f16 is above this (audited)")
     qc.add_argument("--clear-bound", action="store_true", help="admins: lift the KL bound (audited)")

@@ -24,8 +24,9 @@ What differs here, on purpose:
   log p_base < −16; here both distributions are full float32 logits from llama.cpp, and the sums run in
   float64 over the whole vocabulary (the difference is below 1e-4 nats on the default model).
 
-The logits are llama.cpp's own (llama-cpp-python, ``logits_all=True``): what Ollama's runtime computes
-from the very files the studio ships. All GGUFs of the export are loaded at once and each sequence is run
+The logits are llama.cpp's own (llama-cpp-python's binding; ``answer_logits`` asks llama.cpp for the rows
+that predict the answer, which ``logits_all=True`` gives too, at every position): what Ollama's runtime
+computes from the very files the studio ships. All GGUFs of the export are loaded at once and each sequence is run
 through each of them in turn, so that only one sequence's logits are held at a time.
 
 ``run`` is the ``quant_cost`` job (an export made before these measurements, or measured again);
@@ -46,7 +47,7 @@ from core import prompt_format
 REPORT = "quant_cost.json"
 METHOD = ("llama.cpp llama-perplexity --kl-divergence (tools/perplexity/perplexity.cpp), teacher-forced on the "
           "held-out answers in the training prompt format; float64 over the full vocabulary")
-DEFAULT_PAIRS = 16        # held-out pairs measured at each export (the first of the test split)
+DEFAULT_PAIRS = 8         # held-out pairs measured at each export (the first of the test split, as the preflight's)
 MAX_TOKENS = 1024         # a sequence longer than this is cut (its answer scored up to here)
 
 
@@ -154,18 +155,31 @@ def _load(path: str, n_ctx: int):
     from core.native import quiet_stderr
 
     with quiet_stderr():
-        return llama_cpp.Llama(model_path=path, n_ctx=n_ctx, n_batch=min(n_ctx, 512), logits_all=True,
+        return llama_cpp.Llama(model_path=path, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=min(n_ctx, 512),
                                n_threads=os.cpu_count() or 2, verbose=False, seed=0)
 
 
 def answer_logits(llm, seq: dict):
-    """llama.cpp's raw logits (float32) at the positions that predict the answer's tokens, and those tokens."""
+    """llama.cpp's raw logits (float32) at the positions that predict the answer's tokens, and those tokens.
+
+    The whole sequence is decoded in one batch with llama.cpp's logits requested only at those positions
+    (``logits_all=True`` would compute the vocabulary projection at every prompt position too, most of the
+    time on a 262k-token vocabulary, for rows that are not scored; the rows asked for are the same either
+    way: tests/test_quant_cost.py compares them with ``logits_all``'s)."""
     import numpy as np
 
     tokens, start = seq["tokens"], seq["answer_start"]
+    n_vocab = llm.n_vocab()
     llm.reset()
-    llm.eval(tokens)
-    logits = np.array(llm.scores[start - 1:len(tokens) - 1], dtype=np.float32)   # row j predicts token j + 1
+    llm._ctx.kv_cache_clear()
+    batch = llm._batch
+    batch.set_batch(batch=tokens, n_past=0, logits_all=False)
+    for i in range(len(tokens)):
+        batch.batch.logits[i] = start - 1 <= i < len(tokens) - 1   # row i predicts token i + 1
+    llm._ctx.decode(batch)
+    logits = np.empty((len(tokens) - start, n_vocab), dtype=np.float32)
+    for row, i in enumerate(range(start - 1, len(tokens) - 1)):
+        logits[row] = np.ctypeslib.as_array(llm._ctx.get_logits_ith(i), shape=(n_vocab,))
     return logits, np.asarray(tokens[start:], dtype=np.int64)
 
 
