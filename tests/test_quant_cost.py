@@ -160,6 +160,49 @@ def test_a_bound_with_no_measurement_refuses(home, default_model):
     assert f"python -m core quant-cost --export {export_id}" in reason
 
 
+def test_the_deploy_page_shows_the_cost_the_choice_and_sets_the_bound(home, default_model, monkeypatch):
+    """Beside each quantization its PPL and KL, the one to choose and the rule; an admin sets the bound there
+    (audited), an engineer sees it without the form; in Vietnamese too."""
+    from streamlit.testing.v1 import AppTest
+
+    from core import store
+    from core.deploy import quant_costs
+    from tests.conftest import REPO
+
+    grow_studio(home, 1, runs_each=1)
+    run_id = store.one("SELECT id FROM runs")["id"]
+    _export_with_costs(home, run_id, {
+        "f16": {}, "q8_0": {"kl_mean": 0.002, "kl_unc": 0.0005, "same_top": 0.99, "dp_rms": 0.01, "ppl_ratio": 1.0},
+        "q4_k_m": {"kl_mean": 0.2, "kl_unc": 0.02, "same_top": 0.8, "dp_rms": 0.1, "ppl_ratio": 1.3}})
+
+    def page(principal, lang="en"):
+        monkeypatch.setenv("VITUNE_LANGUAGE", lang)   # the server's default language: the person chose none
+        at = AppTest.from_file(str(REPO / "pages" / "deploy.py"), default_timeout=120)
+        at.session_state["principal"] = principal
+        at = at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        return at
+
+    at = page(person("thu", "admin"))
+    table = at.dataframe[0].value
+    assert list(table["quantization"]) == ["f16", "q8_0 ✓", "q4_k_m"]
+    assert list(table["mean KL from f16 (nats)"])[1:] == [0.002, 0.2]
+    assert any(i.value.startswith("Choose: q8_0: the smallest file whose mean KL from f16 (0.0020 nats) is within "
+                                  "0.05 nats") for i in at.info)
+    quant = next(s for s in at.selectbox if s.label == "Quantization")
+    assert "q4_k_m · PPL 2.000 · KL 0.2000" in quant.options
+    next(n for n in at.number_input if n.label == "KL bound (nats)").set_value(0.3)
+    next(b for b in at.button if b.label == "Set the KL bound").click().run()
+    assert quant_costs.kl_bound() == 0.3
+    row = store.one("SELECT actor, role FROM audit_log WHERE subject = 'quant_kl_bound'")
+    assert row == {"actor": "thu", "role": "admin"}
+
+    at = page(person("eng", "engineer"), "vi")
+    assert not [n for n in at.number_input if "KL" in n.label]          # the bound is an admin's
+    assert any(i.value.startswith("Nên chọn: q4_k_m: tệp nhỏ nhất") for i in at.info)   # within 0.3: q4_k_m
+    assert "lượng tử hoá" in list(at.dataframe[0].value.columns)
+
+
 # ── on the trained default model ─────────────────────────────────────────────
 
 
