@@ -22,7 +22,8 @@ What differs here, on purpose:
   closes it, where a quantization that loses the stop shows), each with the whole prompt before it;
 - llama.cpp stores the base log-probabilities as 16-bit integers and leaves out the terms where
   log p_base < −16; here both distributions are full float32 logits from llama.cpp, and the sums run in
-  float64 over the whole vocabulary (the difference is below 1e-4 nats on the default model).
+  float64 over the whole vocabulary (``bench/quant_cost_default.py --llama-cpp-arithmetic`` computes both on
+  the same logits; docs/deploy.md gives the difference where it was measured).
 
 The logits are llama.cpp's own (llama-cpp-python's binding; ``answer_logits`` asks llama.cpp for the rows
 that predict the answer, which ``logits_all=True`` gives too, at every position): what Ollama's runtime
