@@ -203,6 +203,28 @@ def test_the_deploy_page_shows_the_cost_the_choice_and_sets_the_bound(home, defa
     assert "lượng tử hoá" in list(at.dataframe[0].value.columns)
 
 
+def test_a_quant_cost_job_measures_an_export_for_real_and_replaces_its_rows(home, default_model):
+    """The ``quant_cost`` job end to end (a worker under the worker environment, its file, the supervisor's
+    ingest), through the CLI, on llama.cpp: an export whose f16 and q4_k_m are the same GGUF (the default
+    model's) measures a KL of zero, the same top token everywhere and the same perplexity."""
+    from core import store
+    from core.deploy import quant_costs
+
+    grow_studio(home, 1, runs_each=1)
+    run_id = store.one("SELECT id FROM runs")["id"]
+    export_id = _export_with_costs(home, run_id, {"f16": {}, "q4_k_m": {"kl_mean": 0.9, "same_top": 0.5}})
+    assert quant_costs.for_export(export_id)["q4_k_m"]["kl_mean"] == 0.9
+    out = json.loads(cli("quant-cost", "--export", str(export_id), "--measure", "--pairs", "2", "--json",
+                         home=home).stdout)
+    q4, f16 = out["per_quantization"]["q4_k_m"], out["per_quantization"]["f16"]
+    assert q4["kl_mean"] == pytest.approx(0, abs=1e-9) and q4["same_top"] == 1 and q4["dp_rms"] == pytest.approx(0)
+    assert q4["ppl"] == pytest.approx(f16["ppl"]) and q4["sequences"] == 2 and q4["tokens"] > 0
+    rows = quant_costs.for_export(export_id)
+    assert set(rows) == {"f16", "q4_k_m"} and rows["q4_k_m"]["measured_by_job"] != export_id
+    report = json.loads(Path(rows["q4_k_m"]["report"]).read_text(encoding="utf-8"))
+    assert len(report["per_sequence"]) == 2 and report["export_job"] == export_id
+
+
 # ── on the trained default model ─────────────────────────────────────────────
 
 
