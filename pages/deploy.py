@@ -2,14 +2,14 @@ import pandas as pd
 import streamlit as st
 
 from core import labels, prompt_format
-from core.deploy import exporter, exports, modelfile, ollama, preflight, quant_costs, releases
+from core.deploy import exporter, exports, modelfile, ollama, preflight, quant_cost, quant_costs, releases
 from core.evaluation import gate
 from core.jobs import queue
 from core.training import runs as train_runs
 from pages.common import _, actor, can, fail, flash, label, project, say
 
 ERRORS = (releases.DeployRefused, ollama.OllamaError, modelfile.ModelfileError, exporter.ExportError, queue.JobError,
-          preflight.PreflightError, prompt_format.FormatError, PermissionError)
+          preflight.PreflightError, prompt_format.FormatError, quant_cost.QuantCostError, PermissionError)
 
 st.title(_("Deploy"))
 st.caption(_("Merge the adapter, export GGUF with llama.cpp's own converter and quantizer, write a Modelfile whose "

@@ -43,7 +43,7 @@ def cmd_modelfile(args) -> int:
 
 def cmd_deploy(args) -> int:
     from core import prompt_format
-    from core.deploy import exporter, modelfile, ollama, preflight, releases
+    from core.deploy import exporter, modelfile, ollama, preflight, quant_cost, releases
     from core.jobs import queue
 
     try:
@@ -52,7 +52,7 @@ def cmd_deploy(args) -> int:
                                   ollama_quantize=args.ollama_quantize, golden=args.golden,
                                   on_progress=lambda m: print(m, file=sys.stderr, flush=True))
     except (releases.DeployRefused, ollama.OllamaError, modelfile.ModelfileError, exporter.ExportError,
-            queue.JobError, preflight.PreflightError, prompt_format.FormatError) as exc:
+            queue.JobError, preflight.PreflightError, prompt_format.FormatError, quant_cost.QuantCostError) as exc:
         return _fail(str(exc).replace("\n", " | "))
     pf = release["preflight"] if isinstance(release["preflight"], dict) else json.loads(release["preflight"])
     out = {k: release[k] for k in ("id", "name", "tag", "run_id", "quantization", "gguf_path", "gguf_sha256",
