@@ -112,6 +112,8 @@ else:
         st.caption(_("GGUF {gguf} · sha256 {sha256}… · the TEMPLATE renders the prompt format this run was trained "
                      "with. Edit SYSTEM or PARAMETER lines if you need to; FROM and TEMPLATE are checked again by the "
                      "preflight.").format(gguf=prepared["gguf"], sha256=prepared["gguf_sha256"][:16]))
+        if prepared.get("quant_cost"):   # the cost of this quantization against the KL bound
+            st.caption(_("Quantization cost: {reason}").format(reason=say(prepared["quant_cost"]["reason"])))
         edited = st.text_area(_("Modelfile (editable)"), prepared["modelfile"], height=300, key="modelfile_text")
         st.download_button(_("Download Modelfile"), edited, file_name="Modelfile")
         c1, c2 = st.columns(2)
