@@ -111,7 +111,7 @@ COMMANDS = (
     _add_models, datasets.add_dataset, training.add_train, datasets.add_review,
     jobs.add_jobs, evaluation.add_evaluate, playground.add_ask, datasets.add_generate,
     datasets.add_generate_stop, evaluation.add_gate, evaluation.add_score, deploy.add_export,
-    deploy.add_modelfile, deploy.add_deploy, deploy.add_releases, access.add_users,
+    deploy.add_modelfile, deploy.add_deploy, deploy.add_releases, deploy.add_quant_cost, access.add_users,
     datasets.add_endpoints, access.add_projects, access.add_demo, playground.add_conversations,
     evaluation.add_votes, _add_i18n, access.add_audit, evaluation.add_judge, training.add_sweep,
     evaluation.add_retention,

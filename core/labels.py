@@ -13,7 +13,8 @@ JOB_STATES = {"queued": M("queued"), "running": M("running"), "succeeded": M("su
               "cancelled": M("cancelled")}
 JOB_KINDS = {"train": M("training"), "evaluate": M("evaluation"), "export": M("export"), "preflight": M("preflight"),
              "generate": M("pair generation"), "inference": M("inference (playground)"),
-             "judge": M("LLM judge"), "retention": M("general Vietnamese kept (retention)")}
+             "judge": M("LLM judge"), "retention": M("general Vietnamese kept (retention)"),
+             "quant_cost": M("quantization cost")}
 DECISIONS = {"approved": M("approved"), "edited": M("edited"), "rejected": M("rejected"), "pending": M("pending"),
              None: M("pending")}
 RELEASE_STATES = {"active": M("active"), "replaced": M("replaced"), "deleted": M("deleted")}
@@ -30,7 +31,10 @@ PROGRESS = {"steps": M("steps"), "examples": M("examples"), "chunks": M("chunks"
             "converting to GGUF (f16) with llama.cpp": M("converting to GGUF (f16) with llama.cpp"),
             "smoke test in llama.cpp": M("smoke test in llama.cpp"),
             "quantizing to q8_0 with llama.cpp": M("quantizing to q8_0 with llama.cpp"),
-            "quantizing to q4_k_m with llama.cpp": M("quantizing to q4_k_m with llama.cpp")}
+            "quantizing to q4_k_m with llama.cpp": M("quantizing to q4_k_m with llama.cpp"),
+            "measuring the cost of quantization (perplexity, KL from f16)":
+                M("measuring the cost of quantization (perplexity, KL from f16)"),
+            "quantization cost": M("quantization cost")}
 
 # the columns of tables that core builds (per-field lengths, a split's rows, an import's bad lines)
 COLUMNS = {

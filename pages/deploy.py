@@ -2,14 +2,14 @@ import pandas as pd
 import streamlit as st
 
 from core import labels, prompt_format
-from core.deploy import exporter, exports, modelfile, ollama, preflight, releases
+from core.deploy import exporter, exports, modelfile, ollama, preflight, quant_cost, quant_costs, releases
 from core.evaluation import gate
 from core.jobs import queue
 from core.training import runs as train_runs
 from pages.common import _, actor, can, fail, flash, label, lang, project, say
 
 ERRORS = (releases.DeployRefused, ollama.OllamaError, modelfile.ModelfileError, exporter.ExportError, queue.JobError,
-          preflight.PreflightError, prompt_format.FormatError, PermissionError)
+          preflight.PreflightError, prompt_format.FormatError, quant_cost.QuantCostError, PermissionError)
 
 def record_table(rec: dict) -> list[dict]:
     """The gate's record as rows: each check, its verdict, the evaluation and artifact it read, its reason."""
@@ -60,9 +60,56 @@ else:
         st.warning(_("Not releasable: {reason}. Deploying needs an override reason, recorded under your "
                      "account ({name}).").format(reason=say(verdict["reason"]), name=who.name))
 
+    # the cost of quantization: each GGUF's perplexity on the held-out answers and its KL divergence from f16
+    costs = quant_costs.for_run(run_id)
+    bound = quant_costs.kl_bound()
+    with st.expander(_("Cost of quantization (perplexity, KL divergence from f16)"), expanded=bool(costs)):
+        if not costs:
+            st.caption(_("Not measured yet: every export measures it (`python -m core quant-cost --run {run}` measures "
+                         "the run's newest export).").format(run=run_id))
+        else:
+            choice, why = quant_costs.recommend(costs, bound)
+            st.dataframe([{_("quantization"): q + (" ✓" if q == choice else ""),
+                           _("file (MB)"): round((c["file_bytes"] or 0) / 1e6),
+                           _("perplexity"): round(c["ppl"], 4),
+                           _("PPL / f16"): None if c["ppl_ratio"] is None else round(c["ppl_ratio"], 4),
+                           _("mean KL from f16 (nats)"): None if c["kl_mean"] is None else round(c["kl_mean"], 5),
+                           _("same top token as f16"): None if c["same_top"] is None else f"{c['same_top']:.1%}",
+                           _("Δp RMS"): None if c["dp_rms"] is None else f"{c['dp_rms']:.2%}",
+                           _("answer tokens"): c["tokens"], _("export job"): c["export_job_id"]}
+                          for q in quant_costs.BY_SIZE[::-1] if (c := costs.get(q))], hide_index=True)
+            st.info(_("Choose: {why}.").format(why=say(why)))
+            st.caption(_("The rule: the smallest file whose mean KL divergence from f16 is at most the KL bound (or "
+                         "{advised} nats when no bound is set). Measured as llama.cpp's `llama-perplexity "
+                         "--kl-divergence` does, on llama.cpp's own logits: teacher-forced on the held-out answers in "
+                         "the training prompt format, only the answer's tokens scored.").format(
+                             advised=quant_costs.ADVISED_KL))
+        st.caption(_("KL bound: a release whose mean KL divergence from f16 is above {bound} nats is refused (an "
+                     "override reason lets it through, recorded).").format(bound=bound) if bound is not None
+                   else _("No KL bound is set: the cost is shown, it does not block a release."))
+        if can("gate.thresholds"):
+            with st.form("kl-bound"):
+                b1, b2 = st.columns(2)
+                new_bound = b1.number_input(_("KL bound (nats)"), 0.0, quant_costs.MAX_BOUND,
+                                            float(bound if bound is not None else quant_costs.ADVISED_KL), 0.01,
+                                            format="%.3f")
+                set_it = b2.form_submit_button(_("Set the KL bound"))
+                lift_it = b2.form_submit_button(_("Lift the KL bound"))
+            try:
+                if set_it or lift_it:
+                    quant_costs.set_kl_bound(new_bound if set_it else None, actor=who)
+                    flash(_("KL bound set to {bound} nats.").format(bound=new_bound) if set_it
+                          else _("KL bound lifted."))
+                    st.rerun()
+            except (ValueError, RuntimeError, PermissionError) as exc:
+                fail(exc)
+
     default_quant = exports.default_quant(by_id[run_id]["base_model"])
     quant = st.selectbox(_("Quantization"), list(exporter.QUANTIZATIONS),
                          index=list(exporter.QUANTIZATIONS).index(default_quant),
+                         format_func=lambda q: q if q not in costs else _("{q} · PPL {ppl:.3f} · KL {kl}").format(
+                             q=q, ppl=costs[q]["ppl"], kl="-" if costs[q]["kl_mean"] is None
+                             else f"{costs[q]['kl_mean']:.4f}"),
                          help=_("q4_k_m (the guide's default) for models of a billion parameters and more; q8_0 "
                                 "below that, where q4_k_m loses a short fine-tune and its stop (the preflight "
                                 "blocks such a GGUF)."), key="deploy_quant")
@@ -105,6 +152,8 @@ else:
         st.caption(_("GGUF {gguf} · sha256 {sha256}… · the TEMPLATE renders the prompt format this run was trained "
                      "with. Edit SYSTEM or PARAMETER lines if you need to; FROM and TEMPLATE are checked again by the "
                      "preflight.").format(gguf=prepared["gguf"], sha256=prepared["gguf_sha256"][:16]))
+        if prepared.get("quant_cost"):   # the cost of this quantization against the KL bound
+            st.caption(_("Quantization cost: {reason}").format(reason=say(prepared["quant_cost"]["reason"])))
         edited = st.text_area(_("Modelfile (editable)"), prepared["modelfile"], height=300, key="modelfile_text")
         st.download_button(_("Download Modelfile"), edited, file_name="Modelfile")
         c1, c2 = st.columns(2)

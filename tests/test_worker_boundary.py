@@ -159,7 +159,7 @@ def test_self_check_imports_every_kind_under_the_worker_environment(worker_env):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert lines[0].startswith(f"worker interpreter: {worker_env}")
-    assert lines[-1] == "kinds: train evaluate export preflight generate judge retention inference"
+    assert lines[-1] == "kinds: train evaluate export preflight quant_cost generate judge retention inference"
     assert [line.split()[0] for line in lines[1:-1]] == list(kinds.KINDS)
 
 
@@ -171,5 +171,6 @@ def test_self_check_names_a_kind_whose_packages_are_missing(tmp_path):
     by_kind = {line.split()[0]: line for line in proc.stdout.splitlines()[1:-1]}
     assert "CANNOT RUN: llama_cpp cannot be imported" in by_kind["export"]
     assert "CANNOT RUN: llama_cpp cannot be imported" in by_kind["preflight"]
+    assert "CANNOT RUN: llama_cpp cannot be imported" in by_kind["quant_cost"]
     assert "ok" in by_kind["train"] and "ok (without llama_cpp.server)" in by_kind["generate"]
-    assert proc.stdout.strip().splitlines()[-1] == "2 problem(s)"
+    assert proc.stdout.strip().splitlines()[-1] == "3 problem(s)"

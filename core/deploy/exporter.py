@@ -160,7 +160,8 @@ def run(job: dict, job_dir: Path, status, log: Callable[[str], None]) -> dict:
     """In the worker: merge → f16 GGUF → quantizations → a smoke generation in llama.cpp."""
     from core.models import load_tokenizer
 
-    steps = 2 + len([q for q in job["quantizations"] if q != "f16"]) + 1
+    measured = bool(job.get("held_out"))   # the cost of quantization, on the run's held-out answers
+    steps = 2 + len([q for q in job["quantizations"] if q != "f16"]) + 1 + measured
     done = 0
     timings: dict[str, float] = {}   # seconds each step took: merge, f16, each quantization, smoke
     clock = [None, time.time()]
@@ -193,9 +194,17 @@ def run(job: dict, job_dir: Path, status, log: Callable[[str], None]) -> dict:
     ids = llama_generate(Path(files[primary]), [prompt], max_tokens=24)[0]
     smoke = tokenizer.decode(ids, skip_special_tokens=True)
     log(f"llama.cpp answered: {smoke!r}")
-    timings["smoke"] = round(time.time() - clock[1], 1)
+    cost = None
+    if measured:   # perplexity of every GGUF on the held-out answers, KL of each quantization from f16
+        from core.deploy import quant_cost
+
+        step("measuring the cost of quantization (perplexity, KL from f16)", "quant_cost")
+        report = quant_cost.measure(files, job["held_out"], job["prompt_format"], tokenizer, log)
+        cost = str(quant_cost.write(job_dir, report))
+    timings[clock[0]] = round(time.time() - clock[1], 1)
     status.update(progress={"done": steps, "total": steps, "label": "done"})
     return {
+        "quant_cost": cost,
         "merged_dir": str(merged),
         "gguf": files,
         "primary": primary,

@@ -10,6 +10,7 @@ from pathlib import Path
 from core import paths
 from core.access.principal import Principal, require
 from core.deploy.exporter import QUANTIZATIONS, ExportError, sha256
+from core.deploy import quant_costs
 from core.jobs import queue
 from core.jobs.queue import JobError
 from core.training import runs, vram
@@ -98,5 +99,12 @@ def submit(run_id: str, quantizations: list[str] | None = None, *, actor: Princi
         "prompt_format": run["prompt_format"],
         "quantizations": quantizations,
         "out_dir": str(out_dir),
+        # the held-out pairs on which the export measures what quantization costs (core.deploy.quant_cost)
+        "held_out": quant_costs.held_out_pairs(run["dataset_version_id"]),
     }
     return queue.submit("export", payload, out_dir, actor, run_id, run["dataset_version_id"], run["project"])
+
+
+def ingest(con, job: dict, result: dict) -> None:
+    """At the export's settle: its measured cost of quantization (``quant_cost.json``) into ``quant_costs``."""
+    quant_costs.ingest_export(con, job, result)

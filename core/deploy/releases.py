@@ -18,7 +18,7 @@ from core.i18n import M
 from core.access import projects
 from core.access.principal import Principal, require
 from core.models import load_tokenizer
-from core.deploy import exporter, exports, modelfile, preflight, preflights
+from core.deploy import exporter, exports, modelfile, preflight, preflights, quant_costs
 from core.deploy.ollama import ollama_binary, ollama_create, ollama_remove, ollama_smoke
 from core.evaluation import evaluations, gate
 from core.jobs import queue, supervisor
@@ -84,6 +84,14 @@ def prepare(run_id: str, name: str, *, system: str | None = None, quantization: 
         job = _wait(exports.submit(run_id, [quantization], actor=actor), "export", on_progress)
         if job["state"] != "succeeded":
             raise exporter.ExportError(f"export job {job['id']} {job['state']}: {job.get('error')}")
+    # the cost of quantization against the admin's KL bound (core.deploy.quant_costs); an override is audited
+    cost = quant_costs.check(job["id"], quantization, actor=actor, on_progress=on_progress)
+    if not cost[1]:
+        if not (override_reason and override_reason.strip()):
+            raise DeployRefused(M("{reason}. Give an override reason to deploy anyway (it is recorded).", reason=cost[3]))
+        require(actor, "gate.override", run["project"])
+        store.audit("quant_cost.override", run_id, actor, project=run["project"], reason=override_reason,
+                    check=str(cost[3]), numbers=cost[2], name=name)
     result = job["result"]
     gguf = Path(result["gguf"][quantization])
     sha = result["sha256"][quantization]
@@ -111,7 +119,12 @@ def prepare(run_id: str, name: str, *, system: str | None = None, quantization: 
         require(actor, "gate.override", run["project"])
         store.audit("gate.override", run_id, actor, project=run["project"], reason=override_reason,
                     verdict=verdict["reason"], failing=gate.failing(rec), quantization=quantization, name=name)
-    rec["override"] = ({"reason": override_reason.strip(), "by": actor.name} if not rec["releasable"] else None)
+    # the cost of quantization, checked above against the admin's KL bound, is part of what the release was judged on
+    rec["checks"].append(gate.check("quant_cost", cost[1], cost[3], artifact=f"{run_id} · {quantization}",
+                                    numbers=cost[2]))
+    rec["releasable"] = bool(rec["releasable"] and cost[1])
+    rec["override"] = ({"reason": override_reason.strip(), "by": actor.name}
+                       if not (rec["releasable"] and cost[1]) else None)
     rec = gate.stored(rec)
     text = modelfile.build(gguf, run["prompt_format"], load_tokenizer(result["merged_dir"]), system)
     # a draft to read and edit; each release writes its own Modelfile.<release id> next to it
@@ -121,7 +134,8 @@ def prepare(run_id: str, name: str, *, system: str | None = None, quantization: 
     return {"run_id": run_id, "name": name, "quantization": quantization, "export_job": job["id"],
             "gguf": str(gguf), "merged_dir": result["merged_dir"], "gguf_sha256": result["sha256"][quantization],
             "modelfile": text, "modelfile_path": str(mf_path), "verdict": verdict, "gate_record": rec,
-            "override_reason": None if rec["releasable"] else override_reason}
+            "override_reason": None if rec["releasable"] else override_reason,
+            "quant_cost": {"passed": cost[1], "reason": cost[3], **cost[2]}}
 
 
 def held_out_lines(report: dict, quantization: str | None = None) -> list[M]:

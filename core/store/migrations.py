@@ -398,6 +398,8 @@ def _m013_artifact_evaluations(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f"ALTER TABLE evaluations ADD COLUMN IF NOT EXISTS {column} {kind}")
     con.execute("UPDATE evaluations SET target = 'adapter' WHERE target IS NULL")
     con.execute("ALTER TABLE releases ADD COLUMN IF NOT EXISTS gate_record JSON")
+
+
 def _m014_sweeps(con: duckdb.DuckDBPyConnection) -> None:
     """Sweeps (issue 25): many training runs from one grid or list of settings, under one sweep id, each
     evaluated on its held-out split when its training is ingested (core.training.sweeps)."""
@@ -476,10 +478,47 @@ def _m015_retention(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+def _m016_quant_cost(con: duckdb.DuckDBPyConnection) -> None:
+    """The cost of quantization (issue 28), kept with the export: for each GGUF of an export job, perplexity on
+    the held-out answers and, for a quantization, its KL divergence from the export's f16 (llama.cpp's
+    ``llama-perplexity --kl-divergence`` method; core.deploy.quant_cost). One row per export and quantization;
+    a later measurement of the same export (a ``quant_cost`` job) replaces its rows."""
+    con.execute(
+        """
+        CREATE TABLE quant_costs (
+            export_job_id   INTEGER NOT NULL,
+            quantization    VARCHAR NOT NULL,           -- f16 | q8_0 | q4_k_m
+            run_id          VARCHAR,
+            measured_by_job INTEGER NOT NULL,           -- the export job itself, or a quant_cost job
+            sequences       INTEGER NOT NULL,           -- held-out pairs measured
+            tokens          INTEGER NOT NULL,           -- answer tokens scored
+            ppl             DOUBLE NOT NULL,
+            ppl_unc         DOUBLE,
+            ppl_ratio       DOUBLE,                     -- PPL(q) / PPL(f16)
+            kl_mean         DOUBLE,                     -- nats; NULL for f16 (the reference)
+            kl_unc          DOUBLE,
+            kl_median       DOUBLE,
+            kl_p99          DOUBLE,
+            kl_max          DOUBLE,
+            same_top        DOUBLE,                     -- share of answer tokens with f16's most likely token
+            dp_rms          DOUBLE,                     -- RMS of p_q(token) - p_f16(token)
+            file_bytes      BIGINT,
+            method          VARCHAR,
+            report          VARCHAR,                    -- quant_cost.json, per sequence
+            created_at      TIMESTAMPTZ NOT NULL,
+            project         VARCHAR,
+            PRIMARY KEY (export_job_id, quantization)
+        );
+        CREATE INDEX quant_costs_run ON quant_costs (run_id);
+        """
+    )
+
+
 MIGRATIONS = [_m001_initial, _m002_reviews, _m004_evaluation_details, _m005_release_lifecycle,
               _m006_training_metrics, _m007_team_access, _m008_preference_votes, _m009_word_scores,
               _m010_saved_conversations, _m011_judge, _m012_sign_in_guards, _m013_artifact_evaluations,
-              _m014_sweeps, _m015_retention]
+              _m014_sweeps, _m015_retention,
+              _m016_quant_cost]
 
 
 def _migration_number(fn) -> int:
