@@ -38,13 +38,11 @@ COLUMNS = ("export_job_id", "quantization", "run_id", "measured_by_job", "sequen
 def held_out_pairs(dataset_version_id: str, n: int = DEFAULT_PAIRS) -> list[dict]:
     """The first ``n`` held-out pairs of the version (the preflight's golden pairs are their first few);
     none when the version has no test split (the export is then not measured)."""
-    from core.deploy.preflight import PreflightError
-    from core.deploy.preflights import golden_pairs
+    from core.datasets import versions   # read here, not through preflights: that module imports the gate
 
-    try:
-        return golden_pairs(dataset_version_id, n)
-    except PreflightError:
-        return []
+    rows = versions.head_rows(versions.get_version(dataset_version_id), "test", n)
+    return [{"instruction": r.get("instruction") or "", "input": r.get("input") or "",
+             "output": r.get("output") or ""} for r in rows or []]
 
 
 # ── storing ──────────────────────────────────────────────────────────────────
