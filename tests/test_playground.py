@@ -6,6 +6,7 @@ import os
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import subprocess
 import sys
@@ -49,7 +50,12 @@ def test_a_model_answers_from_its_inference_worker_as_it_does_in_process(home, d
 
 
 def test_requests_without_the_token_are_refused(home, default_model):
+    """The worker's token reaches it through its environment: no file of the job holds it (another local
+    user who could read one would have the model); without it, the worker answers 401."""
     job = playground.ensure(str(default_model), None, "chat", actor=OPERATOR)
+    token = job["config"]["token"].encode()
+    assert [p.name for p in Path(job["job_dir"]).rglob("*") if p.is_file() and token in p.read_bytes()] == []
+    assert "token" not in json.loads((Path(job["job_dir"]) / "job.json").read_text())
     url = f"http://127.0.0.1:{job['server']['port']}/health"
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(url, timeout=10)

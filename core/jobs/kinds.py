@@ -29,6 +29,13 @@ class Kind:
     optional: tuple[str, ...] = ()  # needed for some jobs of the kind only (named in the self-check)
     resident: bool = False          # long-lived (an inference worker): starts at once beside the queue's jobs,
                                     # is evicted when a queued job needs its slot
+    secret: tuple[str, ...] = ()    # config fields kept out of job.json: the worker gets each in its environment
+                                    # (``env_var``), never in a file
+
+
+def env_var(field: str) -> str:
+    """The environment variable that carries a kind's secret config field to its worker."""
+    return f"VITUNE_JOB_{field.upper()}"
 
 
 KINDS: dict[str, Kind] = {k.name: k for k in (
@@ -53,7 +60,7 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
          optional=("llama_cpp.server",)),   # the default model as the judge: llama.cpp's server
     Kind("inference", "core.playground.server", "core.playground.playground",
          ("torch", "transformers", "peft"),
-         "one model served on loopback for the playground", resident=True),
+         "one model served on loopback for the playground", resident=True, secret=("token",)),
 )}
 
 

@@ -297,6 +297,9 @@ def _start(con, job: dict, slot: str) -> bool:
     hook = getattr(kinds.app_module(job["kind"]), "worker_env", None)
     if hook:
         env = hook(job, env)
+    cfg = job["config"] if isinstance(job["config"], dict) else json.loads(job["config"])
+    for field in kinds.get(job["kind"]).secret:   # kept out of job.json: through the environment alone
+        env[kinds.env_var(field)] = str(cfg.get(field) or "")
     env["VITUNE_HOME"] = str(paths.home())
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONPATH"] = str(paths.REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
