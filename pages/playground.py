@@ -37,7 +37,7 @@ chats = st.session_state.setdefault("chats", {})   # target id → [{"role", "co
 
 def _decoding_settings(where) -> inference.Decoding:
     with where.expander(_("System prompt and decoding")):
-        system = st.text_area(_("System prompt (optional)"), key="system",
+        system = st.text_area(_("System prompt (optional)"), key="system", max_chars=playground.MAX_SYSTEM_CHARS,
                               placeholder=_("You are the customer care assistant of Sao Viet."))
         c1, c2, c3 = st.columns(3)
         temperature = c1.slider(_("Temperature (0: greedy)"), 0.0, 1.5, 0.0, 0.05, key="temperature")
@@ -82,7 +82,7 @@ def chat() -> None:
         for n, text in enumerate(prompts):
             if st.button(text, key=f"demo-prompt-{n}"):
                 asked = text
-    typed = st.chat_input(_("Your message"))
+    typed = st.chat_input(_("Your message"), max_chars=playground.MAX_QUESTION_CHARS)
     asked = typed or asked
     if history and st.button(_("Clear the conversation")):
         chats[target["id"]] = []
@@ -209,7 +209,7 @@ def side() -> None:
                      key="side_b")
     decoding = _decoding_settings(st)
     question = st.text_area(_("Question / instruction"), "Khách hàng phàn nàn về hóa đơn sai, phải xử lý thế nào?",
-                            key="side_q")
+                            key="side_q", max_chars=playground.MAX_QUESTION_CHARS)
     if st.button(_("Ask both"), type="primary") and question.strip():
         cols = st.columns(2)
         answers = _stream_two(by_id[a], by_id[b], question.strip(), decoding, cols,
@@ -252,7 +252,7 @@ def blind() -> None:
             if drawn:
                 st.session_state["blind_q"], st.session_state["blind_drawn"] = drawn[0]["prompt"], drawn[0]
     st.session_state.setdefault("blind_q", "Khách hàng phàn nàn về hóa đơn sai, phải xử lý thế nào?")
-    prompt = st.text_area(_("Prompt"), key="blind_q")
+    prompt = st.text_area(_("Prompt"), key="blind_q")   # a drawn prompt may be longer: core says so
     if st.button(_("Get two unlabelled answers"), type="primary") and prompt.strip():
         if a == b:
             st.warning(_("Pick two different models."))

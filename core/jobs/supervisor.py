@@ -401,8 +401,22 @@ def _evict(con, resident: dict, job: dict) -> None:
                  resident["id"]])
 
 
+_ticks = {"n": 0}
+
+
+def ticks() -> int:
+    """How many ticks this process has made (a wait that ticks for nothing shows in it)."""
+    return _ticks["n"]
+
+
+def worker_alive(job: dict) -> bool:
+    """Whether the job's recorded worker still runs (the check a tick makes, without the tick)."""
+    return _ours(job.get("pid"), job["job_dir"])
+
+
 def tick() -> dict[str, Any]:
     """One supervisor step. Returns what it did."""
+    _ticks["n"] += 1
     done: dict[str, list] = {"settled": [], "started": [], "evicted": []}
     with tick_lock():
         with store.connect() as con:

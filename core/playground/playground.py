@@ -9,13 +9,16 @@ error, which ``ensure`` raises as a ``PlaygroundError`` in one line.
 """
 from __future__ import annotations
 
+import collections
 import json
 import os
 import secrets
+import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -32,6 +35,73 @@ LOAD_TIMEOUT_S = 900.0
 
 class PlaygroundError(RuntimeError):
     pass
+
+
+# ── what one asker may take of the models ────────────────────────────────────
+# The chat's input, the side-by-side question and the system text are cut to these in the pages; here they
+# are refused beyond them, whoever calls. The inference worker also cuts a conversation to the model's
+# context (core.playground.server.fit). The rate is per principal: a team member, or a demo link (all of
+# its visitors together), in this process (the web app serves every browser).
+
+MAX_QUESTION_CHARS = 4000       # one question (a user turn, its input included)
+MAX_SYSTEM_CHARS = 2000         # the system text
+MAX_CONVERSATION_CHARS = 24000  # a conversation's turns together: the oldest go first beyond it
+RATE_PER_MINUTE = 20            # questions a principal may ask in any 60 s
+AT_ONCE = 3                     # answers a principal may have being generated at once (side by side is 2)
+RATE_WINDOW_S = 60.0
+
+_asked: dict[str, collections.deque] = {}
+_answering: dict[str, int] = {}
+_limits_lock = threading.Lock()
+
+
+def check_prompt(messages: list[dict], system: str | None) -> list[dict]:
+    """The conversation within the limits: PlaygroundError for a question or a system text that is too long;
+    the oldest turns (a question and its answer) dropped while the whole is longer than
+    ``MAX_CONVERSATION_CHARS``."""
+    try:
+        turns = prompt_format.check_messages(messages)
+    except prompt_format.FormatError as exc:
+        raise PlaygroundError(str(exc)) from None
+    size = lambda t: len(t["content"]) + len(t.get("input") or "")  # noqa: E731
+    last = size(turns[-1])
+    if last > MAX_QUESTION_CHARS:
+        raise PlaygroundError(f"the question is {last} characters long; at most {MAX_QUESTION_CHARS} are taken")
+    if system and len(system) > MAX_SYSTEM_CHARS:
+        raise PlaygroundError(f"the system text is {len(system)} characters long; at most {MAX_SYSTEM_CHARS} are "
+                              "taken")
+    while len(turns) > 1 and sum(size(t) for t in turns) > MAX_CONVERSATION_CHARS:
+        turns = turns[2:]
+    return turns
+
+
+def _asker(actor: Principal) -> str:
+    return f"{actor.kind}:{actor.name}"
+
+
+@contextmanager
+def turn(actor: Principal) -> Iterator[None]:
+    """One question of ``actor``'s, for as long as its answer is generated: PlaygroundError when the actor has
+    asked ``RATE_PER_MINUTE`` questions in the last minute, or has ``AT_ONCE`` answers under way."""
+    key, now = _asker(actor), time.monotonic()
+    with _limits_lock:
+        asked = _asked.setdefault(key, collections.deque())
+        while asked and now - asked[0] > RATE_WINDOW_S:
+            asked.popleft()
+        if len(asked) >= RATE_PER_MINUTE:
+            wait = RATE_WINDOW_S - (now - asked[0])
+            raise PlaygroundError(f"too many questions: at most {RATE_PER_MINUTE} a minute; ask again in "
+                                  f"{max(1, round(wait))} s")
+        if _answering.get(key, 0) >= AT_ONCE:
+            raise PlaygroundError(f"{AT_ONCE} answers are being generated for you already: wait for one to end, "
+                                  "or stop it")
+        asked.append(now)
+        _answering[key] = _answering.get(key, 0) + 1
+    try:
+        yield
+    finally:
+        with _limits_lock:
+            _answering[key] -= 1
 
 
 def _key(base_model: str, adapter_dir: str | None, fmt: str | None) -> str:
@@ -83,20 +153,42 @@ def ensure(base_model: str, adapter_dir: str | None = None, fmt: str | None = No
             payload.update(gguf=str(gguf), tokenizer_from=tokenizer_from)
         job_dir = paths.data_dir() / "inference" / f"inference-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
         job = queue.submit("inference", payload, job_dir, actor, project=project)
+    return _serving(job, timeout)
+
+
+CHECK_S = 2.0   # while a worker loads, how often its job's row is read (the background supervisor's pace)
+
+
+def _serving(job: dict, timeout: float) -> dict:
+    """Wait until the job's worker listens. What is read every 0.2 s is the worker's status.json (a file: no
+    query, no process); the job's row every ``CHECK_S``; the supervisor is ticked only to start the job while
+    it is queued, and to settle it once its worker has ended (its status says so, or it is gone), never while
+    the model loads: a wait costs the machine nothing (no nvidia-smi per tick), however long the load."""
     deadline = time.monotonic() + timeout
+    status_path = Path(job["job_dir"]) / STATUS
+    next_check = 0.0
     while True:
-        job = queue.get_job(job["id"])
-        if job["state"] == "running":
-            server = _ready(job)
-            if server:
+        status = read_json(status_path) or {}
+        server = status.get("server") or {}
+        ended = status.get("state") in TERMINAL
+        if not ended and server.get("ready") and server.get("port"):
+            job = queue.get_job(job["id"])
+            if job["state"] == "running":
                 return {**job, "server": server}
-        elif job["state"] in TERMINAL:
-            reason = job["error"] or (job.get("result") or {}).get("reason") or job["state"]
-            raise PlaygroundError(f"the model could not be served (inference job {job['id']} {job['state']}): "
-                                  f"{reason}".replace("\n", " "))
-        if time.monotonic() > deadline:
+        now = time.monotonic()
+        if ended or now >= next_check:
+            job = queue.get_job(job["id"])
+            if job["state"] == "queued" or (job["state"] == "running" and (
+                    ended or (job.get("pid") and not supervisor.worker_alive(job)))):
+                supervisor.tick()   # start it now (not at the next background tick), or settle it
+                job = queue.get_job(job["id"])
+            if job["state"] in TERMINAL:
+                reason = job["error"] or (job.get("result") or {}).get("reason") or job["state"]
+                raise PlaygroundError(f"the model could not be served (inference job {job['id']} {job['state']}): "
+                                      f"{reason}".replace("\n", " "))
+            next_check = now + CHECK_S
+        if now > deadline:
             raise PlaygroundError(f"inference job {job['id']} did not start serving within {timeout:.0f} s")
-        supervisor.tick()
         time.sleep(0.2)
 
 
@@ -142,15 +234,17 @@ def ask(base_model: str, adapter_dir: str | None, fmt: str | None, question: str
 
 def _answer(base_model, adapter_dir, fmt, question, context, system, decoding, actor, project, timeout) -> str:
     decoding = (decoding or Decoding()).validate()
+    check_prompt([{"role": "user", "content": question, "input": context}], system)
     body = {"question": question, "context": context, "system": system, "decoding": decoding.to_dict()}
-    job = ensure(base_model, adapter_dir, fmt, actor=actor, project=project)
-    try:
-        return _post(job, "/ask", body, timeout)["answer"]
-    except PlaygroundError:
-        if queue.get_job(job["id"])["state"] in TERMINAL:  # it went idle or was evicted meanwhile: once more
-            job = ensure(base_model, adapter_dir, fmt, actor=actor, project=project)
+    with turn(actor):
+        job = ensure(base_model, adapter_dir, fmt, actor=actor, project=project)
+        try:
             return _post(job, "/ask", body, timeout)["answer"]
-        raise
+        except PlaygroundError:
+            if queue.get_job(job["id"])["state"] in TERMINAL:  # it went idle or was evicted meanwhile: once more
+                job = ensure(base_model, adapter_dir, fmt, actor=actor, project=project)
+                return _post(job, "/ask", body, timeout)["answer"]
+            raise
 
 
 def _open_stream(job: dict, body: dict, timeout: float):
@@ -183,20 +277,17 @@ def _pieces(resp, job: dict, info: dict | None) -> Iterator[str]:
 def _stream(base_model, adapter_dir, fmt, messages, system, decoding, actor, project, timeout, info,
             **where) -> Iterator[str]:
     decoding = (decoding or Decoding()).validate()
-    try:
-        prompt_format.check_messages(messages)
-    except prompt_format.FormatError as exc:
-        raise PlaygroundError(str(exc)) from None
-    body = {"messages": list(messages), "system": system, "decoding": decoding.to_dict()}
-    job = ensure(base_model, adapter_dir, fmt, actor=actor, project=project, **where)
-    try:
-        resp = _open_stream(job, body, timeout)
-    except PlaygroundError:
-        if queue.get_job(job["id"])["state"] not in TERMINAL:
-            raise
-        job = ensure(base_model, adapter_dir, fmt, actor=actor, project=project, **where)  # it went idle: once more
-        resp = _open_stream(job, body, timeout)
-    yield from _pieces(resp, job, info)
+    body = {"messages": check_prompt(list(messages), system), "system": system, "decoding": decoding.to_dict()}
+    with turn(actor):
+        job = ensure(base_model, adapter_dir, fmt, actor=actor, project=project, **where)
+        try:
+            resp = _open_stream(job, body, timeout)
+        except PlaygroundError:
+            if queue.get_job(job["id"])["state"] not in TERMINAL:
+                raise
+            job = ensure(base_model, adapter_dir, fmt, actor=actor, project=project, **where)  # went idle: once more
+            resp = _open_stream(job, body, timeout)
+        yield from _pieces(resp, job, info)
 
 
 def ask_stream(base_model: str, adapter_dir: str | None, fmt: str | None, messages: list[dict],
@@ -373,15 +464,17 @@ def ollama_stream(tag: str, messages: list[dict], system: str | None = None, dec
     if actor.kind == "demo":
         raise AccessDenied("this demo link does not show that model")
     require(actor, "playground.ask", project)
-    try:
-        turns = prompt_format.check_messages(messages)
-    except prompt_format.FormatError as exc:
-        raise PlaygroundError(str(exc)) from None
+    turns = check_prompt(list(messages), system)
     decoding = (decoding or Decoding()).validate()
-    return _ollama_pieces(tag, turns, system, decoding, info)
+    return _ollama_pieces(tag, turns, system, decoding, info, actor)
 
 
-def _ollama_pieces(tag, turns, system, decoding, info) -> Iterator[str]:
+def _ollama_pieces(tag, turns, system, decoding, info, actor) -> Iterator[str]:
+    with turn(actor):
+        yield from _ollama_turn(tag, turns, system, decoding, info)
+
+
+def _ollama_turn(tag, turns, system, decoding, info) -> Iterator[str]:
     from core.deploy import ollama
 
     problem = ollama.server_problem()
