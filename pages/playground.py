@@ -21,7 +21,8 @@ else:
                  "generated. Each model answers from its own inference worker, which the job scheduler counts on "
                  "its GPU and stops when idle."))
 
-offered = playground.models_for(who, None if demo else project())
+# a client's link: its models as the client may see them (core.playground.demo_view), nothing of the studio's ids
+offered = playground.demo_view(who)["models"] if demo else playground.models_for(who, project())
 if not offered:
     st.info(_("No finished runs yet.") if demo else _("Train a run on the Train page first."))
     if demo:
@@ -30,7 +31,7 @@ targets = playground.targets_for(who, None if demo else project(), offered)
 if not targets:
     st.stop()
 by_id = {t["id"]: {**t, "label": say(t["label"])} for t in targets}
-by_run = {m["run_id"]: m for m in offered}
+by_run = {} if demo else {m["run_id"]: m for m in offered}
 
 chats = st.session_state.setdefault("chats", {})   # target id → [{"role", "content"}, …]
 
@@ -63,6 +64,12 @@ def chat() -> None:
         g2.metric(_("BLEU"), f"{run['bleu']:.3f}" if run["bleu"] is not None else "–")
         g3.metric(_("ROUGE-L"), f"{run['rouge_l']:.3f}" if run["rouge_l"] is not None else "–")
         st.caption(say(run["reason"]))
+    elif target["kind"] == "demo":   # the verdict written for a client
+        g1, g2, g3 = st.columns(3)
+        g1.metric(_("Gate"), _("PASS") if target["releasable"] else _("not releasable"))
+        g2.metric(_("BLEU"), f"{target['bleu']:.3f}" if target["bleu"] is not None else "–")
+        g3.metric(_("ROUGE-L"), f"{target['rouge_l']:.3f}" if target["rouge_l"] is not None else "–")
+        st.caption(say(target["verdict"]))
     decoding = _decoding_settings(st)
     history = chats.setdefault(target["id"], [])
     pending = st.session_state.pop("_pending", None)   # an answer cut short by Stop (or by leaving the page)
@@ -112,7 +119,10 @@ def chat() -> None:
         except (playground.PlaygroundError, PermissionError) as exc:  # a model that will not load: one message
             st.session_state.pop("_pending", None)
             history.pop()
-            fail(exc)
+            if demo:   # the client reads what it may: no job, no file
+                st.error(say(playground.client_message(exc)))
+            else:
+                fail(exc)
             return
     st.session_state.pop("_pending", None)
     history.append({"role": "assistant", "content": "".join(pieces)})

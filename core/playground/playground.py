@@ -37,6 +37,11 @@ class PlaygroundError(RuntimeError):
     pass
 
 
+class AskLimit(PlaygroundError):
+    """A question refused by the limits below: its message (an ``M``) speaks of the question alone, so a demo
+    link's client may read it."""
+
+
 # ── what one asker may take of the models ────────────────────────────────────
 # The chat's input, the side-by-side question and the system text are cut to these in the pages; here they
 # are refused beyond them, whoever calls. The inference worker also cuts a conversation to the model's
@@ -66,10 +71,11 @@ def check_prompt(messages: list[dict], system: str | None) -> list[dict]:
     size = lambda t: len(t["content"]) + len(t.get("input") or "")  # noqa: E731
     last = size(turns[-1])
     if last > MAX_QUESTION_CHARS:
-        raise PlaygroundError(f"the question is {last} characters long; at most {MAX_QUESTION_CHARS} are taken")
+        raise AskLimit(M("the question is {n} characters long; at most {limit} are taken", n=last,
+                         limit=MAX_QUESTION_CHARS))
     if system and len(system) > MAX_SYSTEM_CHARS:
-        raise PlaygroundError(f"the system text is {len(system)} characters long; at most {MAX_SYSTEM_CHARS} are "
-                              "taken")
+        raise AskLimit(M("the system text is {n} characters long; at most {limit} are taken", n=len(system),
+                         limit=MAX_SYSTEM_CHARS))
     while len(turns) > 1 and sum(size(t) for t in turns) > MAX_CONVERSATION_CHARS:
         turns = turns[2:]
     return turns
@@ -90,11 +96,11 @@ def turn(actor: Principal) -> Iterator[None]:
             asked.popleft()
         if len(asked) >= RATE_PER_MINUTE:
             wait = RATE_WINDOW_S - (now - asked[0])
-            raise PlaygroundError(f"too many questions: at most {RATE_PER_MINUTE} a minute; ask again in "
-                                  f"{max(1, round(wait))} s")
+            raise AskLimit(M("too many questions: at most {n} a minute; ask again in {s} s", n=RATE_PER_MINUTE,
+                             s=max(1, round(wait))))
         if _answering.get(key, 0) >= AT_ONCE:
-            raise PlaygroundError(f"{AT_ONCE} answers are being generated for you already: wait for one to end, "
-                                  "or stop it")
+            raise AskLimit(M("{n} answers are being generated for you already: wait for one to end, or stop it",
+                             n=AT_ONCE))
         asked.append(now)
         _answering[key] = _answering.get(key, 0) + 1
     try:
@@ -322,6 +328,8 @@ def models_for(actor: Principal, project: str | None = None, limit: int | None =
                 rel = releases.get_release(release_id, actor)
             except releases.DeployRefused:
                 continue
+            if rel["state"] == "deleted":   # a deleted release is no model to show a client
+                continue
             if rel["run_id"] not in wanted:
                 wanted.append(rel["run_id"])
         found = []
@@ -342,6 +350,68 @@ def models_for(actor: Principal, project: str | None = None, limit: int | None =
                     "project": run["project"], "releasable": verdict["releasable"], "reason": verdict["reason"],
                     "bleu": e.get("bleu"), "rouge_l": e.get("rouge_l"), "evaluation": e.get("id")})
     return out
+
+
+# ── a demo link's page: the client's view ────────────────────────────────────
+
+
+def _client_verdict(model: dict) -> M:
+    """The gate's verdict as a client reads it: nothing of the studio's ids, versions or thresholds' names."""
+    if model["releasable"]:
+        return M("Passed the studio's quality check on questions it was not trained on (BLEU {bleu:.2f}, "
+                 "ROUGE-L {rouge_l:.2f}).", bleu=model["bleu"] or 0.0, rouge_l=model["rouge_l"] or 0.0)
+    if model["evaluation"]:
+        return M("Still being improved: it has not passed the studio's quality check yet.")
+    return M("Not measured by the studio's quality check yet.")
+
+
+def demo_view(actor: Principal) -> dict:
+    """What a demo link's page shows its client: the link's title and demo prompts, and its models, each named
+    by the link (its title, numbered when there are several) with a verdict written for a client and its
+    scores. No run id, base model, dataset version, job id or file path; a deleted release's model is not
+    there. Each model's ``id`` (``model-1``, …) is what ``demo_stream`` takes."""
+    if actor.kind != "demo":
+        raise AccessDenied("the client's view is a demo link's")
+    title = actor.grant.get("title") or None
+    found = models_for(actor)
+    out = []
+    for n, m in enumerate(found, 1):
+        if title:
+            label = M("{title} — model {n}", title=title, n=n) if len(found) > 1 else title
+        else:
+            label = M("Model {n}", n=n)
+        out.append({"id": f"model-{n}", "label": label, "verdict": _client_verdict(m), "releasable": m["releasable"],
+                    "bleu": m["bleu"], "rouge_l": m["rouge_l"]})
+    return {"title": title, "prompts": list(actor.grant.get("prompts") or []), "models": out}
+
+
+def _demo_run(actor: Principal, model: str) -> str:
+    found = models_for(actor)
+    try:
+        n = int(str(model).removeprefix("model-"))
+        if not 1 <= n <= len(found):
+            raise ValueError
+    except ValueError:
+        raise AccessDenied("this demo link does not show that model") from None
+    return found[n - 1]["run_id"]
+
+
+def demo_stream(actor: Principal, model: str, messages: list[dict], system: str | None = None,
+                decoding: Decoding | None = None) -> Iterator[str]:
+    """A demo link's model (``demo_view``'s ``id``) answers, streamed."""
+    if actor.kind != "demo":
+        raise AccessDenied("the client's view is a demo link's")
+    return ask_run_stream(_demo_run(actor, model), messages, system, decoding, actor=actor)
+
+
+def client_message(exc: Exception) -> M:
+    """What a demo link's client reads of a failed answer: a limit of the question as it is, anything else in
+    words of the client's (the studio's message names jobs and files; the team reads it in the worker log)."""
+    if isinstance(exc, AskLimit) and isinstance(exc.args[0], M):
+        return exc.args[0]
+    if isinstance(exc, PermissionError):
+        return M("This demo link does not show that model.")
+    return M("The model could not answer just now; please try again in a moment.")
 
 
 def _run_for(run_id: str, actor: Principal, base: bool) -> dict:
@@ -383,12 +453,14 @@ def targets_for(actor: Principal, project: str | None = None, offered: list[dict
     (llama.cpp), the embedded default model (transformers, and its own GGUF through llama.cpp) and the
     released Ollama tags where an Ollama server answers. ``offered``: ``models_for``'s list when the page
     has it already; ``ollama_tags``: ``[(tag, prompt format)]`` to skip asking the Ollama server."""
+    if actor.kind == "demo":   # the link's models as its client sees them (demo_view)
+        return [{"id": m["id"], "kind": "demo", "model": m["id"], "label": m["label"], "verdict": m["verdict"],
+                 "releasable": m["releasable"], "bleu": m["bleu"], "rouge_l": m["rouge_l"]}
+                for m in demo_view(actor)["models"]]
     offered = models_for(actor, project) if offered is None else offered
     out = [{"id": f"run:{m['run_id']}", "kind": "run", "run_id": m["run_id"], "prompt_format": m["prompt_format"],
             "label": f"{m['run_id']} · {models.display_name(m['base_model'])} · {m['prompt_format']}"}
            for m in offered]
-    if actor.kind == "demo":
-        return out
     out += [{"id": f"run-base:{m['run_id']}", "kind": "run-base", "run_id": m["run_id"],
              "prompt_format": m["prompt_format"],
              "label": M("{run} base model alone · {model} · {format}", run=m["run_id"],
@@ -507,6 +579,8 @@ def stream_target(target: dict, messages: list[dict], system: str | None = None,
                   *, actor: Principal, project: str | None = None, info: dict | None = None) -> Iterator[str]:
     """``ask_stream`` for one of ``targets_for``'s entries."""
     kind = target["kind"]
+    if kind == "demo":
+        return demo_stream(actor, target["model"], messages, system, decoding)
     if kind in ("run", "run-base"):
         return ask_run_stream(target["run_id"], messages, system, decoding, actor=actor, base=kind == "run-base",
                               info=info)
@@ -530,6 +604,9 @@ def prepare(target: dict, *, actor: Principal, project: str | None = None) -> di
     kind = target["kind"]
     if kind == "ollama":
         return None
+    if kind == "demo":
+        run = _run_for(_demo_run(actor, target["model"]), actor, False)
+        return ensure(run["base_model"], run["adapter_dir"], run["prompt_format"], actor=actor, project=run["project"])
     if kind in ("run", "run-base"):
         run = _run_for(target["run_id"], actor, kind == "run-base")
         return ensure(run["base_model"], None if kind == "run-base" else run["adapter_dir"], run["prompt_format"],
