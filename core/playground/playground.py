@@ -48,10 +48,10 @@ class AskLimit(PlaygroundError):
 # context (core.playground.server.fit). The rate is per principal: a team member, or a demo link (all of
 # its visitors together), in this process (the web app serves every browser).
 
-MAX_QUESTION_CHARS = 4000       # one question (a user turn, its input included)
+MAX_QUESTION_CHARS = 8000       # one question (a user turn, its input included): a saved conversation's turn's limit
 MAX_SYSTEM_CHARS = 2000         # the system text
 MAX_CONVERSATION_CHARS = 24000  # a conversation's turns together: the oldest go first beyond it
-RATE_PER_MINUTE = 20            # questions a principal may ask in any 60 s
+RATE_PER_MINUTE = 30            # questions a principal may ask in any 60 s (a saved conversation's replay: 20)
 AT_ONCE = 3                     # answers a principal may have being generated at once (side by side is 2)
 RATE_WINDOW_S = 60.0
 
