@@ -9,6 +9,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from core import paths
 from core.access import projects
 from core.jobs import supervisor
 from pages import common
@@ -22,7 +23,9 @@ st.set_page_config(page_title="ViTune Studio", page_icon=str(ICON), layout="wide
 
 @st.cache_resource
 def _supervisor():
-    # one supervisor thread per app process: it ingests worker output and starts queued jobs
+    # files private to this user, as scripts/serve.py makes them, for `streamlit run app.py` too; then one
+    # supervisor thread per app process: it ingests worker output and starts queued jobs
+    paths.private_files()
     return supervisor.start_background(interval=2.0)
 
 

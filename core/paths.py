@@ -67,6 +67,24 @@ def llama_cpp_dir() -> Path:
     return REPO_ROOT / ".cache" / "llama_cpp_python-0.3.36" / "vendor" / "llama.cpp"
 
 
+PRIVATE_UMASK = 0o077
+
+
+def private_files() -> None:
+    """What this process writes is its user's alone: umask 077 (files 0600, folders 0700), and the home's
+    ``data/`` and ``models/`` folders, made by an earlier version without it, closed to other users (when
+    this user owns them). The app (scripts/serve.py, app.py), the CLI (``python -m core``) and every worker
+    (``python -m core.worker``) call it first: the database holds password hashes and every client's data,
+    the job folders their pairs and models. Root on the box reads everything all the same."""
+    os.umask(PRIVATE_UMASK)
+    for folder in (home() / "data", home() / "models"):
+        try:
+            if folder.is_dir() and folder.stat().st_uid == os.geteuid() and folder.stat().st_mode & 0o077:
+                folder.chmod(0o700)
+        except OSError:   # a folder we may not change: its files are what umask made them
+            pass
+
+
 def _ensure(p: Path) -> Path:
     p.mkdir(parents=True, exist_ok=True)
     return p

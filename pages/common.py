@@ -216,6 +216,10 @@ def unexpected(exc: Exception, where: str) -> None:
 
     line = errors.report(exc, where)
     log.log(logging.ERROR, "unexpected error on %s: %s", where, line)   # the log, in English
+    who = st.session_state.get("principal")
+    if getattr(who, "kind", None) == "demo":   # a client: not the studio's error log, nor its path
+        st.error(_("Something went wrong on our side; please try again in a moment."))
+        return
     st.error(line)
 
 

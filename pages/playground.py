@@ -21,7 +21,8 @@ else:
                  "generated. Each model answers from its own inference worker, which the job scheduler counts on "
                  "its GPU and stops when idle."))
 
-offered = playground.models_for(who, None if demo else project())
+# a client's link: its models as the client may see them (core.playground.demo_view), nothing of the studio's ids
+offered = playground.demo_view(who)["models"] if demo else playground.models_for(who, project())
 if not offered:
     st.info(_("No finished runs yet.") if demo else _("Train a run on the Train page first."))
     if demo:
@@ -30,14 +31,14 @@ targets = playground.targets_for(who, None if demo else project(), offered)
 if not targets:
     st.stop()
 by_id = {t["id"]: {**t, "label": say(t["label"])} for t in targets}
-by_run = {m["run_id"]: m for m in offered}
+by_run = {} if demo else {m["run_id"]: m for m in offered}
 
 chats = st.session_state.setdefault("chats", {})   # target id → [{"role", "content"}, …]
 
 
 def _decoding_settings(where) -> inference.Decoding:
     with where.expander(_("System prompt and decoding")):
-        system = st.text_area(_("System prompt (optional)"), key="system",
+        system = st.text_area(_("System prompt (optional)"), key="system", max_chars=playground.MAX_SYSTEM_CHARS,
                               placeholder=_("You are the customer care assistant of Sao Viet."))
         c1, c2, c3 = st.columns(3)
         temperature = c1.slider(_("Temperature (0: greedy)"), 0.0, 1.5, 0.0, 0.05, key="temperature")
@@ -63,6 +64,12 @@ def chat() -> None:
         g2.metric(_("BLEU"), f"{run['bleu']:.3f}" if run["bleu"] is not None else "–")
         g3.metric(_("ROUGE-L"), f"{run['rouge_l']:.3f}" if run["rouge_l"] is not None else "–")
         st.caption(say(run["reason"]))
+    elif target["kind"] == "demo":   # the verdict written for a client
+        g1, g2, g3 = st.columns(3)
+        g1.metric(_("Gate"), _("PASS") if target["releasable"] else _("not releasable"))
+        g2.metric(_("BLEU"), f"{target['bleu']:.3f}" if target["bleu"] is not None else "–")
+        g3.metric(_("ROUGE-L"), f"{target['rouge_l']:.3f}" if target["rouge_l"] is not None else "–")
+        st.caption(say(target["verdict"]))
     decoding = _decoding_settings(st)
     history = chats.setdefault(target["id"], [])
     pending = st.session_state.pop("_pending", None)   # an answer cut short by Stop (or by leaving the page)
@@ -82,7 +89,7 @@ def chat() -> None:
         for n, text in enumerate(prompts):
             if st.button(text, key=f"demo-prompt-{n}"):
                 asked = text
-    typed = st.chat_input(_("Your message"))
+    typed = st.chat_input(_("Your message"), max_chars=playground.MAX_QUESTION_CHARS)
     asked = typed or asked
     if history and st.button(_("Clear the conversation")):
         chats[target["id"]] = []
@@ -112,7 +119,10 @@ def chat() -> None:
         except (playground.PlaygroundError, PermissionError) as exc:  # a model that will not load: one message
             st.session_state.pop("_pending", None)
             history.pop()
-            fail(exc)
+            if demo:   # the client reads what it may: no job, no file
+                st.error(say(playground.client_message(exc)))
+            else:
+                fail(exc)
             return
     st.session_state.pop("_pending", None)
     history.append({"role": "assistant", "content": "".join(pieces)})
@@ -209,7 +219,7 @@ def side() -> None:
                      key="side_b")
     decoding = _decoding_settings(st)
     question = st.text_area(_("Question / instruction"), "Khách hàng phàn nàn về hóa đơn sai, phải xử lý thế nào?",
-                            key="side_q")
+                            key="side_q", max_chars=playground.MAX_QUESTION_CHARS)
     if st.button(_("Ask both"), type="primary") and question.strip():
         cols = st.columns(2)
         answers = _stream_two(by_id[a], by_id[b], question.strip(), decoding, cols,
@@ -252,7 +262,7 @@ def blind() -> None:
             if drawn:
                 st.session_state["blind_q"], st.session_state["blind_drawn"] = drawn[0]["prompt"], drawn[0]
     st.session_state.setdefault("blind_q", "Khách hàng phàn nàn về hóa đơn sai, phải xử lý thế nào?")
-    prompt = st.text_area(_("Prompt"), key="blind_q")
+    prompt = st.text_area(_("Prompt"), key="blind_q")   # a drawn prompt may be longer: core says so
     if st.button(_("Get two unlabelled answers"), type="primary") and prompt.strip():
         if a == b:
             st.warning(_("Pick two different models."))

@@ -94,6 +94,9 @@ def main(argv: list[str]) -> int:
     from streamlit.runtime.pages_manager import PagesManager
 
     sys.path.insert(0, str(REPO))
+    from core import paths
+
+    paths.private_files()   # the database, uploads, job folders: this user's alone (workers inherit it)
     from core.access import binding, web
     from core.jobs import supervisor
 

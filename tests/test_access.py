@@ -17,7 +17,7 @@ from core.access import accounts, binding, demo_links, projects
 from core.access.principal import ACTIONS, RANK, ROLES, AccessDenied, Principal, require
 from core.datasets import importer, review, samples, versions
 from core.datasets.generation import endpoints, generations
-from core.deploy import exports, releases
+from core.deploy import exporter, exports, releases
 from core.evaluation import evaluations, gate
 from core.playground import playground
 from core.jobs import queue, supervisor
@@ -220,6 +220,45 @@ def test_demo_principals_ask_their_runs_and_nothing_else(home):
             call()
     with pytest.raises(AccessDenied, match="this demo link does not show that model"):
         playground.ask_run(job["run_id"], "Xin chào", actor=demo)
+
+
+def test_a_demo_links_view_shows_its_models_and_nothing_of_the_studios_ids(home, tmp_path):
+    """What a client's page is built from (``playground.demo_view``): the link's title and prompts, its models
+    named by the link with a verdict written for a client and their scores. No dataset version, run id,
+    base model, job id or path, whether the gate passed or not; a deleted release's model is gone."""
+    from tests.conftest import grow_studio
+
+    grow_studio(home, 1, runs_each=2)   # two evaluated runs: the newest passes the gate, the other does not
+    newest, older = [r["id"] for r in runs.list_runs(OPERATOR, state="succeeded")][:2]
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(32))
+    rel = releases.create_and_record({"run_id": older, "name": "vi-demo:v1", "quantization": "q8_0", "gguf": str(gguf),
+                                      "gguf_sha256": exporter.sha256(gguf), "verdict": None}, "FROM x\n", None,
+                                     actor=OPERATOR, on_progress=lambda m: None)
+    link, token = demo_links.create(actor=OPERATOR, runs=[newest], releases=[rel["id"]], title="Trợ lý CSKH",
+                                    prompts=["Khách hỏi về hoàn tiền"])
+    client = demo_links.resolve(token)
+    view = playground.demo_view(client)
+    assert view["title"] == "Trợ lý CSKH" and view["prompts"] == ["Khách hỏi về hoàn tiền"]
+    assert [m["label"] for m in view["models"]] == ["Trợ lý CSKH — model 1", "Trợ lý CSKH — model 2"]
+    passing, failing = view["models"]
+    assert passing["releasable"] and passing["verdict"].startswith("Passed the studio's quality check")
+    assert not failing["releasable"] and failing["verdict"] == ("Still being improved: it has not passed the "
+                                                                 "studio's quality check yet.")
+    shown = json.dumps(view, ensure_ascii=False, default=str) + json.dumps(
+        playground.targets_for(client), ensure_ascii=False, default=str)
+    studio_ids = [newest, older, rel["id"], link["id"], "ds-", "run-", "rel-", "job", "gemma", "/", "eval"]
+    studio_ids += [v["id"] for v in versions.list_versions(OPERATOR)] + [v["name"] for v in versions.list_versions(OPERATOR)]
+    assert [i for i in studio_ids if i in shown] == []
+    # what a failed answer tells the client: not the job nor the log
+    failed = playground.PlaygroundError("the model could not be served (inference job 7 failed): OSError in "
+                                        f"{home}/data/inference/x/worker.log")
+    assert playground.client_message(failed) == "The model could not answer just now; please try again in a moment."
+    with pytest.raises(AccessDenied, match="this demo link does not show that model"):
+        next(playground.demo_stream(client, "model-3", [{"role": "user", "content": "Xin chào"}]))
+    # the release deleted: its model leaves the client's page at the next load
+    releases.delete_release(rel["id"], actor=OPERATOR)
+    assert [m["label"] for m in playground.demo_view(demo_links.resolve(token))["models"]] == ["Trợ lý CSKH"]
 
 
 def test_binding_beyond_loopback_needs_an_admin_and_https(home, tmp_path):

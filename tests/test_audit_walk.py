@@ -74,10 +74,10 @@ def test_every_action_writes_one_audit_row_with_the_signed_in_identity(home):
     preflight_job = store.one("SELECT id FROM jobs WHERE kind = 'preflight'")["id"]
     mark("job.submitted", preflight_job, nam)
     mark("release.created", rel["id"], nam)
-    releases.delete_release(rel["id"], actor=boss)
-    mark("release.deleted", rel["id"], boss)
     back = releases.rollback(rel["id"], actor=nam, on_progress=lambda m: None)
     mark("release.rollback", back["id"], nam)
+    releases.delete_release(rel["id"], actor=boss)
+    mark("release.deleted", rel["id"], boss)
 
     accounts.add_user("lan", "viewer", actor=boss, password="mat-khau-du-dai")
     mark("user.added", "lan", boss)

@@ -1,6 +1,7 @@
 """Deploy: Modelfile TEMPLATE vs training prompts, Gemma 4 export branch, the default quantization, ollama
 commands, preflight verdicts. Deploying the pipeline's run, releases, delete and rollback: test_pipeline."""
 import json
+import os
 import re
 import socket
 from pathlib import Path
@@ -9,7 +10,7 @@ import pytest
 
 from core import prompt_format, store
 from core.deploy import exporter, exports, modelfile, ollama, preflight, preflights, releases
-from tests.conftest import OPERATOR, cli
+from tests.conftest import OPERATOR, cli, free_port
 
 SAMPLES = [
     {"instruction": "Khách hàng phàn nàn về hóa đơn sai, phải xử lý thế nào?"},
@@ -332,3 +333,105 @@ def test_preflight_blocks_a_drifted_template(pipeline, monkeypatch):
     assert "renders a different prompt from the one the run was trained with" in job["result"]["reason"]
     assert all(not e["prompt_matches_training"] for e in job["result"]["examples"])
     assert not json.loads((Path(job["job_dir"]) / preflight.REPORT).read_text())["passed"]
+
+
+# ── Ollama's one name space, shared by every project ─────────────────────────
+
+# what the real CLI prints, with exit code 1, for any command while no server runs (`ollama create`, `ollama rm`)
+OLLAMA_CLI_WITHOUT_SERVER = """#!/bin/sh
+echo "Error: could not connect to ollama app, is it running?" >&2
+exit 1
+"""
+
+
+def _project_run(home, project: str) -> str:
+    from core.access import projects
+    from core.datasets import importer
+    from core.training import presets, runs
+    from tests.conftest import tiny_pairs, write_jsonl
+
+    projects.add_project(project, actor=OPERATOR)
+    version, _ = importer.import_files([write_jsonl(home / f"{project}.jsonl", tiny_pairs(12))], project,
+                                       actor=OPERATOR, project=project)
+    job = runs.submit_train(version["id"], presets.preset("quick test (CPU, 20 steps)"), actor=OPERATOR,
+                            override_review="a run to release")   # in its version's project
+    return job["run_id"]
+
+
+def _prepared(run_id: str, name: str, gguf: Path) -> dict:
+    return {"run_id": run_id, "name": name, "quantization": "q8_0", "gguf": str(gguf),
+            "gguf_sha256": exporter.sha256(gguf), "verdict": None, "override_reason": "names test"}
+
+
+def _active(name: str) -> list[tuple[str, str]]:
+    model, _, tag = name.partition(":")
+    return [(r["project"], r["id"]) for r in store.rows("SELECT project, id FROM releases WHERE name = ? AND tag = ? "
+                                                        "AND state = 'active' ORDER BY created_at", [model, tag])]
+
+
+def test_one_projects_ollama_name_is_not_anothers_to_take_delete_or_roll_back(home, tmp_path, monkeypatch):
+    """Project B can neither release under a name project A's active release holds, nor mark A's release
+    replaced, nor remove A's model from Ollama by deleting a release of its own of that name; a release
+    whose ``ollama create`` failed is not recorded; a deleted release is not rolled back to. (The record
+    logic on a real DuckDB home, up to Ollama's boundary: no Ollama server runs here.)"""
+    assert ollama.ollama_binary() is None, "this test expects no ollama on PATH"
+    run_a, run_b = _project_run(home, "acme"), _project_run(home, "beta")
+    gguf = tmp_path / "exports" / "model-q8_0.gguf"
+    gguf.parent.mkdir()
+    gguf.write_bytes(b"GGUF" + bytes(64))
+    quiet = {"actor": OPERATOR, "on_progress": lambda m: None}
+
+    # no Ollama on this machine: A's release is recorded (its GGUF and Modelfile, to create where Ollama is)
+    a1 = releases.create_and_record(_prepared(run_a, "vi-cskh:v1", gguf), "FROM x\n", None, **quiet)
+    assert a1["ollama_status"] == ollama.NO_BINARY and _active("vi-cskh:v1") == [("acme", a1["id"])]
+    # B asks for the same name: refused, nothing recorded, A's release stays active
+    before = store.one("SELECT count(*) AS n FROM releases")["n"]
+    with pytest.raises(releases.DeployRefused, match="vi-cskh:v1 is the name of another project's active release"):
+        releases.create_and_record(_prepared(run_b, "vi-cskh:v1", gguf), "FROM x\n", None, **quiet)
+    with pytest.raises(releases.DeployRefused, match="another project's active release"):
+        releases.prepare(run_b, "vi-cskh:v1", actor=OPERATOR, override_reason="x", on_progress=lambda m: None)
+    assert store.one("SELECT count(*) AS n FROM releases")["n"] == before
+    assert _active("vi-cskh:v1") == [("acme", a1["id"])]
+    # another tag is another name; A releasing the same name again replaces A's own release only
+    b1 = releases.create_and_record(_prepared(run_b, "vi-cskh:beta", gguf), "FROM x\n", None, **quiet)
+    a2 = releases.create_and_record(_prepared(run_a, "vi-cskh:v1", gguf), "FROM x\n", None, **quiet)
+    assert releases.get_release(a1["id"])["state"] == "replaced" and releases.get_release(b1["id"])["state"] == "active"
+
+    # with the ollama CLI on PATH and no server answering, `ollama create` fails: nothing is recorded
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "ollama").write_text(OLLAMA_CLI_WITHOUT_SERVER)
+    (bin_dir / "ollama").chmod(0o755)
+    path = os.environ["PATH"]
+    monkeypatch.setenv("PATH", f"{bin_dir}:{path}")
+    monkeypatch.setattr(ollama, "OLLAMA_HOST", f"http://127.0.0.1:{free_port()}")   # where nothing listens
+    before = store.one("SELECT count(*) AS n FROM releases")["n"]
+    with pytest.raises(releases.DeployRefused, match="vi-new:v1 was not released, nothing is recorded: the Ollama "
+                                                     "server is not running"):
+        releases.create_and_record(_prepared(run_b, "vi-new:v1", gguf), "FROM x\n", None, **quiet)
+    with pytest.raises(releases.DeployRefused, match="was not released, nothing is recorded"):
+        releases.rollback(b1["id"], **quiet)
+    assert store.one("SELECT count(*) AS n FROM releases")["n"] == before
+
+    # a release of A's name in B recorded before names were checked (as the old code did): deleting it
+    # leaves Ollama's model alone (it is A's), and A's release stays active
+    store.execute("INSERT INTO releases (id, name, tag, run_id, gguf_path, gguf_sha256, quantization, modelfile, "
+                  "ollama_status, state, created_by, created_at, project) VALUES ('rel-old-b', 'vi-cskh', 'v1', ?, ?, "
+                  "?, 'q8_0', 'FROM x', 'created; smoke test answered: Dạ', 'active', 'nam', ?, 'beta')",
+                  [run_b, str(gguf), exporter.sha256(gguf), store.now()])
+    gone = releases.delete_release("rel-old-b", actor=OPERATOR)
+    assert gone["state"] == "deleted" and "left alone" in gone["ollama_status"]
+    assert _active("vi-cskh:v1") == [("acme", a2["id"])]
+    # a deleted release is not rolled back to, whoever asks
+    with pytest.raises(releases.DeployRefused, match="rel-old-b was deleted"):
+        releases.rollback("rel-old-b", **quiet)
+
+    # A deletes its release (it never reached Ollama: only the record changes); the name is free, B takes it;
+    # A's older, replaced release of that name is then not A's to roll back to
+    monkeypatch.setenv("PATH", path)   # no Ollama again, as on this machine
+    assert "left alone" in releases.delete_release(a2["id"], actor=OPERATOR)["ollama_status"]
+    b2 = releases.create_and_record(_prepared(run_b, "vi-cskh:v1", gguf), "FROM x\n", None, **quiet)
+    with pytest.raises(releases.DeployRefused, match="another project's active release"):
+        releases.rollback(a1["id"], **quiet)
+    assert _active("vi-cskh:v1") == [("beta", b2["id"])]
+    assert releases.get_release(a1["id"])["state"] == "replaced"

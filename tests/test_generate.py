@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -270,6 +272,26 @@ def test_cli_generate_local_end_to_end(home, tmp_path, worker_env):
     assert (Path(job["job_dir"]) / "llama-server.log").exists()
     assert worker_pythons(home) == {"generate": {str(worker_env)}}  # an app-free worker, llama.cpp's server too
     print("local generation:", {k: out[k] for k in ("pairs", "malformed_answers", "tokens_in", "tokens_out", "elapsed_s")})
+
+
+@pytest.mark.slow
+def test_the_local_llama_cpp_server_refuses_a_request_without_its_key(tmp_path):
+    """The server a local generation (or judge) starts on loopback, as the worker starts it (no key given):
+    it makes its own key and refuses any request without it, so another user of the machine cannot use it."""
+    from core import models
+
+    with endpoint.LocalServer(models.gguf_path(lambda m: None), log_path=tmp_path / "srv.log") as server:
+        assert server.api_key and server.api_key not in (tmp_path / "srv.log").read_text(errors="replace")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(server.base_url + "/models", timeout=30)
+        assert refused.value.code == 401
+        wrong = urllib.request.Request(server.base_url + "/models", headers={"Authorization": "Bearer nope"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(wrong, timeout=30)
+        assert refused.value.code == 401
+        text, _ = endpoint.chat(endpoint.Backend(base_url=server.base_url, model="gemma", max_tokens=16),
+                                [{"role": "user", "content": "Xin chào"}], server.api_key)
+        assert isinstance(text, str)
 
 
 @pytest.mark.slow

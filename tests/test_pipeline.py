@@ -221,7 +221,8 @@ def test_deploy_the_passing_run_through_the_cli_then_delete_and_roll_back(pipeli
     # what it was judged on: the merged model's evaluation and the q8_0 file's own, both passing
     record = json.loads(row["gate_record"])
     assert release["gate_record"] == record and record["releasable"] and record["override"] is None
-    assert [(c["name"], c["passed"]) for c in record["checks"]] == [("merged_model", True), ("gguf", True)]
+    judged = [(c["name"], c["passed"]) for c in record["checks"]]
+    assert judged[:2] == [("merged_model", True), ("gguf", True)] and ("quant_cost", True) in judged
     assert record["checks"][0]["evaluation"] == pipeline["evaluation"]["evaluation"]
     assert record["checks"][1]["numbers"]["sha256"] == row["gguf_sha256"]
     assert f"gate, {run_id} · q8_0: the q8_0 GGUF's own evaluation" in done.stderr
@@ -229,12 +230,15 @@ def test_deploy_the_passing_run_through_the_cli_then_delete_and_roll_back(pipeli
     listed = cli("releases", "list", home=home).stdout
     assert release["id"] in listed and "gemma3-vi-ghichu:v1" in listed
     assert "judged on: gguf [PASS] the q8_0 GGUF's own evaluation" in listed
+    back = json.loads(cli("releases", "rollback", release["id"], "--json", home=home).stdout)
+    assert back["rollback_of"] == release["id"] and back["state"] == "active"
+    assert releases.get_release(release["id"])["state"] == "replaced"
     deleted = cli("releases", "delete", release["id"], "--json", home=home)
     assert json.loads(deleted.stdout)["state"] == "deleted"
     again = cli("releases", "delete", release["id"], home=home, check=False)
     assert again.returncode == 1 and "already deleted" in again.stderr
-    back = json.loads(cli("releases", "rollback", release["id"], "--json", home=home).stdout)
-    assert back["rollback_of"] == release["id"] and back["state"] == "active"
+    undead = cli("releases", "rollback", release["id"], home=home, check=False)   # a deleted release stays so
+    assert undead.returncode == 1 and f"release {release['id']} was deleted" in undead.stderr
     # two releases of one export never share a Modelfile: each writes its own, named by its id
     assert Path(release["modelfile_path"]).name == f"Modelfile.{release['id']}"
     assert Path(back["modelfile_path"]).name == f"Modelfile.{back['id']}"
@@ -244,7 +248,7 @@ def test_deploy_the_passing_run_through_the_cli_then_delete_and_roll_back(pipeli
     assert json.loads(new["preflight"]) == report and new["override_reason"] is None
     actions = [r["action"] for r in store.rows("SELECT action FROM audit_log WHERE action LIKE 'release.%' "
                                                 "ORDER BY id")]
-    assert actions[-3:] == ["release.created", "release.deleted", "release.rollback"]
+    assert actions[-3:] == ["release.created", "release.rollback", "release.deleted"]
     missing = cli("releases", "rollback", "rel-nope", home=home, check=False)
     assert missing.returncode == 1 and "no release 'rel-nope'" in missing.stderr
     if ollama.ollama_binary() is None:

@@ -6,6 +6,7 @@ import os
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import subprocess
 import sys
@@ -49,7 +50,12 @@ def test_a_model_answers_from_its_inference_worker_as_it_does_in_process(home, d
 
 
 def test_requests_without_the_token_are_refused(home, default_model):
+    """The worker's token reaches it through its environment: no file of the job holds it (another local
+    user who could read one would have the model); without it, the worker answers 401."""
     job = playground.ensure(str(default_model), None, "chat", actor=OPERATOR)
+    token = job["config"]["token"].encode()
+    assert [p.name for p in Path(job["job_dir"]).rglob("*") if p.is_file() and token in p.read_bytes()] == []
+    assert "token" not in json.loads((Path(job["job_dir"]) / "job.json").read_text())
     url = f"http://127.0.0.1:{job['server']['port']}/health"
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(url, timeout=10)
@@ -110,6 +116,27 @@ def test_a_gpu_without_the_memory_fails_the_worker_with_the_reason(home, default
                                                          r"\(gpu:0: 0\.5 GiB\)"):
         playground.ensure(str(default_model), None, "chat", timeout=60, actor=OPERATOR)
     assert store.one("SELECT count(*) AS n FROM jobs WHERE pid IS NOT NULL")["n"] == 0  # nothing was started
+
+
+def test_waiting_for_a_worker_to_load_does_not_tick_the_supervisor(home, default_model, tmp_path, monkeypatch):
+    """``ensure`` waits for the worker to load without a supervisor tick (each one asks nvidia-smi for the GPUs
+    and their free memory) every 0.2 s: the ticks and the nvidia-smi processes of a wait are counted, and do
+    not grow with the load's length. (A stand-in nvidia-smi, as above: one GPU with 80 GB free; it writes a
+    line per process; the worker, told CUDA device 0, loads on the CPU.)"""
+    fake, calls = tmp_path / "bin", tmp_path / "smi-calls"
+    fake.mkdir()
+    (fake / "nvidia-smi").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n'
+                                     'case "$1" in -L) echo "GPU 0: Stand-in (UUID: GPU-0)";; *) echo 81920;; esac\n')
+    (fake / "nvidia-smi").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("VITUNE_SLOTS")
+    before = supervisor.ticks()
+    job = playground.ensure(str(default_model), None, "chat", actor=OPERATOR)
+    ticks, spawned = supervisor.ticks() - before, len(calls.read_text().splitlines())
+    assert job["slot"] == "gpu:0" and job["server"]["load_s"] > 0
+    print(f"loaded in {job['server']['load_s']} s: {ticks} tick(s), {spawned} nvidia-smi process(es)")
+    assert ticks == 1 and spawned <= 2   # the tick that started it: nvidia-smi -L and one memory query
+    playground.stop(job["id"], actor=OPERATOR)
 
 
 def test_the_web_process_never_loads_a_model_for_the_playground(home, default_model):

@@ -5,15 +5,23 @@ export) and writes the Modelfile; ``release`` runs the preflight in a worker job
 create`` and a smoke prompt, and records the release. ``deploy`` does both (the CLI); the page shows
 the Modelfile between the two so that it can be edited. Releases can be listed, deleted (``ollama
 rm``, the record stays) and rolled back to.
+
+Ollama has one name space for the machine: a ``name:tag`` that one project's active release holds is
+refused to every other project (``check_name``, under ``names_lock`` from the check to the record),
+a release is recorded only when ``ollama create`` made it (or where no Ollama is installed), delete
+removes a model from Ollama only when it is that release's, and a deleted release is not rolled back to.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 from typing import Callable
 
-from core import labels, store
+from core import labels, paths, store
 from core.i18n import M
 from core.access import projects
 from core.access.principal import Principal, require
@@ -63,6 +71,7 @@ def prepare(run_id: str, name: str, *, system: str | None = None, quantization: 
         system = modelfile.check_system(system)
     run = runs.get_run(run_id, actor)
     require(actor, "deploy.release", run["project"])
+    check_name(name, run["project"])   # another project's name: said before any export
     quantization = quantization or exports.default_quant_for_run(run_id)
     if quantization not in exporter.QUANTIZATIONS:
         raise exporter.ExportError(f"unknown quantization '{quantization}' (one of: {', '.join(exporter.QUANTIZATIONS)})")
@@ -171,6 +180,7 @@ def release(prepared: dict, *, modelfile_text: str | None = None, ollama_quantiz
     text = modelfile.finalize(modelfile_text if modelfile_text is not None else prepared["modelfile"],
                               prepared["modelfile"])
     release_id = "rel-" + uuid.uuid4().hex[:10]
+    check_name(name, runs.get_run(prepared["run_id"], actor)["project"])   # before the preflight's minutes
     on_progress(M("preflight: {n} held-out prompts through llama.cpp and transformers", n=golden))
     job = preflights.submit(prepared["run_id"], gguf, prepared["merged_dir"], text, actor=actor, n=golden,
                            out_dir=gguf.parent)
@@ -189,18 +199,33 @@ def release(prepared: dict, *, modelfile_text: str | None = None, ollama_quantiz
                     f"--name {name} --quant q8_0 (or choose q8_0 on the Deploy page)")
         raise DeployRefused(f"preflight blocked the release: {report['reason']} "
                             f"(report: {Path(job['job_dir']) / preflight.REPORT}){hint}")
+    return create_and_record(prepared, text, report, actor=actor, release_id=release_id,
+                             ollama_quantize=ollama_quantize, on_progress=on_progress)
+
+
+def create_and_record(prepared: dict, text: str, report: dict | None, *, actor: Principal,
+                      release_id: str | None = None, ollama_quantize: str | None = None,
+                      on_progress: Callable[[str], None] = print) -> dict:
+    """The end of a release, once its preflight passed: the Modelfile, ``ollama create`` and the smoke prompt,
+    the record. Under ``names_lock``, from the name's check to the record."""
+    name = modelfile.check_name(prepared["name"])
+    release_id = release_id or "rel-" + uuid.uuid4().hex[:10]
     # one file per release: two releases of the same export never write each other's Modelfile
-    mf_path = gguf.parent / f"Modelfile.{release_id}"
+    mf_path = Path(prepared["gguf"]).parent / f"Modelfile.{release_id}"
     mf_path.write_text(text, encoding="utf-8")
-    created, message = ollama_create(name, mf_path, on_progress, gguf_quantization=prepared["quantization"],
-                                     ollama_quantize=ollama_quantize)
-    if created:
-        try:
-            smoke = ollama_smoke(name)
-            message = f"created; smoke test answered: {smoke[:80]}"
-        except Exception as exc:
-            message = f"created, but the smoke prompt got no answer ({type(exc).__name__}: {exc})"
-    rec = _record(prepared, text, report, message, actor, release_id=release_id)
+    project = runs.get_run(prepared["run_id"], actor)["project"]
+    with names_lock():   # the name's check, ``ollama create`` and the record: nobody else's in between
+        check_name(name, project)
+        created, message = ollama_create(name, mf_path, on_progress, gguf_quantization=prepared["quantization"],
+                                         ollama_quantize=ollama_quantize)
+        _refuse_unless_created(name, created, message)
+        if created:
+            try:
+                smoke = ollama_smoke(name)
+                message = f"created; smoke test answered: {smoke[:80]}"
+            except Exception as exc:
+                message = f"created, but the smoke prompt got no answer ({type(exc).__name__}: {exc})"
+        rec = _record(prepared, text, report, message, actor, release_id=release_id)
     on_progress(message)
     return {**rec, "modelfile_path": str(mf_path), "ollama_created": created}
 
@@ -211,6 +236,56 @@ def deploy(run_id: str, name: str, *, system: str | None = None, quantization: s
     prepared = prepare(run_id, name, system=system, quantization=quantization, override_reason=override_reason,
                        actor=actor, on_progress=on_progress)
     return release(prepared, ollama_quantize=ollama_quantize, actor=actor, golden=golden, on_progress=on_progress)
+
+
+# ── names: one Ollama server, one name space for every project ──────────────
+
+
+@contextmanager
+def names_lock() -> Iterator[None]:
+    """A file lock held from a name's check to its release's record (through ``ollama create``), and by a
+    delete: two deploys of one name, from two processes or two sessions, cannot both find it free."""
+    with open(paths.data_dir() / "ollama-names.lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _split(name: str) -> tuple[str, str]:
+    model, _, tag = name.partition(":")
+    return model, tag or "latest"
+
+
+def holder(name: str, project: str) -> dict | None:
+    """Another project's active release of ``name`` (``model:tag``), or None: Ollama has one name space for
+    the whole machine, so a name one project released is not another's to replace, delete or roll back."""
+    model, tag = _split(name)
+    return store.one("SELECT id, project FROM releases WHERE name = ? AND tag = ? AND state = 'active' "
+                     "AND project <> ? ORDER BY created_at DESC LIMIT 1", [model, tag, project])
+
+
+def check_name(name: str, project: str) -> None:
+    """DeployRefused when another project's active release holds ``name`` (its project is not named: a
+    member of this one may not know it)."""
+    model, tag = _split(modelfile.check_name(name))
+    if holder(name, project):
+        raise DeployRefused(f"{model}:{tag} is the name of another project's active release; Ollama has one "
+                            "name space for every project: choose another name or tag")
+
+
+def _refuse_unless_created(name: str, created: bool, message: str) -> None:
+    """Where Ollama is installed, a release is recorded only when ``ollama create`` made it: a failed create
+    (the server down, the name taken in Ollama, a Modelfile it refused) records nothing. Without Ollama on
+    this machine the release is recorded with its GGUF and Modelfile, to be created where Ollama is."""
+    if not created and ollama_binary():
+        raise DeployRefused(f"{name} was not released, nothing is recorded: {message}")
+
+
+def _in_ollama(rel: dict) -> bool:
+    """Whether this release's ``ollama create`` made its model (what the record says of it)."""
+    return str(rel.get("ollama_status") or "").startswith("created")
 
 
 def _record(prepared: dict, text: str, report: dict | None, status: str, actor: Principal,
@@ -242,8 +317,10 @@ def _record(prepared: dict, text: str, report: dict | None, status: str, actor: 
         "project": run["project"],
     }
     with store.transaction() as con:
-        con.execute("UPDATE releases SET state = 'replaced' WHERE name = ? AND tag = ? AND state = 'active'",
-                    [rec["name"], rec["tag"]])
+        # this project's earlier release of the name gives way; another project's is never touched (none is
+        # active: ``check_name`` ran under ``names_lock``)
+        con.execute("UPDATE releases SET state = 'replaced' WHERE name = ? AND tag = ? AND state = 'active' "
+                    "AND project = ?", [rec["name"], rec["tag"], rec["project"]])
         con.execute(f"INSERT INTO releases ({', '.join(rec)}) VALUES ({', '.join('?' * len(rec))})",
                     list(rec.values()))
         store.audit("release.rollback" if rollback_of else "release.created", rec["id"], actor, con=con,
@@ -298,19 +375,35 @@ def get_release(release_id: str, actor: Principal | None = None) -> dict:
 
 
 def delete_release(release_id: str, *, actor: Principal) -> dict:
-    """``ollama rm`` the release's model (when Ollama is here); the record stays, marked deleted."""
+    """``ollama rm`` the release's model (when Ollama is here, and the model in Ollama under its name is this
+    release's: its project's active release, which ``ollama create`` made); the record stays, marked deleted.
+    A replaced release, one that never reached Ollama, or a name another project's active release holds is
+    only marked: Ollama's model of that name is someone else's."""
     rel = get_release(release_id, actor)
     require(actor, "release.delete", rel["project"])
     if rel["state"] == "deleted":
         raise DeployRefused(f"release {release_id} is already deleted")
-    removed, message = ollama_remove(f"{rel['name']}:{rel['tag']}")
-    if not removed and ollama_binary() and "not running" in message:
-        raise DeployRefused(f"could not delete {rel['name']}:{rel['tag']}: {message}")
+    name = f"{rel['name']}:{rel['tag']}"
+    with names_lock():
+        if holder(name, rel["project"]):   # recorded before names were checked: Ollama's model is the other's
+            message = f"Ollama's {name} is another project's release: the record is marked deleted, Ollama is left alone"
+        elif rel["state"] != "active":
+            message = f"Ollama's {name} is a later release's: the record is marked deleted, Ollama is left alone"
+        elif not _in_ollama(rel):
+            message = "this release never reached Ollama: the record is marked deleted, Ollama is left alone"
+        else:
+            removed, message = ollama_remove(name)
+            if not removed and ollama_binary() and "not running" in message:
+                raise DeployRefused(f"could not delete {name}: {message}")
+        _mark_deleted(release_id, rel, message, actor)
+    return get_release(release_id)
+
+
+def _mark_deleted(release_id: str, rel: dict, message: str, actor: Principal) -> None:
     store.execute("UPDATE releases SET state = 'deleted', deleted_by = ?, deleted_at = ?, ollama_status = ? "
                   "WHERE id = ?", [actor.name, store.now(), message, release_id])
     store.audit("release.deleted", release_id, actor, project=rel["project"], name=f"{rel['name']}:{rel['tag']}",
                 ollama=message)
-    return get_release(release_id)
 
 
 def rollback(release_id: str, *, actor: Principal, on_progress: Callable[[str], None] = print) -> dict:
@@ -318,6 +411,10 @@ def rollback(release_id: str, *, actor: Principal, on_progress: Callable[[str], 
     new release that rolls back to ``release_id``."""
     rel = get_release(release_id, actor)
     require(actor, "release.rollback", rel["project"])
+    if rel["state"] == "deleted":
+        raise DeployRefused(f"release {release_id} was deleted: a deleted release is not brought back (deploy "
+                            "its run again to release it anew)")
+    check_name(f"{rel['name']}:{rel['tag']}", rel["project"])
     gguf = Path(rel["gguf_path"] or "")
     if not gguf.exists():
         raise DeployRefused(f"release {release_id}: its GGUF {gguf} is gone; it cannot be rolled back to")
@@ -329,13 +426,16 @@ def rollback(release_id: str, *, actor: Principal, on_progress: Callable[[str], 
     mf_path.write_text(rel["modelfile"], encoding="utf-8")
     on_progress(M("re-creating {name} from {gguf} and the Modelfile of {release}", name=name, gguf=gguf.name,
                   release=release_id))
-    created, message = ollama_create(name, mf_path, on_progress, gguf_quantization=rel["quantization"] or "",
-                                     replace=True)
     prepared = {"run_id": rel["run_id"], "name": name, "quantization": rel["quantization"], "gguf": str(gguf),
                 "gguf_sha256": rel["gguf_sha256"], "evaluation_id": rel["evaluation_id"],
                 "thresholds": rel["thresholds"], "override_reason": rel["override_reason"],
                 "gate_record": rel.get("gate_record")}
-    rec = _record(prepared, rel["modelfile"], rel["preflight"], message, actor, rollback_of=release_id,
-                  release_id=new_id)
+    with names_lock():
+        check_name(name, rel["project"])
+        created, message = ollama_create(name, mf_path, on_progress, gguf_quantization=rel["quantization"] or "",
+                                         replace=True)
+        _refuse_unless_created(name, created, message)
+        rec = _record(prepared, rel["modelfile"], rel["preflight"], message, actor, rollback_of=release_id,
+                      release_id=new_id)
     on_progress(message)
     return {**rec, "modelfile_path": str(mf_path), "ollama_created": created}

@@ -73,6 +73,7 @@ def run(job: dict, job_dir: Path, status, log: Callable[[str], None]) -> dict:
         log(f"starting llama.cpp's server on loopback for {gguf.name}")
         server = LocalServer(gguf, log_path=job_dir / SERVER_LOG).__enter__()
         backend.base_url, backend.model = server.base_url, gguf.stem
+        api_key = server.api_key   # the server's own key: no other local user may use it
     try:
         return _loop(job, job_dir, status, log, backend, api_key, items)
     finally:

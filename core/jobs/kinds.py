@@ -32,6 +32,13 @@ class Kind:
     then: tuple[str, ...] = ()      # app-side modules whose after_ingest(con, job, result) runs in the same
                                     # transaction as the kind's ingest (found by name: the stage that reacts to
                                     # a job imports the job's stage, never the other way round)
+    secret: tuple[str, ...] = ()    # config fields kept out of job.json: the worker gets each in its environment
+                                    # (``env_var``), never in a file
+
+
+def env_var(field: str) -> str:
+    """The environment variable that carries a kind's secret config field to its worker."""
+    return f"VITUNE_JOB_{field.upper()}"
 
 
 KINDS: dict[str, Kind] = {k.name: k for k in (
@@ -65,7 +72,7 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
          optional=("llama_cpp",)),   # a GGUF target
     Kind("inference", "core.playground.server", "core.playground.playground",
          ("torch", "transformers", "peft"),
-         "one model served on loopback for the playground", resident=True),
+         "one model served on loopback for the playground", resident=True, secret=("token",)),
 )}
 
 

@@ -34,9 +34,10 @@ def new_id(prefix: str) -> str:
 def insert(con, kind: str, job_dir: Path, payload: dict, owner: str | None, run_id: str | None = None,
            dataset_version_id: str | None = None, project: str | None = None) -> int:
     """The job's row, on an open connection (so that a kind can write its own rows in the same
-    transaction), and its ``job.json``. Returns the job id. (The kind's app side has checked the
-    submitter's role; ``owner`` is its identity.)"""
-    kinds.get(kind)
+    transaction), and its ``job.json`` (without the kind's secret fields: the worker gets those in its
+    environment). Returns the job id. (The kind's app side has checked the submitter's role; ``owner`` is
+    its identity.)"""
+    secret = kinds.get(kind).secret
     job_dir.mkdir(parents=True, exist_ok=True)
     job_id = con.execute(
         """INSERT INTO jobs (kind, owner, state, config, run_id, dataset_version_id, job_dir, created_at, project)
@@ -44,7 +45,8 @@ def insert(con, kind: str, job_dir: Path, payload: dict, owner: str | None, run_
         [kind, owner, json.dumps(payload, ensure_ascii=False), run_id, dataset_version_id,
          str(job_dir), store.now(), project or DEFAULT_PROJECT],
     ).fetchone()[0]
-    write_json_atomic(job_dir / JOB, {**payload, "kind": kind, "job_id": job_id})
+    write_json_atomic(job_dir / JOB, {**{k: v for k, v in payload.items() if k not in secret}, "kind": kind,
+                                      "job_id": job_id})
     return job_id
 
 

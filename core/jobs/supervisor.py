@@ -299,6 +299,9 @@ def _start(con, job: dict, slot: str) -> bool:
     hook = getattr(kinds.app_module(job["kind"]), "worker_env", None)
     if hook:
         env = hook(job, env)
+    cfg = job["config"] if isinstance(job["config"], dict) else json.loads(job["config"])
+    for field in kinds.get(job["kind"]).secret:   # kept out of job.json: through the environment alone
+        env[kinds.env_var(field)] = str(cfg.get(field) or "")
     env["VITUNE_HOME"] = str(paths.home())
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONPATH"] = str(paths.REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
@@ -400,8 +403,22 @@ def _evict(con, resident: dict, job: dict) -> None:
                  resident["id"]])
 
 
+_ticks = {"n": 0}
+
+
+def ticks() -> int:
+    """How many ticks this process has made (a wait that ticks for nothing shows in it)."""
+    return _ticks["n"]
+
+
+def worker_alive(job: dict) -> bool:
+    """Whether the job's recorded worker still runs (the check a tick makes, without the tick)."""
+    return _ours(job.get("pid"), job["job_dir"])
+
+
 def tick() -> dict[str, Any]:
     """One supervisor step. Returns what it did."""
+    _ticks["n"] += 1
     done: dict[str, list] = {"settled": [], "started": [], "evicted": []}
     with tick_lock():
         with store.connect() as con:

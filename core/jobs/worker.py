@@ -68,6 +68,7 @@ def self_check(out=print) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    paths.private_files()   # status, logs, checkpoints, exports: this user's alone, whoever started the worker
     argv = sys.argv[1:] if argv is None else argv
     if argv == ["--self-check"]:
         return self_check()

@@ -9,13 +9,16 @@ error, which ``ensure`` raises as a ``PlaygroundError`` in one line.
 """
 from __future__ import annotations
 
+import collections
 import json
 import os
 import secrets
+import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -32,6 +35,79 @@ LOAD_TIMEOUT_S = 900.0
 
 class PlaygroundError(RuntimeError):
     pass
+
+
+class AskLimit(PlaygroundError):
+    """A question refused by the limits below: its message (an ``M``) speaks of the question alone, so a demo
+    link's client may read it."""
+
+
+# ── what one asker may take of the models ────────────────────────────────────
+# The chat's input, the side-by-side question and the system text are cut to these in the pages; here they
+# are refused beyond them, whoever calls. The inference worker also cuts a conversation to the model's
+# context (core.playground.server.fit). The rate is per principal: a team member, or a demo link (all of
+# its visitors together), in this process (the web app serves every browser).
+
+MAX_QUESTION_CHARS = 8000       # one question (a user turn, its input included): a saved conversation's turn's limit
+MAX_SYSTEM_CHARS = 2000         # the system text
+MAX_CONVERSATION_CHARS = 24000  # a conversation's turns together: the oldest go first beyond it
+RATE_PER_MINUTE = 30            # questions a principal may ask in any 60 s (a saved conversation's replay: 20)
+AT_ONCE = 3                     # answers a principal may have being generated at once (side by side is 2)
+RATE_WINDOW_S = 60.0
+
+_asked: dict[str, collections.deque] = {}
+_answering: dict[str, int] = {}
+_limits_lock = threading.Lock()
+
+
+def check_prompt(messages: list[dict], system: str | None) -> list[dict]:
+    """The conversation within the limits: PlaygroundError for a question or a system text that is too long;
+    the oldest turns (a question and its answer) dropped while the whole is longer than
+    ``MAX_CONVERSATION_CHARS``."""
+    try:
+        turns = prompt_format.check_messages(messages)
+    except prompt_format.FormatError as exc:
+        raise PlaygroundError(str(exc)) from None
+    size = lambda t: len(t["content"]) + len(t.get("input") or "")  # noqa: E731
+    last = size(turns[-1])
+    if last > MAX_QUESTION_CHARS:
+        raise AskLimit(M("the question is {n} characters long; at most {limit} are taken", n=last,
+                         limit=MAX_QUESTION_CHARS))
+    if system and len(system) > MAX_SYSTEM_CHARS:
+        raise AskLimit(M("the system text is {n} characters long; at most {limit} are taken", n=len(system),
+                         limit=MAX_SYSTEM_CHARS))
+    while len(turns) > 1 and sum(size(t) for t in turns) > MAX_CONVERSATION_CHARS:
+        turns = turns[2:]
+    return turns
+
+
+def _asker(actor: Principal) -> str:
+    return f"{actor.kind}:{actor.name}"
+
+
+@contextmanager
+def turn(actor: Principal) -> Iterator[None]:
+    """One question of ``actor``'s, for as long as its answer is generated: PlaygroundError when the actor has
+    asked ``RATE_PER_MINUTE`` questions in the last minute, or has ``AT_ONCE`` answers under way."""
+    key, now = _asker(actor), time.monotonic()
+    with _limits_lock:
+        asked = _asked.setdefault(key, collections.deque())
+        while asked and now - asked[0] > RATE_WINDOW_S:
+            asked.popleft()
+        if len(asked) >= RATE_PER_MINUTE:
+            wait = RATE_WINDOW_S - (now - asked[0])
+            raise AskLimit(M("too many questions: at most {n} a minute; ask again in {s} s", n=RATE_PER_MINUTE,
+                             s=max(1, round(wait))))
+        if _answering.get(key, 0) >= AT_ONCE:
+            raise AskLimit(M("{n} answers are being generated for you already: wait for one to end, or stop it",
+                             n=AT_ONCE))
+        asked.append(now)
+        _answering[key] = _answering.get(key, 0) + 1
+    try:
+        yield
+    finally:
+        with _limits_lock:
+            _answering[key] -= 1
 
 
 def _key(base_model: str, adapter_dir: str | None, fmt: str | None) -> str:
@@ -83,20 +159,42 @@ def ensure(base_model: str, adapter_dir: str | None = None, fmt: str | None = No
             payload.update(gguf=str(gguf), tokenizer_from=tokenizer_from)
         job_dir = paths.data_dir() / "inference" / f"inference-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
         job = queue.submit("inference", payload, job_dir, actor, project=project)
+    return _serving(job, timeout)
+
+
+CHECK_S = 2.0   # while a worker loads, how often its job's row is read (the background supervisor's pace)
+
+
+def _serving(job: dict, timeout: float) -> dict:
+    """Wait until the job's worker listens. What is read every 0.2 s is the worker's status.json (a file: no
+    query, no process); the job's row every ``CHECK_S``; the supervisor is ticked only to start the job while
+    it is queued, and to settle it once its worker has ended (its status says so, or it is gone), never while
+    the model loads: a wait costs the machine nothing (no nvidia-smi per tick), however long the load."""
     deadline = time.monotonic() + timeout
+    status_path = Path(job["job_dir"]) / STATUS
+    next_check = 0.0
     while True:
-        job = queue.get_job(job["id"])
-        if job["state"] == "running":
-            server = _ready(job)
-            if server:
+        status = read_json(status_path) or {}
+        server = status.get("server") or {}
+        ended = status.get("state") in TERMINAL
+        if not ended and server.get("ready") and server.get("port"):
+            job = queue.get_job(job["id"])
+            if job["state"] == "running":
                 return {**job, "server": server}
-        elif job["state"] in TERMINAL:
-            reason = job["error"] or (job.get("result") or {}).get("reason") or job["state"]
-            raise PlaygroundError(f"the model could not be served (inference job {job['id']} {job['state']}): "
-                                  f"{reason}".replace("\n", " "))
-        if time.monotonic() > deadline:
+        now = time.monotonic()
+        if ended or now >= next_check:
+            job = queue.get_job(job["id"])
+            if job["state"] == "queued" or (job["state"] == "running" and (
+                    ended or (job.get("pid") and not supervisor.worker_alive(job)))):
+                supervisor.tick()   # start it now (not at the next background tick), or settle it
+                job = queue.get_job(job["id"])
+            if job["state"] in TERMINAL:
+                reason = job["error"] or (job.get("result") or {}).get("reason") or job["state"]
+                raise PlaygroundError(f"the model could not be served (inference job {job['id']} {job['state']}): "
+                                      f"{reason}".replace("\n", " "))
+            next_check = now + CHECK_S
+        if now > deadline:
             raise PlaygroundError(f"inference job {job['id']} did not start serving within {timeout:.0f} s")
-        supervisor.tick()
         time.sleep(0.2)
 
 
@@ -142,15 +240,17 @@ def ask(base_model: str, adapter_dir: str | None, fmt: str | None, question: str
 
 def _answer(base_model, adapter_dir, fmt, question, context, system, decoding, actor, project, timeout) -> str:
     decoding = (decoding or Decoding()).validate()
+    check_prompt([{"role": "user", "content": question, "input": context}], system)
     body = {"question": question, "context": context, "system": system, "decoding": decoding.to_dict()}
-    job = ensure(base_model, adapter_dir, fmt, actor=actor, project=project)
-    try:
-        return _post(job, "/ask", body, timeout)["answer"]
-    except PlaygroundError:
-        if queue.get_job(job["id"])["state"] in TERMINAL:  # it went idle or was evicted meanwhile: once more
-            job = ensure(base_model, adapter_dir, fmt, actor=actor, project=project)
+    with turn(actor):
+        job = ensure(base_model, adapter_dir, fmt, actor=actor, project=project)
+        try:
             return _post(job, "/ask", body, timeout)["answer"]
-        raise
+        except PlaygroundError:
+            if queue.get_job(job["id"])["state"] in TERMINAL:  # it went idle or was evicted meanwhile: once more
+                job = ensure(base_model, adapter_dir, fmt, actor=actor, project=project)
+                return _post(job, "/ask", body, timeout)["answer"]
+            raise
 
 
 def _open_stream(job: dict, body: dict, timeout: float):
@@ -183,20 +283,17 @@ def _pieces(resp, job: dict, info: dict | None) -> Iterator[str]:
 def _stream(base_model, adapter_dir, fmt, messages, system, decoding, actor, project, timeout, info,
             **where) -> Iterator[str]:
     decoding = (decoding or Decoding()).validate()
-    try:
-        prompt_format.check_messages(messages)
-    except prompt_format.FormatError as exc:
-        raise PlaygroundError(str(exc)) from None
-    body = {"messages": list(messages), "system": system, "decoding": decoding.to_dict()}
-    job = ensure(base_model, adapter_dir, fmt, actor=actor, project=project, **where)
-    try:
-        resp = _open_stream(job, body, timeout)
-    except PlaygroundError:
-        if queue.get_job(job["id"])["state"] not in TERMINAL:
-            raise
-        job = ensure(base_model, adapter_dir, fmt, actor=actor, project=project, **where)  # it went idle: once more
-        resp = _open_stream(job, body, timeout)
-    yield from _pieces(resp, job, info)
+    body = {"messages": check_prompt(list(messages), system), "system": system, "decoding": decoding.to_dict()}
+    with turn(actor):
+        job = ensure(base_model, adapter_dir, fmt, actor=actor, project=project, **where)
+        try:
+            resp = _open_stream(job, body, timeout)
+        except PlaygroundError:
+            if queue.get_job(job["id"])["state"] not in TERMINAL:
+                raise
+            job = ensure(base_model, adapter_dir, fmt, actor=actor, project=project, **where)  # went idle: once more
+            resp = _open_stream(job, body, timeout)
+        yield from _pieces(resp, job, info)
 
 
 def ask_stream(base_model: str, adapter_dir: str | None, fmt: str | None, messages: list[dict],
@@ -231,6 +328,8 @@ def models_for(actor: Principal, project: str | None = None, limit: int | None =
                 rel = releases.get_release(release_id, actor)
             except releases.DeployRefused:
                 continue
+            if rel["state"] == "deleted":   # a deleted release is no model to show a client
+                continue
             if rel["run_id"] not in wanted:
                 wanted.append(rel["run_id"])
         found = []
@@ -251,6 +350,68 @@ def models_for(actor: Principal, project: str | None = None, limit: int | None =
                     "project": run["project"], "releasable": verdict["releasable"], "reason": verdict["reason"],
                     "bleu": e.get("bleu"), "rouge_l": e.get("rouge_l"), "evaluation": e.get("id")})
     return out
+
+
+# ── a demo link's page: the client's view ────────────────────────────────────
+
+
+def _client_verdict(model: dict) -> M:
+    """The gate's verdict as a client reads it: nothing of the studio's ids, versions or thresholds' names."""
+    if model["releasable"]:
+        return M("Passed the studio's quality check on questions it was not trained on (BLEU {bleu:.2f}, "
+                 "ROUGE-L {rouge_l:.2f}).", bleu=model["bleu"] or 0.0, rouge_l=model["rouge_l"] or 0.0)
+    if model["evaluation"]:
+        return M("Still being improved: it has not passed the studio's quality check yet.")
+    return M("Not measured by the studio's quality check yet.")
+
+
+def demo_view(actor: Principal) -> dict:
+    """What a demo link's page shows its client: the link's title and demo prompts, and its models, each named
+    by the link (its title, numbered when there are several) with a verdict written for a client and its
+    scores. No run id, base model, dataset version, job id or file path; a deleted release's model is not
+    there. Each model's ``id`` (``model-1``, …) is what ``demo_stream`` takes."""
+    if actor.kind != "demo":
+        raise AccessDenied("the client's view is a demo link's")
+    title = actor.grant.get("title") or None
+    found = models_for(actor)
+    out = []
+    for n, m in enumerate(found, 1):
+        if title:
+            label = M("{title} — model {n}", title=title, n=n) if len(found) > 1 else title
+        else:
+            label = M("Model {n}", n=n)
+        out.append({"id": f"model-{n}", "label": label, "verdict": _client_verdict(m), "releasable": m["releasable"],
+                    "bleu": m["bleu"], "rouge_l": m["rouge_l"]})
+    return {"title": title, "prompts": list(actor.grant.get("prompts") or []), "models": out}
+
+
+def _demo_run(actor: Principal, model: str) -> str:
+    found = models_for(actor)
+    try:
+        n = int(str(model).removeprefix("model-"))
+        if not 1 <= n <= len(found):
+            raise ValueError
+    except ValueError:
+        raise AccessDenied("this demo link does not show that model") from None
+    return found[n - 1]["run_id"]
+
+
+def demo_stream(actor: Principal, model: str, messages: list[dict], system: str | None = None,
+                decoding: Decoding | None = None) -> Iterator[str]:
+    """A demo link's model (``demo_view``'s ``id``) answers, streamed."""
+    if actor.kind != "demo":
+        raise AccessDenied("the client's view is a demo link's")
+    return ask_run_stream(_demo_run(actor, model), messages, system, decoding, actor=actor)
+
+
+def client_message(exc: Exception) -> M:
+    """What a demo link's client reads of a failed answer: a limit of the question as it is, anything else in
+    words of the client's (the studio's message names jobs and files; the team reads it in the worker log)."""
+    if isinstance(exc, AskLimit) and isinstance(exc.args[0], M):
+        return exc.args[0]
+    if isinstance(exc, PermissionError):
+        return M("This demo link does not show that model.")
+    return M("The model could not answer just now; please try again in a moment.")
 
 
 def _run_for(run_id: str, actor: Principal, base: bool) -> dict:
@@ -292,12 +453,14 @@ def targets_for(actor: Principal, project: str | None = None, offered: list[dict
     (llama.cpp), the embedded default model (transformers, and its own GGUF through llama.cpp) and the
     released Ollama tags where an Ollama server answers. ``offered``: ``models_for``'s list when the page
     has it already; ``ollama_tags``: ``[(tag, prompt format)]`` to skip asking the Ollama server."""
+    if actor.kind == "demo":   # the link's models as its client sees them (demo_view)
+        return [{"id": m["id"], "kind": "demo", "model": m["id"], "label": m["label"], "verdict": m["verdict"],
+                 "releasable": m["releasable"], "bleu": m["bleu"], "rouge_l": m["rouge_l"]}
+                for m in demo_view(actor)["models"]]
     offered = models_for(actor, project) if offered is None else offered
     out = [{"id": f"run:{m['run_id']}", "kind": "run", "run_id": m["run_id"], "prompt_format": m["prompt_format"],
             "label": f"{m['run_id']} · {models.display_name(m['base_model'])} · {m['prompt_format']}"}
            for m in offered]
-    if actor.kind == "demo":
-        return out
     out += [{"id": f"run-base:{m['run_id']}", "kind": "run-base", "run_id": m["run_id"],
              "prompt_format": m["prompt_format"],
              "label": M("{run} base model alone · {model} · {format}", run=m["run_id"],
@@ -373,15 +536,17 @@ def ollama_stream(tag: str, messages: list[dict], system: str | None = None, dec
     if actor.kind == "demo":
         raise AccessDenied("this demo link does not show that model")
     require(actor, "playground.ask", project)
-    try:
-        turns = prompt_format.check_messages(messages)
-    except prompt_format.FormatError as exc:
-        raise PlaygroundError(str(exc)) from None
+    turns = check_prompt(list(messages), system)
     decoding = (decoding or Decoding()).validate()
-    return _ollama_pieces(tag, turns, system, decoding, info)
+    return _ollama_pieces(tag, turns, system, decoding, info, actor)
 
 
-def _ollama_pieces(tag, turns, system, decoding, info) -> Iterator[str]:
+def _ollama_pieces(tag, turns, system, decoding, info, actor) -> Iterator[str]:
+    with turn(actor):
+        yield from _ollama_turn(tag, turns, system, decoding, info)
+
+
+def _ollama_turn(tag, turns, system, decoding, info) -> Iterator[str]:
     from core.deploy import ollama
 
     problem = ollama.server_problem()
@@ -414,6 +579,8 @@ def stream_target(target: dict, messages: list[dict], system: str | None = None,
                   *, actor: Principal, project: str | None = None, info: dict | None = None) -> Iterator[str]:
     """``ask_stream`` for one of ``targets_for``'s entries."""
     kind = target["kind"]
+    if kind == "demo":
+        return demo_stream(actor, target["model"], messages, system, decoding)
     if kind in ("run", "run-base"):
         return ask_run_stream(target["run_id"], messages, system, decoding, actor=actor, base=kind == "run-base",
                               info=info)
@@ -437,6 +604,9 @@ def prepare(target: dict, *, actor: Principal, project: str | None = None) -> di
     kind = target["kind"]
     if kind == "ollama":
         return None
+    if kind == "demo":
+        run = _run_for(_demo_run(actor, target["model"]), actor, False)
+        return ensure(run["base_model"], run["adapter_dir"], run["prompt_format"], actor=actor, project=run["project"])
     if kind in ("run", "run-base"):
         run = _run_for(target["run_id"], actor, kind == "run-base")
         return ensure(run["base_model"], None if kind == "run-base" else run["adapter_dir"], run["prompt_format"],

@@ -3,23 +3,28 @@
 An ``inference`` job is long-lived: ``run`` loads the base model (and the run's adapter), listens on
 127.0.0.1 at a free port, writes the port to ``status.json`` and answers until it has been idle for
 ``idle_s`` seconds (then the job ends, ``reason: idle``) or the supervisor evicts it (a training job
-needs the slot's memory). Every request must carry the job's token (``Authorization: Bearer …``).
+needs the slot's memory). Every request must carry the job's token (``Authorization: Bearer …``),
+which the supervisor hands the worker in its environment (job.json does not hold it).
 The web process never loads a model: ``core.playground.playground`` (app side) starts these workers
 through the job queue, so the scheduler knows where each model sits and how much memory it holds.
 
-    POST /ask       {"question", "context", "system", "decoding"}  → {"answer", "seconds", "new_tokens"}
+    POST /ask       {"question", "context", "system", "decoding"}  → {"answer", "seconds", "cut"}
     POST /generate  {"prompts": [rendered prompts], "decoding"}   → {"answers", "seconds"}
     POST /ask_stream {"messages": [{"role", "content"}…], "system", "decoding"}
                     → newline-delimited JSON: {"piece": text} as the answer grows, then one
                       {"done": true, "prompt", "prompt_tokens", "new_tokens", "pieces", "first_piece_s",
-                      "first_piece_tokens", "seconds", "started_at", "ended_at"} (or {"error": …} when the generation fails midway). A client that
+                      "first_piece_tokens", "seconds", "cut", "started_at", "ended_at"} (or {"error": …} when the generation fails midway). A client that
                       closes the connection stops the generation at the next token.
     GET  /health                                                   → {"ok": true, "model", "requests"}
+
+A conversation is cut to the model's context before it is generated (``fit``: the oldest turns first), and
+the answer to what room is left: no question holds a worker longer than its context allows.
 """
 from __future__ import annotations
 
 import hmac
 import json
+import os
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,9 +34,71 @@ from typing import Callable
 from core import prompt_format
 from core.evaluation import inference
 from core.evaluation.inference import Decoding
+from core.jobs import kinds
 
 DEFAULT_IDLE_S = 600.0
 MAX_BODY = 1 << 20
+CONTEXT_CAP = 4096      # tokens of one request (prompt and answer) a worker reads at most, whatever the model's
+                        # own context: llama.cpp's n_ctx here, and a bound on what one question costs the others
+MIN_PROMPT_TOKENS = 64  # room the answer always leaves for the prompt
+
+
+def context_tokens(loaded) -> int:
+    """The context one request gets: llama.cpp's n_ctx, or the model's own (``max_position_embeddings``) up
+    to ``CONTEXT_CAP``."""
+    if loaded.backend == "llama.cpp":
+        return int(loaded.model.n_ctx())
+    own = getattr(getattr(loaded.model, "config", None), "max_position_embeddings", None) or CONTEXT_CAP
+    return min(int(own), CONTEXT_CAP)
+
+
+def count_tokens(loaded, prompt: str) -> int:
+    if loaded.backend == "llama.cpp":
+        return len(loaded.model.tokenize(prompt.encode("utf-8"), add_bos=True, special=True))
+    return len(loaded.tokenizer(prompt, add_special_tokens=True)["input_ids"])
+
+
+def fit(messages: list, system: str | None, fmt: str, tokenizer, count: Callable[[str], int], context: int,
+        max_new_tokens: int) -> tuple[str, int, dict]:
+    """The conversation rendered so that it and its answer fit the model's context: the oldest turns go first
+    (a question with its answer), then the end of the last question's input, then of the question itself.
+    Returns (prompt, the answer's token budget, what was cut). FormatError when even an empty question
+    does not fit (a system text too long for the context)."""
+    turns = prompt_format.check_messages(messages)
+    answer = max(1, min(int(max_new_tokens), context // 2))
+    budget = context - answer
+    cut = {"turns_dropped": 0, "chars_cut": 0}
+
+    def render(ts: list) -> str:
+        return prompt_format.render_messages(ts, fmt, tokenizer, system=system)
+
+    prompt = render(turns)
+    n = count(prompt)
+    while n > budget and len(turns) > 1:
+        turns = turns[2:]
+        cut["turns_dropped"] += 2
+        prompt = render(turns)
+        n = count(prompt)
+    for field in ("input", "content"):
+        if n <= budget:
+            break
+        last = dict(turns[-1])
+        text = last.get(field) or ""
+        lo, hi = 0, len(text)   # the longest beginning of the text that fits
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if count(render(turns[:-1] + [{**last, field: text[:mid]}])) <= budget:
+                lo = mid
+            else:
+                hi = mid - 1
+        turns = turns[:-1] + [{**last, field: text[:lo]}]
+        cut["chars_cut"] += len(text) - lo
+        prompt = render(turns)
+        n = count(prompt)
+    if n > budget:
+        raise prompt_format.FormatError(f"the system text alone is more than this model's {context}-token context "
+                                        f"leaves for a question ({budget} tokens); shorten it")
+    return prompt, min(answer, context - n), cut
 
 
 def memory_gib(model) -> dict:
@@ -101,13 +168,18 @@ def _handler(state: _State):
                         question = str(body.get("question") or "").strip()
                         if not question:
                             return self._send(400, {"error": "the question is empty"})
-                        answer = inference.ask(state.loaded, question, str(body.get("context") or ""),
-                                               body.get("system") or None, decoding)
-                        out = {"answer": answer}
+                        prompt, room, cut = self._fit([{"role": "user", "content": question,
+                                                        "input": str(body.get("context") or "")}], body, decoding)
+                        decoding.max_new_tokens = room
+                        out = {"answer": inference.generate(state.loaded, [prompt], decoding)[0], "cut": cut}
                     elif self.path == "/generate":
                         prompts = body.get("prompts")
                         if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
                             return self._send(400, {"error": "prompts must be a list of texts"})
+                        context = context_tokens(state.loaded)
+                        if any(count_tokens(state.loaded, p) + decoding.max_new_tokens > context for p in prompts):
+                            return self._send(400, {"error": f"a prompt and its answer are more than this model's "
+                                                             f"{context}-token context"})
                         out = {"answers": inference.generate(state.loaded, prompts, decoding)}
                     else:
                         return self._send(404, {"error": f"no {self.path}"})
@@ -119,6 +191,11 @@ def _handler(state: _State):
             print(f"[{time.strftime('%H:%M:%S')}] {self.path} answered in {out['seconds']:.2f} s", flush=True)
             self._send(200, out)
 
+        def _fit(self, messages: list, body: dict, decoding: Decoding) -> tuple[str, int, dict]:
+            loaded = state.loaded
+            return fit(messages, body.get("system") or None, loaded.prompt_format, loaded.tokenizer,
+                       lambda text: count_tokens(loaded, text), context_tokens(loaded), decoding.max_new_tokens)
+
         def _line(self, obj: dict) -> None:
             self.wfile.write(json.dumps(obj, ensure_ascii=False).encode("utf-8") + b"\n")
             self.wfile.flush()
@@ -128,8 +205,7 @@ def _handler(state: _State):
                 messages = body.get("messages")
                 if not isinstance(messages, list):
                     raise prompt_format.FormatError("messages must be a list of turns")
-                prompt = prompt_format.render_messages(messages, state.loaded.prompt_format, state.loaded.tokenizer,
-                                                       system=body.get("system") or None)
+                prompt, decoding.max_new_tokens, cut = self._fit(messages, body, decoding)   # cut to the context
             except prompt_format.FormatError as exc:
                 return self._send(400, {"error": str(exc)})
             cancel = threading.Event()
@@ -145,7 +221,7 @@ def _handler(state: _State):
                     for piece in pieces:
                         self._line({"piece": piece})
                         state.last = time.monotonic()
-                    self._line({"done": True, "prompt": prompt, **stats, "ended_at": time.time()})
+                    self._line({"done": True, "prompt": prompt, **stats, "cut": cut, "ended_at": time.time()})
                 except (BrokenPipeError, ConnectionResetError):   # the client stopped listening: stop
                     cancel.set()
                     pieces.close()
@@ -176,7 +252,10 @@ def run(job: dict, job_dir: Path, status, log: Callable[[str], None]) -> dict:
     else:
         loaded = inference.load(job["base_model"], job.get("adapter_dir"), job.get("prompt_format"))
     prompt_format.check_format(loaded.prompt_format)
-    state = _State(loaded, job["token"])
+    token = os.environ.get(kinds.env_var("token"))   # from the supervisor, never from job.json
+    if not token:
+        raise RuntimeError("no token reached the inference worker: it serves nobody without one")
+    state = _State(loaded, token)
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
     server.daemon_threads = True
     port = server.server_address[1]

@@ -139,7 +139,9 @@ def _free_port() -> int:
 
 
 class LocalServer:
-    """``python -m llama_cpp.server`` serving a GGUF on 127.0.0.1, for as long as the ``with`` lasts."""
+    """``python -m llama_cpp.server`` serving a GGUF on 127.0.0.1, for as long as the ``with`` lasts. It
+    demands an API key (a fresh random one unless ``api_key`` is given; ``self.api_key``): any local user
+    can reach a loopback port, and without one would have the job's model, and its time, for free."""
 
     def __init__(self, gguf: str | Path, *, n_ctx: int = 4096, n_threads: int | None = None,
                  chat_format: str = "gemma", log_path: Path | None = None, api_key: str | None = None,
@@ -149,7 +151,7 @@ class LocalServer:
         self.n_threads = n_threads or max(1, os.cpu_count() or 1)
         self.chat_format = chat_format
         self.log_path = log_path
-        self.api_key = api_key
+        self.api_key = api_key or os.urandom(24).hex()
         self.ready_timeout = ready_timeout
         self.proc: subprocess.Popen | None = None
         self.base_url = ""
@@ -164,9 +166,7 @@ class LocalServer:
             raise GenerateError(f"{self.gguf}: no such GGUF file")
         port = _free_port()
         env = dict(os.environ)
-        env.pop("API_KEY", None)
-        if self.api_key:
-            env["API_KEY"] = self.api_key  # pydantic-settings reads it; it never appears on the command line
+        env["API_KEY"] = self.api_key  # pydantic-settings reads it; it never appears on the command line
         cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(self.gguf), "--host", "127.0.0.1",
                "--port", str(port), "--n_ctx", str(self.n_ctx), "--n_threads", str(self.n_threads),
                "--chat_format", self.chat_format, "--verbose", "False"]
@@ -178,7 +178,7 @@ class LocalServer:
                 out.close()
         self.base_url = f"http://127.0.0.1:{port}/v1"
         deadline = time.monotonic() + self.ready_timeout
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        headers = {"Authorization": f"Bearer {self.api_key}"}
         while True:
             if self.proc.poll() is not None:
                 raise GenerateError(f"the llama.cpp server exited with code {self.proc.returncode}: {self._log_tail()}")
