@@ -142,6 +142,25 @@ def no_leftover_workers(request, tmp_path_factory):
         LEFTOVERS.append(f"{request.module.__name__}: a {kind} worker (pid {pid}, {job_dir}) was still running")
 
 
+# Each test's time as it ends, for the long ones: CI stops the whole run at its limit, and a run stopped there
+# prints no --durations table, so the log says on the spot where the minutes went.
+LONG_TEST_S = float(os.environ.get("VITUNE_LONG_TEST_S", "30"))
+_spent: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    _spent[report.nodeid] = _spent.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_runtest_logfinish(nodeid, location):
+    spent = _spent.pop(nodeid, 0.0)
+    if spent >= LONG_TEST_S:
+        import time
+
+        sys.stdout.write(f"\n[{time.strftime('%H:%M:%S')}] {spent:.0f} s (setup, call, teardown): {nodeid}\n")
+        sys.stdout.flush()
+
+
 LEFTOVERS: list[str] = []
 
 
