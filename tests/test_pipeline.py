@@ -456,4 +456,4 @@ def test_general_vietnamese_kept_by_the_trained_run_and_its_gguf(pipeline, monke
     s = out["check"]["numbers"]["sets"]["shipped"]
     rows = json.loads(cli("retention", "examples", "--run", run, "--set", "shipped", "--json",
                           home=pipeline["home"]).stdout)
-    assert sorted(r["idx"] for r in rows) == list(range(6)) and s["tuned_id"] and s["base_id"]
+    assert sorted(r["idx"] for r in rows) == list(range(3)) and s["tuned_id"] and s["base_id"]
