@@ -413,7 +413,12 @@ def test_bad_deploy_input_is_refused_with_its_reason_and_nothing_is_exported_or_
     url = deploy_studio["url"]
     _open(page, url, "/deploy", "Deploy", "Releases")
     page.get_by_text("Releasable:").first.wait_for()
+
+    def jobs_of(kind):
+        return len(queue.list_jobs(1000, kind, actor=OPERATOR))
+
     jobs, released = len(queue.list_jobs(1000, actor=OPERATOR)), len(releases.list_releases(OPERATOR))
+    exports, preflights, evaluations = jobs_of("export"), jobs_of("preflight"), jobs_of("evaluate")
     export = page.get_by_role("button", name="1 · Export and write the Modelfile")
     name, system = page.get_by_label("Ollama model name"), page.get_by_label("System text")
     for bad in BAD_NAMES:
@@ -430,7 +435,11 @@ def test_bad_deploy_input_is_refused_with_its_reason_and_nothing_is_exported_or_
     export.click()
     page.get_by_role("button", name="Download Modelfile").wait_for(timeout=600_000)
     _clean(page)
-    assert len(queue.list_jobs(1000, actor=OPERATOR)) == jobs   # the pipeline's export, reused
+    # the pipeline's export, reused (where no test before this one evaluated the q8_0 GGUF itself, the export
+    # step evaluates it: an evaluate job, and no other)
+    assert jobs_of("export") == exports
+    after_export = len(queue.list_jobs(1000, actor=OPERATOR))
+    assert after_export - jobs == jobs_of("evaluate") - evaluations <= 1
     box = page.get_by_label("Modelfile (editable)")
     built = box.input_value()
     assert built.startswith("FROM ") and 'SYSTEM """Bạn là trợ lý CSKH.' in built
@@ -440,5 +449,5 @@ def test_bad_deploy_input_is_refused_with_its_reason_and_nothing_is_exported_or_
         release.click()
         _alert(page, message)
     # nothing reached the preflight, Ollama or the release records
-    assert len(queue.list_jobs(1000, actor=OPERATOR)) == jobs
+    assert len(queue.list_jobs(1000, actor=OPERATOR)) == after_export and jobs_of("preflight") == preflights
     assert len(releases.list_releases(OPERATOR)) == released
