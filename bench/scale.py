@@ -79,7 +79,7 @@ def seed(home: Path, imports: int = 160, n_runs: int = 1000, n_evals: int = 1000
     from core import store
     from core.access.principal import operator
     from core.datasets import importer, review, samples, versions
-    from core.evaluation import evaluations, scoring
+    from core.evaluation import evaluations
     from core.jobs import queue, supervisor
     from core.jobs.files import METRICS, STATUS, write_json_atomic
     from core.training import presets, runs
@@ -135,17 +135,7 @@ def seed(home: Path, imports: int = 160, n_runs: int = 1000, n_evals: int = 1000
                 rows = rows_of.setdefault(version, versions.load_rows(version, "train") + versions.load_rows(version, "test"))
                 picked = [rows[i % len(rows)] for i in range(examples)]
                 share = 0.1 + 0.6 * ((n * 37) % 100) / 100  # some pass the gate, most do not
-                refs = [r["output"] for r in picked]
-                preds = [_perturb(rng, r, share) for r in refs]
-                scores = scoring.score(refs, preds, ev["config"]["thresholds"])
-                out = Path(ev["job_dir"]) / "predictions.jsonl"
-                out.write_text("".join(json.dumps({"idx": i, "instruction": r["instruction"], "input": r["input"],
-                                                   "reference": ref, "prediction": p, **per}, ensure_ascii=False) + "\n"
-                                       for i, (r, ref, p, per) in enumerate(zip(picked, refs, preds, scores.per_example))),
-                               encoding="utf-8")
-                write_json_atomic(Path(ev["job_dir"]) / STATUS, {"state": "succeeded", "result": {
-                    **scores.summary(), "duration_s": 30.0, "generation_s": 25.0, "scoring_s": 0.1, "examples_per_s": 0.8,
-                    "prompt_format": "chat", "predictions": str(out)}})
+                _ended_evaluation(ev, picked, [_perturb(rng, r["output"], share) for r in picked])
                 evals.append(ev)
     took["evals_submit"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -172,11 +162,28 @@ def seed(home: Path, imports: int = 160, n_runs: int = 1000, n_evals: int = 1000
 SWEEP_NAME = "r-and-lr"   # the seeded sweep: 3 ranks × 3 learning rates, each run trained and evaluated
 
 
+def _ended_evaluation(ev: dict, picked: list[dict], preds: list[str]) -> None:
+    """What an evaluation worker leaves when it ends: its scored predictions of ``picked`` and its status.json
+    (the seeded studio's evaluations are settled from these as a tick settles a real one)."""
+    from core.evaluation import scoring
+    from core.jobs.files import STATUS, write_json_atomic
+
+    refs = [r["output"] for r in picked]
+    scores = scoring.score(refs, preds, ev["config"]["thresholds"])
+    out = Path(ev["job_dir"]) / "predictions.jsonl"
+    out.write_text("".join(json.dumps({"idx": i, "instruction": r["instruction"], "input": r["input"],
+                                       "reference": ref, "prediction": p, **per}, ensure_ascii=False) + "\n"
+                           for i, (r, ref, p, per) in enumerate(zip(picked, refs, preds, scores.per_example))),
+                   encoding="utf-8")
+    write_json_atomic(Path(ev["job_dir"]) / STATUS, {"state": "succeeded", "result": {
+        **scores.summary(), "duration_s": 30.0, "generation_s": 25.0, "scoring_s": 0.1, "examples_per_s": 0.8,
+        "prompt_format": "chat", "predictions": str(out)}})
+
+
 def _seed_sweep(rng: random.Random, version: str, who, metric_rows: int, examples: int) -> str:
     """A 3 × 3 sweep through ``sweeps.submit``; each training job's result written the way a worker writes it
     and settled the way a tick settles it (which queues each run's evaluation), then each evaluation likewise."""
     from core.datasets import versions
-    from core.evaluation import scoring
     from core.jobs.files import METRICS, STATUS, write_json_atomic
     from core.jobs.queue import get_job
     from core import store
@@ -203,17 +210,7 @@ def _seed_sweep(rng: random.Random, version: str, who, metric_rows: int, example
     for n, ev in enumerate(evals):
         ev = get_job(ev["id"])
         picked = [rows[i % len(rows)] for i in range(examples)]
-        refs = [r["output"] for r in picked]
-        preds = [_perturb(rng, r, 0.1 + 0.07 * n) for r in refs]
-        scores = scoring.score(refs, preds, ev["config"]["thresholds"])
-        out = Path(ev["job_dir"]) / "predictions.jsonl"
-        out.write_text("".join(json.dumps({"idx": i, "instruction": r["instruction"], "input": r["input"],
-                                           "reference": ref, "prediction": p, **per}, ensure_ascii=False) + "\n"
-                               for i, (r, ref, p, per) in enumerate(zip(picked, refs, preds, scores.per_example))),
-                       encoding="utf-8")
-        write_json_atomic(Path(ev["job_dir"]) / STATUS, {"state": "succeeded", "result": {
-            **scores.summary(), "duration_s": 30.0, "generation_s": 25.0, "scoring_s": 0.1, "examples_per_s": 0.8,
-            "prompt_format": "chat", "predictions": str(out)}})
+        _ended_evaluation(ev, picked, [_perturb(rng, r["output"], 0.1 + 0.07 * n) for r in picked])
     _settle(evals, len(evals))
     return started["id"]
 
