@@ -25,17 +25,9 @@ sys.path.insert(0, str(REPO))
 from core import paths, prompt_format  # noqa: E402
 from core.evaluation import gguf_eval  # noqa: E402
 from core.evaluation.inference import Decoding  # noqa: E402
+from eval_generation import sample_pairs  # noqa: E402   (the same prompts as the transformers bench)
 
 PROJECTED = 500
-
-
-def sample_pairs(n: int) -> list[dict]:
-    rows = []
-    for name in ("customer_care.jsonl", "contracts.jsonl", "general_vi.jsonl"):
-        for line in (REPO / "data" / "samples" / name).read_text(encoding="utf-8").splitlines():
-            rows.append(json.loads(line))
-    rows = rows[::2] + rows[1::2]
-    return [rows[i % len(rows)] for i in range(n)]
 
 
 def main(argv: list[str] | None = None) -> int:
