@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import OPERATOR, free_port, start_studio
+from tests.test_access_browser import ARGS
 
 pytestmark = pytest.mark.slow
 
@@ -29,9 +30,7 @@ def test_every_page_opens_without_an_exception(studio):
 
     shots = os.environ.get("VITUNE_SCREENSHOTS")
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         for path, title in PAGES.items():
             page.goto(f"{studio}/{path}")
@@ -71,9 +70,7 @@ def test_the_deploy_page_judges_the_gguf_that_ships(studio, pipeline, pipeline_g
         rows = {q: store.one("SELECT * FROM evaluations WHERE id = ?", [pipeline_ggufs[q]["evaluation"]])
                 for q in ("q8_0", "q4_k_m")}
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1400})
         page.set_default_timeout(60_000)
         page.goto(f"{studio}/deploy")
@@ -111,9 +108,7 @@ def test_the_whole_pipeline_by_clicking_through_the_browser(empty_studio):
 
     url, home = empty_studio
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1400})
         page.set_default_timeout(60_000)
 

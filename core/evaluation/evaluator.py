@@ -70,14 +70,8 @@ def run(job: dict, job_dir: Path, status, log: Callable[[str], None]) -> dict:
     if info.get("fallback"):
         log(f"static-cache generation was not available: {info['fallback']}")
     score_t0 = time.time()
-    scores = scoring.score([r["output"] for r in rows], predictions, job["thresholds"])
+    scores = _write(job, job_dir, rows, predictions, log)   # scored, and the predictions written
     scoring_s = time.time() - score_t0
-    with (job_dir / PREDICTIONS).open("w", encoding="utf-8") as fh:
-        for i, (row, pred, per) in enumerate(zip(rows, predictions, scores.per_example)):
-            fh.write(json.dumps({"idx": i, "instruction": row["instruction"], "input": row["input"],
-                                 "reference": row["output"], "prediction": pred, **per},
-                                ensure_ascii=False) + "\n")
-    log(f"BLEU {scores.bleu:.4f}  ROUGE-L {scores.rouge_l:.4f}  passed={scores.passed}")
     return {**scores.summary(), "duration_s": time.time() - t0, "generation_s": generation_s, "scoring_s": scoring_s,
             "examples_per_s": len(rows) / max(generation_s, 1e-9), "prompt_format": loaded.prompt_format,
             "engine": info.get("engine"), "plan": info.get("plan"), "compile_s": compile_s,
