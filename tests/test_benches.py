@@ -125,7 +125,8 @@ def test_the_tiny_twins_of_the_other_shapes_build_and_are_counted(tmp_path, shap
 @pytest.mark.slow
 def test_the_cpu_benches_small_passes(tmp_path, default_model):
     """The CPU benches at their smallest: scoring, the bulk import, generation engines on the default model,
-    the static engine's agreement, seeding a team-sized home (a small one, with a sweep) and timing its sweep view."""
+    the static engine's agreement, packed rows kept apart (transformers on the CPU), seeding a team-sized home (a
+    small one, with a sweep) and timing its sweep view."""
     out = _bench(str(BENCH / "score.py"), "--pairs", "200", "--syllables", "40", "--repeat", "1", timeout=600).stdout
     assert "pairs" in out
     out = _bench(str(BENCH / "dataset_import.py"), "--rows", "3000", "--skip-pandas", timeout=900).stdout
@@ -141,6 +142,9 @@ def test_the_cpu_benches_small_passes(tmp_path, default_model):
     assert [r["parallel"] for r in got] == [1, 2] and all(r["tokens_per_s"] > 0 and r["projected_500_s"] > 0
                                                           for r in got), got
     assert "500 examples" in out
+    out = _bench(str(BENCH / "packed_rows_check.py"), str(default_model), "--cpu", timeout=900).stdout
+    packing = json.loads(out.strip().splitlines()[-1])   # two texts in one row stay apart; end to end they mix
+    assert packing["packed_vs_alone_max_abs"] < 1e-3 < packing["joined_vs_alone_max_abs"], packing
     agreement = tmp_path / "agreement.json"
     _bench(str(BENCH / "static_agreement.py"), "--base-model", str(default_model), "--device", "cpu", "--prompts", "2",
            "--max-new-tokens", "4", "--dtypes", "float32", "--json", str(agreement), timeout=900)
