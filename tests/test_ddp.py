@@ -208,13 +208,15 @@ def test_two_gloo_ranks_train_like_one_process_at_the_same_global_batch_cancel_a
     assert not list(run_dir.glob("rank-*.error.json"))
 
     # the loss curves agree within noise: the same rows a step, the same LoRA start (seeded), the Trainer's loss
-    # averaged over the ranks' tokens. What differs is float32 summation order (each rank pads its own row,
-    # gloo sums the gradients) and the resume. Measured on the 2-core development machine (2026-12-08): the
-    # largest difference over the 6 steps was MEASURED (losses ~2-4); the tolerance leaves room for another CPU's
-    # kernels but is far below a step's change of loss (a wrong batch or a lost rank shows as tenths).
+    # averaged over the ranks' tokens. What differs is rounding: this CPU trains in bfloat16 (core.models.
+    # compute_dtype), each rank pads its own row, gloo sums the gradients in its own order, and the resumed job
+    # reloads the step-2 checkpoint. Measured on the 2-core development machine (2026-12-08, losses 3.6-6.5):
+    # |diff| 0.0023, 0.0022, 0.0172 (step 3, the first after the resume), 0.0044, 0.0015, 0.0008. The
+    # tolerance, 0.05, is about three times the largest of them (under 1.5 % of any loss here), and far below
+    # what a wrong batch makes: consecutive steps of the same run differ by 0.35-1.3.
     one_losses, _ = _losses(Path(one["job_dir"]) / "metrics.jsonl")
     diffs = {s: abs(ddp_losses[s] - one_losses[s]) for s in one_losses}
     print(f"\none process: {one_losses}\ntwo ranks:   {ddp_losses}\n|diff|: {diffs}")
     assert set(diffs) == set(range(1, steps + 1))
-    assert max(diffs.values()) < 0.02, diffs
+    assert max(diffs.values()) < 0.05, diffs
     assert store.one("SELECT count(*) AS n FROM audit_log WHERE action = 'job.resumed'")["n"] == 1
