@@ -200,9 +200,9 @@ def main(argv: list[str] | None = None) -> int:
         if cuda:
             torch.cuda.set_device(local_rank())
         dist.init_process_group(backend=os.environ.get("VITUNE_DDP_BACKEND") or backend(cuda))
-        from core.training import trainer
+        from core.jobs import kinds   # the train kind's worker side (core.training.trainer), as the worker finds it
 
-        result = trainer.run(job, job_dir, status, log)
+        result = kinds.worker_module("train").run(job, job_dir, status, log)
         if me == 0:
             write_json_atomic(job_dir / RESULT, result)
         dist.barrier()
