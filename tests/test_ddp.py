@@ -90,6 +90,28 @@ def test_gpus_is_a_setting_with_its_bounds_in_yaml_and_the_cli(home, version):
     assert bad.returncode != 0 and "gpus must be between 1 and 64" in bad.stderr
 
 
+def test_the_train_page_queues_a_job_across_gpus_and_refuses_more_than_the_box_has(home, version, monkeypatch):
+    from tests.test_pages import _run
+
+    monkeypatch.setenv("VITUNE_SLOTS", "gpu:0,gpu:1")
+    at = _run("train")
+    box = next(n for n in at.number_input if n.label == "GPUs for this job")
+    assert box.value == 1
+    box.set_value(3)
+    next(b for b in at.button if b.label == "Queue training job").click().run()
+    assert [e.value for e in at.error] == ["gpus: 3 is more than this box's 2 GPU slot(s) (gpu:0, gpu:1); give at most 2"]
+    assert queue.list_jobs(actor=OPERATOR) == []
+    next(n for n in at.number_input if n.label == "GPUs for this job").set_value(2)
+    next(b for b in at.button if b.label == "Queue training job").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    (job,) = queue.list_jobs(actor=OPERATOR)
+    try:
+        assert queue.get_job(job["id"])["config"]["config"]["gpus"] == 2
+        assert runs.slots_needed(queue.get_job(job["id"])) == 2
+    finally:
+        supervisor.cancel(job["id"], actor=OPERATOR)
+
+
 def test_a_sweep_varies_gpus_within_what_the_box_has(home, version, monkeypatch):
     from core.training import sweeps
 
