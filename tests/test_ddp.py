@@ -179,6 +179,22 @@ def test_a_job_that_needs_more_gpus_than_the_box_has_fails_instead_of_blocking(h
                 supervisor.cancel(job_id, actor=OPERATOR)
 
 
+def test_a_failing_rank_fails_the_job_with_its_error_and_traceback(home, version):
+    """Both ranks fail to load a model folder that is none (as tests/test_jobs.py's one-process failure):
+    the job fails with the first failed rank's own words, its traceback in the log tail."""
+    not_a_model = home / "models" / "base" / "no-such-model"
+    not_a_model.mkdir(parents=True)
+    (not_a_model / "config.json").write_text("{}")
+    cfg = _cfg(2, gpus=2)
+    cfg.base_model = str(not_a_model)
+    job = supervisor.wait(runs.submit_train(version, cfg, actor=OPERATOR)["id"], timeout=600)
+    assert job["state"] == "failed"
+    assert job["error"].startswith(("rank 0 of 2 failed: ValueError: ", "rank 1 of 2 failed: ValueError: ")), job["error"]
+    assert "Traceback (most recent call last)" in job["log_tail"] and job["log_tail"].endswith("job failed")
+    assert runs.get_run(job["run_id"])["adapter_dir"] is None
+    assert not _ranks(job["job_dir"])
+
+
 # ── training across ranks, for real ──────────────────────────────────────────
 
 
