@@ -122,6 +122,8 @@ def launch(job: dict, job_dir: Path, n: int, status, log: Callable[[str], None])
     finally:
         signal.signal(signal.SIGTERM, previous)
     if "at" in stopping:   # cancelled: end as the signal would have ended the worker, writing nothing
+        if proc.poll() is None:   # torchrun has not stopped its ranks in time: it goes, and they with it (PDEATHSIG)
+            proc.kill()
         sys.stdout.flush()
         os._exit(128 + signal.SIGTERM)
     status.data.update(read_json(status.path) or {})   # rank 0's progress, fit, phase: kept in the end's status
