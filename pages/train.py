@@ -47,12 +47,17 @@ else:
             accum = b2.number_input(_("Gradient accumulation"), 1, 128, base_cfg.gradient_accumulation_steps)
             seq = b3.number_input(_("Max sequence length"), 32, 32768, base_cfg.max_seq_length)
             packing = b4.checkbox(_("Packing"), base_cfg.packing)
-            e1, e2, *__ = st.columns(4)
+            e1, e2, e3, *__ = st.columns(4)
             save_steps = e1.number_input(_("Checkpoint every N steps"), 1, 100000, base_cfg.save_steps,
                                          help=_("A failed or cancelled job resumes from its last checkpoint."))
             eval_steps = e2.number_input(_("Eval loss every N steps (0: off)"), 0, 100000, base_cfg.eval_steps,
                                          help=_("Loss on the test split; the best checkpoint is kept. "
                                                 "Checkpoint steps must be a multiple of it."))
+            gpus = e3.number_input(_("GPUs for this job"), 1, config.MAX_GPUS, base_cfg.gpus,
+                                   help=_("More than 1: one job across that many GPUs (torchrun, one rank a GPU). The "
+                                          "batch size and accumulation are per GPU, so a step takes that many times the "
+                                          "rows. The job waits until all of them are free; on a box without a GPU its "
+                                          "ranks share the CPU."))
         override = st.text_input(_("Override reason (only to train a version that has not passed its review sample; "
                                    "recorded under your account, {name})").format(name=who.name))
         go = st.form_submit_button(_("Queue training job"), type="primary")
@@ -71,6 +76,7 @@ else:
             cfg.num_train_epochs, cfg.per_device_train_batch_size = float(epochs), int(batch)
             cfg.gradient_accumulation_steps, cfg.max_seq_length, cfg.packing = int(accum), int(seq), packing
             cfg.save_steps, cfg.eval_steps = int(save_steps), int(eval_steps)
+            cfg.gpus = int(gpus)
             if max_steps:
                 cfg.max_steps = int(max_steps)
             job = train_runs.submit_train(by_version[version]["id"], cfg, actor=who, override_review=override)

@@ -9,6 +9,16 @@ CLI commands that wait call it too; a file lock keeps two ticks from overlapping
    its log tail);
 2. start the oldest queued job on every free slot (one job per GPU; the CPU counts as one slot).
 
+A job may need several GPU slots (a training job with ``gpus: N``, one torchrun rank a GPU: its kind's
+``slots_needed``); it holds all of them ("gpu:0,gpu:1" in ``jobs.slot``, its worker sees those GPUs in
+``CUDA_VISIBLE_DEVICES``). The policy is first come, first served with reservation: the oldest queued job
+that needs more slots than are free reserves the free ones as they free up, and no job behind it takes
+them, so a many-GPU job is never starved by 1-GPU jobs slipping past it; and since the queue is first
+come, first served, it cannot starve a 1-GPU job either: the 1-GPU job behind it starts once it has
+started (or ended). On a box without a GPU (the one "cpu" slot) such a job runs its N ranks on the CPU,
+in that one slot. A job that needs more GPUs than the box has fails at once, with the reason, rather than
+blocking the queue.
+
 Workers run in their own process session, so they outlive an app restart; the next tick re-attaches.
 The supervisor finds each kind's code through ``core.jobs.kinds``: it imports no job kind itself.
 """
@@ -51,6 +61,38 @@ def slots() -> list[str]:
         except (OSError, subprocess.TimeoutExpired):
             pass
     return ["cpu"]
+
+
+def visible_devices(slot: str) -> str:
+    """``CUDA_VISIBLE_DEVICES`` of a job's slot: "gpu:0" → "0", "gpu:2,gpu:3" → "2,3" (a job across GPUs)."""
+    return ",".join(s.split(":", 1)[1] for s in slot.split(",") if s.startswith("gpu:"))
+
+
+def slots_needed(job: dict, every: list[str]) -> int:
+    """How many of the box's slots ``every`` the job holds: its kind's ``slots_needed(job)`` (a training job's
+    ``gpus``) on a box of GPU slots, one otherwise (N ranks of a job on a CPU share its one slot)."""
+    if not any(s.startswith("gpu:") for s in every):
+        return 1
+    hook = getattr(kinds.app_module(job["kind"]), "slots_needed", None)
+    return max(1, int(hook(job))) if hook else 1
+
+
+def _take_slots(con, job: dict, every: list[str], free: list[str], reserved: dict) -> list[str] | None:
+    """The slots a queued job starts on (taken out of ``free``), or None: it waits. First come, first served
+    with reservation (the module's docstring): once an older job is waiting for more slots than are free
+    (``reserved["by"]``), no job behind it takes any. A job that needs more slots than the box has fails."""
+    need = slots_needed(job, every)
+    if need > len(every):
+        con.execute("UPDATE jobs SET state = 'failed', finished_at = ?, error = ? WHERE id = ? AND state = 'queued'",
+                    [store.now(), f"gpus: {need}, but this box has {len(every)} GPU slot(s) ({', '.join(every)}); "
+                     f"queue it again with gpus at most {len(every)}", job["id"]])
+        return None
+    if reserved.get("by") is not None or len(free) < need:
+        reserved.setdefault("by", job["id"])   # the free slots wait for it
+        return None
+    taken = free[:need]
+    del free[:need]
+    return taken
 
 
 def worker_python() -> str:
@@ -306,7 +348,7 @@ def _start(con, job: dict, slot: str) -> bool:
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONPATH"] = str(paths.REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     if slot.startswith("gpu:"):
-        env["CUDA_VISIBLE_DEVICES"] = slot.split(":", 1)[1]
+        env["CUDA_VISIBLE_DEVICES"] = visible_devices(slot)
     python = worker_python()
     with open(job_dir / LOG, "ab") as log:
         try:
@@ -447,9 +489,10 @@ def tick() -> dict[str, Any]:
                 elif _resident(job):
                     residents.setdefault(job["slot"], []).append(job)
                 else:
-                    busy.add(job["slot"])
+                    busy.update((job["slot"] or "").split(","))
             every = slots()
             free = [s for s in every if s not in busy]
+            reserved: dict = {}   # the oldest job waiting for more slots than are free
             cur = con.execute("SELECT * FROM jobs WHERE state = 'queued' ORDER BY created_at, id")
             cols = [d[0] for d in cur.description]
             for row in cur.fetchall():
@@ -460,16 +503,17 @@ def tick() -> dict[str, Any]:
                         residents.setdefault(slot, []).append(job)
                         done["started"].append(job["id"])
                     continue
-                if not free:
-                    continue  # first come, first served: it waits for a slot
-                slot = free.pop(0)
-                for resident in residents.pop(slot, []):  # the job needs the slot's memory
-                    _evict(con, resident, job)
-                    done["evicted"].append(resident["id"])
-                if _start(con, job, slot):
+                taken = _take_slots(con, job, every, free, reserved)
+                if not taken:
+                    continue  # first come, first served: it waits for its slots
+                for slot in taken:
+                    for resident in residents.pop(slot, []):  # the job needs the slot's memory
+                        _evict(con, resident, job)
+                        done["evicted"].append(resident["id"])
+                if _start(con, job, ",".join(taken)):
                     done["started"].append(job["id"])
                 else:
-                    free.insert(0, slot)
+                    free[:0] = taken
     return done
 
 

@@ -23,6 +23,8 @@ def cmd_train(args) -> int:
             cfg.base_model = args.base_model
         if args.prompt_format:
             cfg.prompt_format = args.prompt_format
+        if args.gpus is not None:
+            cfg.gpus = args.gpus
         cfg.validate()
         if args.print_config:
             print(config.to_yaml(cfg), end="")
@@ -63,6 +65,8 @@ def add_train(sub) -> None:
     t.add_argument("--max-steps", type=int)
     t.add_argument("--base-model")
     t.add_argument("--prompt-format", choices=["chat", "alpaca-vi"])
+    t.add_argument("--gpus", type=int, metavar="N",
+                   help="train one job across N GPUs (torchrun, one rank a GPU; on a box without a GPU, N CPU ranks)")
     t.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and queue nothing")
     t.add_argument("--estimate", action="store_true", help="print the GPU memory estimate as JSON and queue nothing")
     t.add_argument("--override-review", metavar="REASON",
@@ -206,7 +210,7 @@ def add_sweep(sub) -> None:
     s.add_argument("--dataset", metavar="VERSION", help="the dataset version every run trains on")
     s.add_argument("--preset", help="the preset every run starts from (default: the demo pass)")
     s.add_argument("--grid", action="append", metavar="NAME=V1,V2",
-                   help="a setting and its values (repeatable): r, alpha, lr, epochs, batch, accumulation, preset, model")
+                   help="a setting and its values (repeatable): r, alpha, lr, epochs, batch, accumulation, gpus, preset, model")
     s.add_argument("--set", action="append", metavar="NAME=VALUE", help="a training setting for every run (repeatable)")
     s.add_argument("--max-steps", type=_count, help="every run's max steps")
     s.add_argument("--eval-limit", type=_count, help="evaluate only the first N held-out pairs (the gate needs all)")

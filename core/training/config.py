@@ -11,6 +11,7 @@ from core import paths, prompt_format
 
 PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 CHECKPOINTS_PER_RUN = 4   # a run saves at least this many checkpoints, however short it is
+MAX_GPUS = 64             # one job's ranks at most (one box: torchrun --standalone)
 
 
 @dataclass
@@ -40,6 +41,8 @@ class TrainConfig:
     load_in_4bit: bool = True             # on CUDA; CPU trains the 16/32-bit base with LoRA
     backend: str = "auto"                 # auto | unsloth | hf-bnb | hf
     fit_to_gpu: bool = False              # batch × accumulation refitted to the GPU's free memory, same tokens a step
+    gpus: int = 1                         # > 1: one job across N GPUs, a torchrun rank each (DDP); the batch and
+                                          # accumulation are per GPU, so a step takes N times the rows
 
     def resolved_base_model(self) -> str:
         return self.base_model or str(paths.default_base_model_dir())
@@ -72,6 +75,11 @@ class TrainConfig:
                             "so that the best checkpoint can be kept")
         if self.backend not in ("auto", "unsloth", "hf-bnb", "hf"):
             problems.append(f"unknown backend '{self.backend}'")
+        if not 1 <= self.gpus <= MAX_GPUS:
+            problems.append(f"gpus must be between 1 and {MAX_GPUS} (the GPUs one job trains on), not {self.gpus}")
+        elif self.gpus > 1 and self.backend == "unsloth":
+            problems.append(f"gpus: {self.gpus} cannot train with backend unsloth: across GPUs the studio trains with "
+                            "transformers + PEFT (backend auto or hf-bnb; docs/training.md says why)")
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -23,6 +23,7 @@ def submit_train(dataset_version_id: str, cfg, *, actor: Principal, override_rev
     with the actor's identity."""
     base_models.check(cfg.base_model)   # before anything of it is looked at on disk
     cfg.validate()
+    check_gpus(cfg.gpus)
     version = versions.get_version(dataset_version_id, actor)
     project = version["project"]
     require(actor, "train.submit", project)
@@ -51,6 +52,33 @@ def submit_train(dataset_version_id: str, cfg, *, actor: Principal, override_rev
         )
         store.audit("job.submitted", str(job_id), actor, con=con, project=project, kind="train", run_id=run_id)
     return queue.get_job(job_id)
+
+
+def check_gpus(gpus: int) -> None:
+    """``gpus: N`` that this box can give one job: N GPU slots (the supervisor's), or on a box without a GPU N
+    ranks on its CPU cores (gloo, in the one CPU slot). JobError naming the setting."""
+    from core.jobs import supervisor
+
+    if gpus <= 1:
+        return
+    every = supervisor.slots()
+    gpu_slots = [s for s in every if s.startswith("gpu:")]
+    if gpu_slots and gpus > len(gpu_slots):
+        raise JobError(f"gpus: {gpus} is more than this box's {len(gpu_slots)} GPU slot(s) ({', '.join(gpu_slots)}); "
+                       f"give at most {len(gpu_slots)}")
+    cores = os.cpu_count() or 1
+    if not gpu_slots and gpus > cores:
+        raise JobError(f"gpus: {gpus} is more than this box's {cores} CPU cores (it has no GPU: each of the "
+                       f"{gpus} ranks would run on the CPU); give at most {cores}")
+
+
+def slots_needed(job: dict) -> int:
+    """The supervisor's question (core.jobs.supervisor.slots_needed): the GPUs a training job trains on."""
+    cfg = job["config"] if isinstance(job["config"], dict) else json.loads(job["config"])
+    try:
+        return max(1, int((cfg.get("config") or {}).get("gpus") or 1))
+    except (TypeError, ValueError):
+        return 1
 
 
 def checkpoints(run_dir: Path) -> list[tuple[int, Path]]:

@@ -53,6 +53,7 @@ FIELDS: dict[str, dict] = {
     "num_train_epochs": {"aliases": ("epochs",), "kind": float, "min": 0.01, "max": 100},
     "per_device_train_batch_size": {"aliases": ("batch",), "kind": int, "min": 1, "max": 128},
     "gradient_accumulation_steps": {"aliases": ("accumulation",), "kind": int, "min": 1, "max": 128},
+    "gpus": {"aliases": (), "kind": int, "min": 1, "max": 64},   # GPUs a run trains on (torchrun, core.training.ddp)
     "preset": {"aliases": (), "kind": str},
     "base_model": {"aliases": ("model",), "kind": str},
 }
@@ -105,6 +106,13 @@ def _value(field: str, value: Any, where: str) -> Any:
     if field == "preset" and value not in presets.PRESETS:
         raise SweepError(M("{where}: no preset '{value}' (one of: {names})", where=where, value=value,
                            names=", ".join(presets.PRESETS)))
+    if field == "gpus":   # as many as this box can give one job
+        from core.training import runs
+
+        try:
+            runs.check_gpus(value)
+        except queue.JobError as exc:
+            raise SweepError(M("{where}: {problem}", where=where, problem=str(exc))) from None
     if field == "base_model":
         from core import base_models
 
@@ -309,7 +317,7 @@ def measured(base_models: list[str]) -> dict[str, dict]:
     training row: a finished run's ``train_runtime_s`` / (steps × batch × accumulation)), ``train_overhead_s``
     (median of a job's wall time minus its training time: loading, packing, saving), ``s_per_example`` and
     ``eval_overhead_s`` of its evaluations, and ``from_runs``/``from_evaluations``: how many were counted.
-    Resumed runs are left out (their time covers part of their steps)."""
+    Resumed runs are left out (their time covers part of their steps), and runs across GPUs."""
     if not base_models:
         return {}
     trained = store.rows(
@@ -329,7 +337,9 @@ def measured(base_models: list[str]) -> dict[str, dict]:
         per_row, overhead, n = [], [], 0
         for t in trained:
             result = json.loads(t["result"]) if isinstance(t["result"], str) else (t["result"] or {})
-            if t["base_model"] != model or result.get("resumed_from") or not result.get("train_runtime_s"):
+            # a run across GPUs is left out too: its time is not one slot's
+            if t["base_model"] != model or result.get("resumed_from") or not result.get("train_runtime_s") \
+                    or (result.get("gpus") or 1) > 1:
                 continue
             rows = (result.get("steps") or 0) * (result.get("per_device_train_batch_size") or 0) \
                 * (result.get("gradient_accumulation_steps") or 0)
@@ -358,7 +368,7 @@ def _steps(cfg: TrainConfig, rows_train: int) -> int:
     packing the rows are fewer: an upper bound)."""
     if cfg.max_steps > 0:
         return cfg.max_steps
-    per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
+    per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * cfg.gpus
     return math.ceil(max(rows_train, 1) / per_step) * math.ceil(cfg.num_train_epochs)
 
 
@@ -380,7 +390,9 @@ def estimate(planned: list[dict], version: dict, spec: dict) -> dict:
         cfg = p["config"]
         m = known.get(cfg.resolved_base_model()) or {}
         steps = _steps(cfg, int(version.get("rows_train") or 0))
-        rows = steps * cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
+        # a run across N GPUs takes N times the rows a step: about the GPU-hours of one GPU doing them all
+        # (perfect scaling assumed; not measured on a multi-GPU host)
+        rows = steps * cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * cfg.gpus
         if m.get("s_per_row") is None:
             unmeasured.add(cfg.resolved_base_model())
             per_run.append({"params": p["params"], "steps": steps, "seconds": None})

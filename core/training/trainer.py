@@ -5,6 +5,11 @@ Backends, chosen automatically unless the config names one:
 - ``hf-bnb``: transformers + PEFT + bitsandbytes 4-bit on CUDA when Unsloth is not importable;
 - ``hf``: transformers + PEFT in full precision (the CPU path).
 The same config drives all three; the code runs under both pinned package sets.
+
+``gpus: N`` (N > 1) trains one job across N GPUs (or N CPU ranks): ``run`` hands it to torchrun
+(``core.training.ddp``), whose ranks each run ``run`` again; rank 0 alone writes metrics, checkpoints, the
+adapter and the result. Across GPUs the backend is transformers + PEFT (``hf-bnb`` on CUDA), not Unsloth
+(docs/training.md).
 """
 from __future__ import annotations
 
@@ -17,27 +22,31 @@ from pathlib import Path
 from typing import Callable
 
 from core import prompt_format
-from core.training import batch_fit
+from core.training import batch_fit, ddp
 from core.training.config import TrainConfig
 
 GIB = 1024**3
 
 
-def choose_backend(requested: str = "auto") -> str:
+def choose_backend(requested: str = "auto", ranks: int = 1) -> str:
+    """The backend of a run; ``ranks`` > 1 (a job across GPUs): transformers + PEFT, never Unsloth."""
     import torch
 
     if requested != "auto":
         if requested != "hf" and not torch.cuda.is_available():
             raise RuntimeError(f"backend '{requested}' needs CUDA, and this machine has none")
+        if requested == "unsloth" and ranks > 1:
+            raise RuntimeError(f"backend 'unsloth' does not train across GPUs here ({ranks} ranks): use auto or hf-bnb")
         return requested
     if not torch.cuda.is_available():
         return "hf"
-    try:
-        import unsloth  # noqa: F401
+    if ranks == 1:
+        try:
+            import unsloth  # noqa: F401
 
-        return "unsloth"
-    except Exception:
-        pass
+            return "unsloth"
+        except Exception:
+            pass
     try:
         import bitsandbytes  # noqa: F401
 
@@ -64,7 +73,7 @@ def memory_cap(log: Callable[[str], None]) -> float | None:
         cap = float(raw)
     except ValueError:
         raise ValueError(f"{MEMORY_CAP_ENV}={raw!r}: give the memory in GiB, e.g. 24") from None
-    total = torch.cuda.get_device_properties(0).total_memory / GIB
+    total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / GIB
     if not 0 < cap < total:
         log(f"{MEMORY_CAP_ENV}={raw}: not below this GPU's {total:.1f} GiB; no cap")
         return None
@@ -118,6 +127,8 @@ def _load(cfg: TrainConfig, backend: str, log: Callable[[str], None]):
             bnb_4bit_use_double_quant=True,
         )
         kwargs["dtype"] = torch.bfloat16
+        if ddp.world_size() > 1:   # each rank its own GPU (one copy of the model a rank), never spread over them
+            kwargs["device_map"] = {"": ddp.local_rank()}
     else:
         kwargs["dtype"] = compute_dtype()
     model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
@@ -125,6 +136,7 @@ def _load(cfg: TrainConfig, backend: str, log: Callable[[str], None]):
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+    torch.manual_seed(cfg.seed)   # the LoRA weights' start: the same in every run of one seed, on every rank
     lora = LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
@@ -203,6 +215,9 @@ def _training_args(cfg: TrainConfig, out_dir: Path, backend: str, log: Callable[
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
+    if ddp.world_size() > 1:   # torchrun's ranks: nccl on CUDA, gloo on a CPU; every LoRA weight has a gradient
+        kwargs.update(ddp_backend=ddp.backend(cuda), ddp_find_unused_parameters=False,
+                      gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.eval_steps:
         kwargs.update(
             eval_strategy="steps",
@@ -229,8 +244,13 @@ def run(job: dict, job_dir: Path, status, log: Callable[[str], None]) -> dict:
     import torch
 
     cfg = TrainConfig.from_dict(job["config"])
-    backend = choose_backend(cfg.backend)
-    log(f"backend: {backend}; base model: {cfg.resolved_base_model()}")
+    ranks = ddp.world_size()
+    if cfg.gpus > 1 and not ddp.in_rank():   # the worker itself: torchrun runs the ranks, each of them this function
+        return ddp.launch(job, job_dir, cfg.gpus, status, log)
+    main = ddp.rank() == 0   # rank 0 alone writes metrics, the adapter and the result (the Trainer: checkpoints)
+    backend = choose_backend(cfg.backend, ranks)
+    log(f"backend: {backend}; base model: {cfg.resolved_base_model()}"
+        + (f"; rank 0 of {ranks} ({ddp.backend(torch.cuda.is_available())})" if ranks > 1 else ""))
     status.update(backend=backend)
     cap = memory_cap(log)
     if cap:
@@ -240,6 +260,8 @@ def run(job: dict, job_dir: Path, status, log: Callable[[str], None]) -> dict:
         free = torch.cuda.mem_get_info()[0] / GIB if torch.cuda.is_available() else None
         if cap and free is not None:
             free = min(free, cap)
+        if ranks > 1 and free is not None:   # every rank the same batch: the least free memory of their GPUs
+            free = _least_across_ranks(free)
         fit = batch_fit.choose(cfg, free, backend)
         cfg = dataclasses.replace(cfg, per_device_train_batch_size=fit.batch, gradient_accumulation_steps=fit.accumulation,
                                   packing=False)
@@ -275,7 +297,7 @@ def run(job: dict, job_dir: Path, status, log: Callable[[str], None]) -> dict:
         eval_dataset = Dataset.from_dict(
             {"text": [prompt_format.render_training_text(r, cfg.prompt_format, text_tok) for r in test_rows]})
         log(f"eval loss on {len(test_rows)} test pairs every {cfg.eval_steps} steps")
-    per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
+    per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * ranks   # rows an optimizer step
     by_epochs = math.ceil(len(dataset) / per_step) * math.ceil(cfg.num_train_epochs) if cfg.max_steps <= 0 else None
     args = _training_args(cfg, job_dir, backend, log, by_epochs)
     log(f"a checkpoint every {args.save_steps} steps")
@@ -302,6 +324,8 @@ def run(job: dict, job_dir: Path, status, log: Callable[[str], None]) -> dict:
                           phase_started=self.phase_started)
 
         def on_log(self, args, state, control, logs=None, **kw):
+            if not main:   # every rank logs the same (ranks-averaged) loss: rank 0 writes it once
+                return
             if logs and "eval_loss" in logs:
                 with metrics_path.open("a", encoding="utf-8") as fh:
                     fh.write(json.dumps({"step": state.global_step, "eval_loss": logs["eval_loss"],
@@ -366,14 +390,15 @@ def run(job: dict, job_dir: Path, status, log: Callable[[str], None]) -> dict:
     if best:
         log(f"best checkpoint by eval loss: {best} ({trainer.state.best_metric:.4f}); its weights are kept")
     adapter_dir = job_dir / "adapter"
-    model.save_pretrained(str(adapter_dir))
-    tokenizer.save_pretrained(str(adapter_dir))
-    (adapter_dir / "vitune_run.json").write_text(
-        json.dumps(
-            {"base_model": cfg.resolved_base_model(), "prompt_format": cfg.prompt_format, "backend": backend},
-            indent=2,
+    if main:
+        model.save_pretrained(str(adapter_dir))
+        tokenizer.save_pretrained(str(adapter_dir))
+        (adapter_dir / "vitune_run.json").write_text(
+            json.dumps(
+                {"base_model": cfg.resolved_base_model(), "prompt_format": cfg.prompt_format, "backend": backend},
+                indent=2,
+            )
         )
-    )
     return {
         "adapter_dir": str(adapter_dir),
         "backend": backend,
@@ -387,10 +412,21 @@ def run(job: dict, job_dir: Path, status, log: Callable[[str], None]) -> dict:
         "fit": fit_shown if fit else None,   # what it chose, why, and its rows (`python -m core train` prints it)
         "per_device_train_batch_size": cfg.per_device_train_batch_size,
         "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
+        "gpus": ranks,
         "memory_cap_gib": cap,
         "peak_gpu_mem_gib": round(torch.cuda.max_memory_allocated() / GIB, 3) if torch.cuda.is_available() else None,
         "peak_gpu_reserved_gib": round(torch.cuda.max_memory_reserved() / GIB, 3) if torch.cuda.is_available() else None,
     }
+
+
+def _least_across_ranks(value: float) -> float:
+    """The smallest of every rank's ``value`` (torch.distributed, the ranks' process group)."""
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([value], dtype=torch.float64, device="cuda" if torch.cuda.is_available() else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return float(t.item())
 
 
 def _token_lists(tok, texts: list[str]) -> list[list[int]]:
