@@ -139,3 +139,126 @@ def test_a_cluster_that_does_not_answer_keeps_the_jobs_queued_and_says_why(home,
     assert supervisor.cancel(job["id"], actor=OPERATOR)["state"] == "cancelled"   # a queued job cancels as ever
     monkeypatch.setenv(ray_cluster.ADDRESS_ENV, "not an address")
     assert "VITUNE_RAY_ADDRESS" in supervisor.tick()["ray_error"]   # a bad variable: said, and the tick goes on
+
+
+# ── on a real cluster: a head and a second node on loopback ──────────────────
+
+
+@pytest.fixture(scope="module")
+def ray_cluster_on_loopback():
+    """A Ray head (no resource for the studio's jobs) and a second node that alone declares ``vitune_worker``,
+    each its own ``ray start`` process tree with its own temp dir; every process they started is stopped in the
+    teardown, whatever happened."""
+    from tests.ray_loopback import LoopbackCluster
+
+    cluster = LoopbackCluster()
+    try:
+        cluster.start_head()
+        cluster.add_node({"vitune_worker": 1})
+        yield cluster
+    finally:
+        left = cluster.stop()
+        import psutil
+
+        alive = [p for p in psutil.process_iter(["cmdline"])
+                 if str(cluster.root) in " ".join(p.info["cmdline"] or []) and p.status() != psutil.STATUS_ZOMBIE]
+        assert not alive, f"Ray processes left after the teardown: {[p.pid for p in alive]} (killed: {left})"
+
+
+def _wait(what: str, until, timeout: float = 900, poll: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while True:
+        got = until()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:g} s")
+        time.sleep(poll)
+
+
+@pytest.mark.slow   # two trainings of the default model on a loopback Ray cluster, one of them resumed, and an evaluation
+def test_a_second_node_trains_is_watched_live_and_a_lost_node_resumes_from_its_checkpoint(
+        ray_cluster_on_loopback, tmp_path, chromium, default_model):
+    from tests.conftest import free_port, start_studio, studio_home
+
+    cluster = ray_cluster_on_loopback
+    head, node = cluster.nodes
+    home = tmp_path
+    cli("dataset", "import-samples", home=home)
+    version = next(v["id"] for v in json.loads(cli("dataset", "list", "--json", home=home).stdout)
+                   if v["name"] == "sample-ghichu-noibo")
+    # the admin points the studio at the cluster: checked (the Job API answers) and audited
+    said = cli("jobs", "ray", cluster.address, "--resource", "vitune_worker", home=home).stdout
+    assert f"submitted to the Ray cluster at {cluster.address}" in said and "'vitune_worker'" in said
+    studio = start_studio(home, port := free_port())
+    context = chromium.new_context(viewport={"width": 1400, "height": 1400})
+    try:
+        page = context.new_page()
+        page.set_default_timeout(120_000)
+        page.goto(f"http://127.0.0.1:{port}/train")
+        page.get_by_text("No jobs yet.").wait_for()
+
+        # 1. a training job: the studio's supervisor submits it; only the second node has what it asks
+        queued = json.loads(cli("train", "--dataset", version, "--preset", "quick test (CPU, 20 steps)",
+                                "--max-steps", "3", "--no-wait", "--json", home=home).stdout)
+        run_id = queued["run"]
+        page.get_by_text(f"Run {run_id}: running", exact=True).wait_for(timeout=300_000)
+        page.get_by_text(f"node {node.node_id}.").wait_for(timeout=120_000)   # the Ray caption names the node
+        page.get_by_text(f"Run {run_id}: succeeded", exact=True).wait_for(timeout=900_000)
+        assert page.locator('[data-testid="stException"]').count() == 0
+        with studio_home(home):
+            job = queue.get_job(runs.get_run(run_id)["job_id"])
+            assert job["ray_job"].startswith(f"vitune-{job['id']}-") and job["ray_node"] == node.node_id
+            assert job["pid"] is None and job["slot"] == "ray"
+            assert list(runs.run_metrics(run_id)["step"]) == [1, 2, 3]
+            adapter = Path(runs.get_run(run_id)["adapter_dir"])
+            audit = store.rows("SELECT subject, actor FROM audit_log WHERE action = 'setting.changed'")
+        assert (adapter / "adapter_config.json").exists()   # the node wrote it into the studio's (shared) home
+        assert {a["subject"] for a in audit} >= {"ray_address", "ray_resource"}
+        log = (Path(job["job_dir"]) / "worker.log").read_text()
+        assert "job succeeded" in log   # the worker's log, where a local worker's goes
+
+        # 2. its adapter evaluated afterwards (the CLI waits; the evaluation goes to the cluster as well)
+        ev = json.loads(cli("evaluate", "--run", run_id, "--limit", "2", "--max-new-tokens", "4", "--json",
+                            home=home).stdout)
+        with studio_home(home):
+            ev_job = queue.list_jobs(1, kind="evaluate")[0]
+        assert ev_job["state"] == "succeeded" and ev_job["ray_node"] == node.node_id
+        assert ev_job["config"]["evaluation_id"] == ev["evaluation"] and ev_job["run_id"] == run_id
+
+        # 3. a longer training whose node is lost mid-run (every process of it killed at once)
+        queued = json.loads(cli("train", "--dataset", version, "--preset", "quick test (CPU, 20 steps)",
+                                "--max-steps", "8", "--no-wait", "--json", home=home).stdout)
+        run_id = queued["run"]
+        run_dir = home / "data" / "runs" / run_id
+        with studio_home(home):
+            first = _wait("a checkpoint, and a step after it", lambda: runs.checkpoints(run_dir) and (
+                runs.run_metrics(run_id)["step"].max() or 0) >= 3 and queue.get_job(runs.get_run(run_id)["job_id"]))
+        assert first["ray_node"] == node.node_id and first["state"] == "running"
+        cluster.kill_node(node)
+        with studio_home(home):
+            failed = _wait("the job failed", lambda: (j := queue.get_job(first["id"]))["state"] == "failed" and j,
+                           timeout=120)
+        assert failed["error"].startswith("the Ray node running it was lost (node "), failed["error"]
+        assert node.node_id[:12] in failed["error"]
+        assert "resumed from its checkpoint at step " in failed["error"], failed["error"]
+        resumed_id = int(failed["error"].rsplit("as job ", 1)[1])
+        # the resumed job waits on the cluster for a node with the resource: the page says so
+        page.get_by_text("waiting for a node with the resources it asks").wait_for(timeout=120_000)
+
+        # a new node joins; the resumed job runs there, from the checkpoint, to the end
+        again = cluster.add_node({"vitune_worker": 1})
+        page.get_by_text(f"Run {run_id}: succeeded", exact=True).wait_for(timeout=900_000)
+        with studio_home(home):
+            done = queue.get_job(resumed_id)
+            metrics = list(runs.run_metrics(run_id)["step"])
+            resumed = store.rows("SELECT actor, detail FROM audit_log WHERE action = 'job.resumed'")
+        assert done["state"] == "succeeded" and done["ray_node"] == again.node_id, done
+        assert done["result"]["resumed_from"] == done["config"]["resume_from"]
+        assert metrics == list(range(1, 9))
+        assert [r["actor"] for r in resumed] == ["supervisor"]
+        assert page.locator('[data-testid="stException"]').count() == 0
+    finally:
+        context.close()
+        studio.terminate()
+        studio.wait(30)

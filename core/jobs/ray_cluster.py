@@ -280,6 +280,16 @@ def stop(addr: str, submission_id: str, wait_s: float = 30) -> RayState:
         time.sleep(0.2)
 
 
+def log_tail(addr: str, submission_id: str, lines: int = 5) -> str:
+    """The last lines of what Ray logged of the job (its entrypoint's own output goes to the job's worker.log;
+    this is where a node that cannot run the entrypoint at all says why, e.g. a job folder it does not see)."""
+    try:
+        text = client(addr).get_job_logs(submission_id)
+    except Exception:
+        return ""
+    return " / ".join(line.strip() for line in text.splitlines()[-lines:] if line.strip())
+
+
 def node_lost(got: RayState) -> bool:
     return got.error_type in NODE_LOST
 

@@ -472,6 +472,9 @@ def _tick_ray(con, job: dict, done: dict, waiting: list[str]) -> None:
         _requeue(con, job)   # no worker ever ran it
         return
     error = ray_cluster.describe_end(got, job["ray_job"])
+    if not status and not ray_cluster.node_lost(got):   # the worker never started: Ray's own log says why
+        said = ray_cluster.log_tail(job["ray_address"], job["ray_job"])
+        error += f"; Ray's log: {said}" if said else ""
     if not _settle(job, {"state": "failed", "error": error}):
         return
     done["settled"].append(job["id"])
