@@ -167,6 +167,9 @@ class LoopbackCluster:
             if node.proc.poll() is None:
                 node.proc.kill()
                 node.proc.wait(10)
+        import shutil
+
+        shutil.rmtree(self.root, ignore_errors=True)
         return leftovers
 
 

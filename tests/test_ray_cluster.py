@@ -258,6 +258,22 @@ def test_a_second_node_trains_is_watched_live_and_a_lost_node_resumes_from_its_c
         assert metrics == list(range(1, 9))
         assert [r["actor"] for r in resumed] == ["supervisor"]
         assert page.locator('[data-testid="stException"]').count() == 0
+
+        # 4. cancel stops the worker on its node (Ray's stop_job), as a local cancel stops a local worker
+        queued = json.loads(cli("train", "--dataset", version, "--preset", "quick test (CPU, 20 steps)",
+                                "--no-wait", "--json", home=home).stdout)
+        with studio_home(home):
+            running = _wait("the worker running on the new node", lambda: (j := queue.get_job(queued["job"]))[
+                "ray_node"] == again.node_id and queue.status(j).get("state") == "running" and j, timeout=300)
+        pid = queue.status(running)["pid"]
+        assert cli("jobs", "cancel", str(running["id"]), home=home).stdout.strip() == f"job {running['id']}: cancelled"
+        with studio_home(home):
+            assert queue.get_job(running["id"])["state"] == "cancelled"
+        assert ray_cluster.state(cluster.address, running["ray_job"]).status == "STOPPED"
+        import psutil
+
+        _wait("the stopped worker gone", lambda: not psutil.pid_exists(pid)
+              or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, timeout=60)
     finally:
         context.close()
         studio.terminate()
