@@ -15,6 +15,9 @@ same disk): the filesystem this is tested on.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -25,7 +28,7 @@ from core.access.principal import AccessDenied
 from core.datasets import importer
 from core.jobs import queue, ray_cluster, supervisor
 from core.training import presets, runs
-from tests.conftest import OPERATOR, approve_review, cli, person, tiny_pairs, write_jsonl
+from tests.conftest import OPERATOR, REPO, approve_review, cli, person, tiny_pairs, write_jsonl
 
 
 # ── without a cluster ─────────────────────────────────────────────────────────
@@ -190,24 +193,33 @@ def test_a_second_node_trains_is_watched_live_and_a_lost_node_resumes_from_its_c
     # the admin points the studio at the cluster: checked (the Job API answers) and audited
     said = cli("jobs", "ray", cluster.address, "--resource", "vitune_worker", home=home).stdout
     assert f"submitted to the Ray cluster at {cluster.address}" in said and "'vitune_worker'" in said
+    # 1. a training job, first claimed by a supervisor killed before it could submit it (SIGKILL between the
+    #    claim and Ray's submit_job): the id it recorded is unknown to the cluster, and the next tick queues the job
+    #    again; the studio's supervisor submits it then, and only the second node has what it asks
+    queued = json.loads(cli("train", "--dataset", version, "--preset", "quick test (CPU, 20 steps)",
+                            "--max-steps", "3", "--no-wait", "--json", home=home).stdout)
+    run_id = queued["run"]
+    crashed = subprocess.run([sys.executable, "-m", "core", "jobs", "tick"], cwd=REPO, capture_output=True,
+                             env={**os.environ, "VITUNE_HOME": str(home), store.CRASH_AT_ENV: "ray.claimed"})
+    assert crashed.returncode == -9, crashed.stderr
+    with studio_home(home):
+        claimed = queue.get_job(queued["job"])
+    assert claimed["state"] == "running" and claimed["ray_job"] and claimed["ray_node"] is None
+    assert ray_cluster.state(cluster.address, claimed["ray_job"]).status == ray_cluster.MISSING
+
     studio = start_studio(home, port := free_port())
     context = chromium.new_context(viewport={"width": 1400, "height": 1400})
     try:
         page = context.new_page()
         page.set_default_timeout(120_000)
         page.goto(f"http://127.0.0.1:{port}/train")
-        page.get_by_text("No jobs yet.").wait_for()
-
-        # 1. a training job: the studio's supervisor submits it; only the second node has what it asks
-        queued = json.loads(cli("train", "--dataset", version, "--preset", "quick test (CPU, 20 steps)",
-                                "--max-steps", "3", "--no-wait", "--json", home=home).stdout)
-        run_id = queued["run"]
         page.get_by_text(f"Run {run_id}: running", exact=True).wait_for(timeout=300_000)
         page.get_by_text(f"node {node.node_id}.").wait_for(timeout=120_000)   # the Ray caption names the node
         page.get_by_text(f"Run {run_id}: succeeded", exact=True).wait_for(timeout=900_000)
         assert page.locator('[data-testid="stException"]').count() == 0
         with studio_home(home):
             job = queue.get_job(runs.get_run(run_id)["job_id"])
+            assert job["id"] == claimed["id"] and job["ray_job"] != claimed["ray_job"]   # submitted once, anew
             assert job["ray_job"].startswith(f"vitune-{job['id']}-") and job["ray_node"] == node.node_id
             assert job["pid"] is None and job["slot"] == "ray"
             assert list(runs.run_metrics(run_id)["step"]) == [1, 2, 3]

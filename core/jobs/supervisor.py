@@ -424,7 +424,7 @@ def _start_on_ray(con, job: dict, addr: str, res: str | None, done: dict) -> boo
         [ray_cluster.SLOT, store.now(), sid, addr, job["id"]]).fetchall()
     if not claimed:
         return False
-    _crash_point("claimed")
+    _crash_point("ray.claimed")
     job["config"] = job["config"] if isinstance(job["config"], dict) else json.loads(job["config"])
     try:
         ray_cluster.submit(addr, res, job, sid, worker_python())
