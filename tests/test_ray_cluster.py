@@ -123,6 +123,33 @@ def test_the_words_of_a_job_that_ended_on_the_cluster():
     assert ray_cluster.not_started(ray_cluster.RayState("FAILED", error_type="JOB_SUPERVISOR_ACTOR_START_TIMEOUT"))
 
 
+def test_the_admin_page_sets_and_clears_the_cluster(home, monkeypatch):
+    from tests.test_pages import _clean, _run
+
+    monkeypatch.delenv(ray_cluster.ADDRESS_ENV, raising=False)
+    at = _run("admin", person("quan", "admin"))
+    _clean(at)
+    assert "jobs run in local workers (no Ray cluster)" in [x.value for x in at.info]
+    port = _closed_port()
+    next(t for t in at.text_input if t.label == "Ray dashboard address").input(f"127.0.0.1:{port}")
+    next(b for b in at.button if b.label == "Use this cluster").click().run()
+    assert [e.value for e in at.error] == [f"the Ray cluster at http://127.0.0.1:{port} does not answer "
+                                           f"(ConnectionError: Failed to connect to Ray at address: "
+                                           f"http://127.0.0.1:{port}.)"]
+    assert ray_cluster.address() is None
+    next(t for t in at.text_input if t.label == "Ray dashboard address").input("10.0.0.5")
+    next(b for b in at.button if b.label == "Use this cluster").click().run()
+    assert [e.value for e in at.error] == ["http://10.0.0.5: give the dashboard's port too (Ray's default is 8265)"]
+    store.set_setting(ray_cluster.ADDRESS_SETTING, "http://10.0.0.5:8265", OPERATOR)   # as a check that passed would
+    at = _run("admin", person("quan", "admin"))
+    assert any("submitted to the Ray cluster at http://10.0.0.5:8265" in x.value for x in at.info)
+    next(b for b in at.button if b.label == "Back to local workers").click().run()
+    _clean(at)
+    assert ray_cluster.address() is None and "jobs run in local workers (no Ray cluster)" in [x.value for x in at.success]
+    last = store.rows("SELECT actor, subject FROM audit_log WHERE action = 'setting.changed' ORDER BY id")[-2:]
+    assert last == [{"actor": "quan", "subject": "ray_address"}, {"actor": "quan", "subject": "ray_resource"}]
+
+
 @pytest.fixture
 def version(home, default_model):
     v, _ = importer.import_files([write_jsonl(home / "d.jsonl", tiny_pairs(16))], "tiny", actor=OPERATOR)

@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 
 from core import paths, secrets, store
 from core.access.principal import Principal, require
+from core.i18n import M
 from core.jobs.files import LOG
 
 ADDRESS_ENV = "VITUNE_RAY_ADDRESS"
@@ -119,28 +120,32 @@ def resource() -> str | None:
     return store.get_setting(RESOURCE_SETTING)
 
 
-def set_cluster(address_text: str | None, resource_text: str | None = None, *, actor: Principal) -> str:
+def set_cluster(address_text: str | None, resource_text: str | None = None, *, actor: Principal) -> M:
     """Point the studio at a Ray cluster (``None``: back to local workers alone), after checking that its Job
     API answers; audited (``setting.changed``). Returns a line saying what jobs now do."""
     require(actor, "settings.workers")
     if address_text is None:
         store.set_setting(ADDRESS_SETTING, None, actor)
         store.set_setting(RESOURCE_SETTING, None, actor)
-        return "jobs run in local workers (no Ray cluster)"
+        return describe_setting(None, None)
     addr = check_address(address_text)
     res = check_resource(resource_text)
-    nodes = ping(addr)   # RayError: nothing recorded
+    version = ping(addr)   # RayError: nothing recorded
     store.set_setting(ADDRESS_SETTING, addr, actor, resource=res)
     store.set_setting(RESOURCE_SETTING, res, actor)
-    return describe_setting(addr, res) + f" (Ray {nodes} answered)"
+    return M("{setting} (Ray {version} answered)", setting=describe_setting(addr, res), version=version)
 
 
-def describe_setting(addr: str | None, res: str | None) -> str:
+def describe_setting(addr: str | None, res: str | None) -> M:
+    """What jobs do under the setting (an ``M``: the CLI prints its English, the Admin page shows it translated)."""
     if not addr:
-        return "jobs run in local workers (no Ray cluster)"
-    asks = f"one '{res}' resource a GPU" if res else "their GPUs (entrypoint_num_gpus)"
-    return (f"{', '.join(KINDS)} jobs are submitted to the Ray cluster at {addr}, each asking {asks}; "
-            "generation, judge and playground jobs run here")
+        return M("jobs run in local workers (no Ray cluster)")
+    kinds = ", ".join(KINDS)
+    if res:
+        return M("{kinds} jobs are submitted to the Ray cluster at {address}, each asking one '{resource}' resource "
+                 "a GPU; generation, judge and playground jobs run here", kinds=kinds, address=addr, resource=res)
+    return M("{kinds} jobs are submitted to the Ray cluster at {address}, each asking its GPUs; generation, judge "
+             "and playground jobs run here", kinds=kinds, address=addr)
 
 
 # ── the cluster ──────────────────────────────────────────────────────────────
