@@ -66,7 +66,7 @@ class LoopbackCluster:
         self.dashboard_port = _free_port()
         self.address = f"http://127.0.0.1:{self.dashboard_port}"
 
-    def _start(self, name: str, args: list[str], env_extra: dict | None = None) -> Node:
+    def _start(self, name: str, args: list[str], env_extra: dict | None = None, hide: tuple = ()) -> Node:
         temp_dir = self.root / name
         temp_dir.mkdir(parents=True, exist_ok=True)
         log = self.root / f"{name}.log"
@@ -75,11 +75,15 @@ class LoopbackCluster:
         ports = ["--node-manager-port", str(_free_port()), "--object-manager-port", str(_free_port()),
                  "--dashboard-agent-listen-port", str(_free_port()), "--dashboard-agent-grpc-port", str(_free_port()),
                  "--metrics-export-port", str(_free_port()), "--runtime-env-agent-port", str(_free_port())]
+        cmd = [RAY, "start", "--block", "--disable-usage-stats", "--node-ip-address", "127.0.0.1",
+               "--temp-dir", str(temp_dir), "--object-store-memory", str(100 * 2**20), "--num-gpus", "0", *ports, *args]
+        if hide:   # a box that does not see these folders: its own mount namespace, an empty tmpfs over each
+            import shlex
+
+            mounts = " && ".join(f"mount -t tmpfs vray-hidden {shlex.quote(str(p))}" for p in hide)
+            cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c", f"{mounts} && exec {shlex.join(cmd)}"]
         with open(log, "ab") as out:
-            proc = subprocess.Popen([RAY, "start", "--block", "--disable-usage-stats", "--node-ip-address", "127.0.0.1",
-                                     "--temp-dir", str(temp_dir), "--object-store-memory", str(100 * 2**20),
-                                     "--num-gpus", "0", *ports, *args],
-                                    cwd=str(REPO), env=env, stdin=subprocess.DEVNULL, stdout=out,
+            proc = subprocess.Popen(cmd, cwd=str(REPO), env=env, stdin=subprocess.DEVNULL, stdout=out,
                                     stderr=subprocess.STDOUT, start_new_session=True)
         node = Node(name, proc, temp_dir, log)
         self.nodes.append(node)
@@ -94,10 +98,12 @@ class LoopbackCluster:
         head.node_id = self._alive_nodes()[0]["node_id"]
         return head
 
-    def add_node(self, resources: dict, timeout: float = 180) -> Node:
+    def add_node(self, resources: dict, timeout: float = 180, hide: tuple = ()) -> Node:
+        """A node that joins the head; ``hide``: folders it does not see (each an empty tmpfs in its own mount
+        namespace, as on a box that does not mount them)."""
         before = {n["node_id"] for n in self._alive_nodes()}
         node = self._start(f"node{len(self.nodes)}", ["--address", f"127.0.0.1:{self.gcs_port}", "--num-cpus", "1",
-                                                      "--resources", json.dumps(resources)])
+                                                      "--resources", json.dumps(resources)], hide=tuple(hide))
         self._wait(lambda: [n for n in self._alive_nodes() if n["node_id"] not in before], timeout, node,
                    "the new node to join")
         node.node_id = next(n["node_id"] for n in self._alive_nodes() if n["node_id"] not in before)

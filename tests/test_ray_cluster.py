@@ -77,7 +77,7 @@ def test_setting_the_cluster_is_an_admins_checked_and_audited(home, monkeypatch)
     assert ray_cluster.set_cluster(None, actor=OPERATOR).startswith("jobs run in local workers")
     assert ray_cluster.address() is None
     changed = store.rows("SELECT subject, detail FROM audit_log WHERE action = 'setting.changed' ORDER BY id")
-    assert [c["subject"] for c in changed][-2:] == ["ray_address", "ray_resource"]
+    assert [c["subject"] for c in changed][-3:] == ["ray_address", "ray_resource", "ray_ship"]
 
 
 def _closed_port() -> int:
@@ -146,8 +146,8 @@ def test_the_admin_page_sets_and_clears_the_cluster(home, monkeypatch):
     next(b for b in at.button if b.label == "Back to local workers").click().run()
     _clean(at)
     assert ray_cluster.address() is None and "jobs run in local workers (no Ray cluster)" in [x.value for x in at.success]
-    last = store.rows("SELECT actor, subject FROM audit_log WHERE action = 'setting.changed' ORDER BY id")[-2:]
-    assert last == [{"actor": "quan", "subject": "ray_address"}, {"actor": "quan", "subject": "ray_resource"}]
+    last = store.rows("SELECT actor, subject FROM audit_log WHERE action = 'setting.changed' ORDER BY id")[-3:]
+    assert last == [{"actor": "quan", "subject": s} for s in ("ray_address", "ray_resource", "ray_ship")]
 
 
 @pytest.fixture
@@ -317,3 +317,62 @@ def test_a_second_node_trains_is_watched_live_and_a_lost_node_resumes_from_its_c
         context.close()
         studio.terminate()
         studio.wait(30)
+
+
+@pytest.mark.slow   # a training of the default model and an evaluation on a node that does not see the home
+def test_a_node_that_does_not_see_the_home_gets_the_job_shipped_and_sends_its_files_back(
+        ray_cluster_on_loopback, tmp_path, default_model):
+    """The studio's home hidden from the node (an empty tmpfs over it in the node's own mount namespace): the
+    job's inputs go with it (Ray's working_dir), its files come back through an actor on the head node."""
+    import psutil
+
+    from tests.conftest import studio_home
+
+    cluster, home = ray_cluster_on_loopback, tmp_path
+    cli("dataset", "import-samples", home=home)
+    version = next(v["id"] for v in json.loads(cli("dataset", "list", "--json", home=home).stdout)
+                   if v["name"] == "sample-ghichu-noibo")
+    node = cluster.add_node({"vitune_ship": 1}, hide=(home,))
+    said = cli("jobs", "ray", cluster.address, "--resource", "vitune_ship", "--ship", home=home).stdout
+    assert "shipped to its node" in said
+    train = subprocess.Popen([sys.executable, "-m", "core", "train", "--dataset", version, "--preset",
+                              "quick test (CPU, 20 steps)", "--max-steps", "3", "--json"], cwd=REPO,
+                             env={**os.environ, "VITUNE_HOME": str(home)}, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        def worker() -> psutil.Process | None:
+            for p in psutil.process_iter(["cmdline"]):
+                cmd = p.info["cmdline"] or []
+                if "core.worker" in cmd and cmd[-1].startswith(str(home)):
+                    return p
+            return None
+
+        p = _wait("the worker on the node", worker, timeout=300, poll=0.2)
+        # it runs where the home is an empty folder: the studio's database is not there, nor any dataset
+        assert os.readlink(f"/proc/{p.pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
+        assert (home / "data" / "studio.duckdb").exists()
+        assert not Path(f"/proc/{p.pid}/root{home}/data/studio.duckdb").exists()
+        out, err = train.communicate(timeout=900)
+    finally:
+        if train.poll() is None:
+            train.kill()
+    assert train.returncode == 0, err[-3000:]
+    run_id = json.loads(out)["run"]
+    with studio_home(home):
+        job = queue.get_job(runs.get_run(run_id)["job_id"])
+        run_dir = Path(runs.get_run(run_id)["run_dir"])
+        assert job["state"] == "succeeded" and job["ray_node"] == node.node_id
+        assert list(runs.run_metrics(run_id)["step"]) == [1, 2, 3]   # its curve came back as it trained
+        adapter = Path(runs.get_run(run_id)["adapter_dir"])
+        assert runs.checkpoints(run_dir), "no checkpoint came back"
+    assert (adapter / "adapter_config.json").exists() and list(adapter.glob("adapter_model.*"))
+    assert (run_dir / "worker.log").read_text().rstrip().endswith("job succeeded")
+    assert not (home / "data" / "ray-ship").exists() or not any((home / "data" / "ray-ship").iterdir())
+
+    # its adapter evaluated on that node too: the adapter and the held-out split shipped there
+    ev = json.loads(cli("evaluate", "--run", run_id, "--limit", "2", "--max-new-tokens", "4", "--json",
+                        home=home).stdout)
+    with studio_home(home):
+        ev_job = queue.list_jobs(1, kind="evaluate")[0]
+    assert ev_job["state"] == "succeeded" and ev_job["ray_node"] == node.node_id
+    assert ev_job["config"]["evaluation_id"] == ev["evaluation"]

@@ -41,8 +41,10 @@ from core.jobs.files import LOG
 
 ADDRESS_ENV = "VITUNE_RAY_ADDRESS"
 RESOURCE_ENV = "VITUNE_RAY_RESOURCE"
+SHIP_ENV = "VITUNE_RAY_SHIP"
 ADDRESS_SETTING = "ray_address"
 RESOURCE_SETTING = "ray_resource"
+SHIP_SETTING = "ray_ship"   # the nodes do not see the studio's home: jobs are shipped (core.jobs.ray_ship)
 KINDS = ("train", "evaluate", "export", "preflight", "quant_cost", "retention")
 SLOT = "ray"            # the slot a Ray job's row records (it holds no local slot)
 REQUIREMENTS = "requirements-cluster.txt"
@@ -120,26 +122,40 @@ def resource() -> str | None:
     return store.get_setting(RESOURCE_SETTING)
 
 
-def set_cluster(address_text: str | None, resource_text: str | None = None, *, actor: Principal) -> M:
+def ship() -> bool:
+    """Whether jobs are shipped to nodes that do not see the studio's home (``$VITUNE_RAY_SHIP=1`` or the setting)."""
+    env = os.environ.get(SHIP_ENV)
+    if env is not None:
+        return env.strip().lower() in ("1", "true", "yes")
+    return bool(store.get_setting(SHIP_SETTING))
+
+
+def set_cluster(address_text: str | None, resource_text: str | None = None, *, actor: Principal,
+                shipped: bool = False) -> M:
     """Point the studio at a Ray cluster (``None``: back to local workers alone), after checking that its Job
     API answers; audited (``setting.changed``). Returns a line saying what jobs now do."""
     require(actor, "settings.workers")
     if address_text is None:
         store.set_setting(ADDRESS_SETTING, None, actor)
         store.set_setting(RESOURCE_SETTING, None, actor)
+        store.set_setting(SHIP_SETTING, None, actor)
         return describe_setting(None, None)
     addr = check_address(address_text)
     res = check_resource(resource_text)
     version = ping(addr)   # RayError: nothing recorded
     store.set_setting(ADDRESS_SETTING, addr, actor, resource=res)
     store.set_setting(RESOURCE_SETTING, res, actor)
-    return M("{setting} (Ray {version} answered)", setting=describe_setting(addr, res), version=version)
+    store.set_setting(SHIP_SETTING, True if shipped else None, actor)
+    return M("{setting} (Ray {version} answered)", setting=describe_setting(addr, res, shipped), version=version)
 
 
-def describe_setting(addr: str | None, res: str | None) -> M:
+def describe_setting(addr: str | None, res: str | None, shipped: bool = False) -> M:
     """What jobs do under the setting (an ``M``: the CLI prints its English, the Admin page shows it translated)."""
     if not addr:
         return M("jobs run in local workers (no Ray cluster)")
+    if shipped:
+        return M("{setting}; each job's folder is shipped to its node and its files sent back to the home on the "
+                 "head node", setting=describe_setting(addr, res))
     kinds = ", ".join(KINDS)
     if res:
         return M("{kinds} jobs are submitted to the Ray cluster at {address}, each asking one '{resource}' resource "
@@ -229,16 +245,71 @@ def worker_env(env: dict[str, str]) -> dict[str, str]:
     return kept
 
 
-def submit(addr: str, res: str | None, job: dict, submission_id: str, python: str) -> None:
-    """Submit the job's worker to the cluster under ``submission_id``. RayError when the cluster refuses it."""
+def submit(addr: str, res: str | None, job: dict, submission_id: str, python: str, shipped: bool = False) -> None:
+    """Submit the job's worker to the cluster under ``submission_id``. RayError when the cluster refuses it.
+    ``shipped``: the node does not see the home; the job's inputs go with it (``stage``, Ray's ``working_dir``,
+    uploaded by ``submit_job`` itself) and ``core.jobs.ray_ship`` sends its files back."""
     c = client(addr)
+    env = worker_env(dict(os.environ))
+    runtime_env: dict = {"env_vars": env}
+    command = entrypoint(job, python)
+    staged = None
+    if shipped:
+        staged = stage(job, submission_id)
+        runtime_env["working_dir"] = str(staged)
+        env["VITUNE_SHIP_PYTHON"] = python
+        command = f"exec {shlex.quote(sys.executable)} -m core.jobs.ray_ship {shlex.quote(str(job['job_dir']))}"
     try:
-        c.submit_job(entrypoint=entrypoint(job, python), submission_id=submission_id,
-                     runtime_env={"env_vars": worker_env(dict(os.environ))},
+        c.submit_job(entrypoint=command, submission_id=submission_id, runtime_env=runtime_env,
                      metadata={"studio_job": str(job["id"]), "kind": job["kind"], "job_dir": str(job["job_dir"])},
                      **resources(job, res))
     except Exception as exc:
         raise RayError(f"the Ray cluster at {addr} refused job {job['id']} ({_short(exc)})") from None
+    finally:
+        if staged is not None:
+            import shutil
+
+            shutil.rmtree(staged, ignore_errors=True)
+
+
+def stage(job: dict, submission_id: str) -> Path:
+    """The inputs a shipped job needs, each under ``root/`` at its absolute path: its job folder (a resumed run's
+    checkpoints and curve included) and every file or folder under the studio's data folder that its payload
+    names (a version's parquet files, the adapter an evaluation loads). Base models are not shipped: each node
+    has its own (``scripts/setup.sh`` prepares the default model; a hub model is fetched or cached there)."""
+    import shutil
+
+    data = paths.data_dir().resolve()
+    staging = data / "ray-ship" / submission_id
+    root = staging / "root"
+    wanted = {Path(job["job_dir"]).resolve()}
+
+    def walk(value) -> None:
+        if isinstance(value, dict):
+            for v in value.values():
+                walk(v)
+        elif isinstance(value, list):
+            for v in value:
+                walk(v)
+        elif isinstance(value, str) and value.startswith("/") and "\n" not in value and len(value) < 4096:
+            p = Path(value)
+            try:
+                if str(p.resolve()).startswith(str(data) + os.sep) and p.exists():
+                    wanted.add(p.resolve())
+            except OSError:
+                pass
+
+    walk(job.get("config") or {})
+    for src in sorted(wanted):
+        if "ray-ship" in src.parts:
+            continue
+        dest = root / str(src).lstrip("/")
+        if src.is_dir():
+            shutil.copytree(src, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns("ray-ship"))
+        elif src.is_file():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest)
+    return staging
 
 
 @dataclass

@@ -427,7 +427,7 @@ def _start_on_ray(con, job: dict, addr: str, res: str | None, done: dict) -> boo
     _crash_point("ray.claimed")
     job["config"] = job["config"] if isinstance(job["config"], dict) else json.loads(job["config"])
     try:
-        ray_cluster.submit(addr, res, job, sid, worker_python())
+        ray_cluster.submit(addr, res, job, sid, worker_python(), shipped=ray_cluster.ship())
     except ray_cluster.RayError as exc:
         _requeue(con, job)
         done["ray_error"] = str(exc)
