@@ -341,6 +341,8 @@ def test_a_node_that_does_not_see_the_home_gets_the_job_shipped_and_sends_its_fi
                              stderr=subprocess.PIPE, text=True)
     try:
         def worker() -> psutil.Process | None:
+            if train.poll() is not None:
+                raise AssertionError(f"the training ended before its worker was seen: {train.communicate()}")
             for p in psutil.process_iter(["cmdline"]):
                 cmd = p.info["cmdline"] or []
                 if "core.worker" in cmd and cmd[-1].startswith(str(home)):

@@ -25,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[2]   # the studio's checkout: at the same path on every node
 PASS_S = 1.0
 APPENDED = ("worker.log", "metrics.jsonl")   # files the worker only appends to: sent by their new bytes
 
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     python = os.environ.get("VITUNE_SHIP_PYTHON") or sys.executable
     env = {k: v for k, v in os.environ.items() if k != "VITUNE_SHIP_PYTHON"}
     with open(job_dir / "worker.log", "ab") as log:
-        worker = subprocess.Popen([python, "-m", "core.worker", str(job_dir)], cwd=os.environ.get("PYTHONPATH") or None,
+        worker = subprocess.Popen([python, "-m", "core.worker", str(job_dir)], cwd=str(REPO),
                                   env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
     sender = Sender(job_dir, writer)
     while worker.poll() is None:
