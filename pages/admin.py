@@ -156,19 +156,22 @@ with ray_tab:
                  "the same path (docs/scale.md). Checked (the cluster must answer) and in the audit log; "
                  "`python -m core jobs ray ADDRESS` does the same, and VITUNE_RAY_ADDRESS overrides it."))
     try:
-        st.info(say(ray_cluster.describe_setting(ray_cluster.address(), ray_cluster.resource())))
+        ray_now = ray_cluster.address()
+        st.info(say(ray_cluster.describe_setting(ray_now, ray_cluster.resource(), bool(ray_now) and ray_cluster.ship())))
     except ValueError as exc:
         fail(exc)
     with st.form("ray"):
         r1, r2 = st.columns(2)
         ray_address = r1.text_input(_("Ray dashboard address"), placeholder="http://10.0.0.5:8265")
         ray_resource = r2.text_input(_("Custom resource a job asks (empty: GPUs)"), placeholder="vitune_worker")
+        ray_ship = st.checkbox(_("The nodes do not see the studio's home: ship each job's folder to its node and "
+                                 "its files back (the home must be on the Ray head node)"))
         b1, b2 = st.columns(2)
         use_ray = b1.form_submit_button(_("Use this cluster"))
         no_ray = b2.form_submit_button(_("Back to local workers"))
     try:
         if use_ray:
-            flash(say(ray_cluster.set_cluster(ray_address, ray_resource, actor=who)))
+            flash(say(ray_cluster.set_cluster(ray_address, ray_resource, actor=who, shipped=ray_ship)))
             st.rerun()
         if no_ray:
             flash(say(ray_cluster.set_cluster(None, actor=who)))
