@@ -13,8 +13,10 @@ is used, and how a team keeps the studio's jobs off some nodes.
 The DuckDB queue stays the one source of truth: a job is claimed there first (``running``, its Ray
 submission id recorded, ``ray_job``), then submitted; each tick asks Ray for the job's status (its liveness,
 in place of a local pid), ``cancel`` is Ray's ``stop_job``. The worker writes its files into the job's folder
-under the studio's home, which every node must see at the same path (a shared filesystem: NFS, or one
-machine's loopback nodes); the supervisor ingests them as it does a local worker's.
+under the studio's home, which every node sees at the same path (a shared filesystem: NFS, or one machine's
+loopback nodes); the supervisor ingests them as it does a local worker's. Where the nodes do not see the home
+(the setting ``ray_ship``, ``$VITUNE_RAY_SHIP``), each job is *shipped*: its inputs go with it as Ray's
+``working_dir`` (``stage``) and ``core.jobs.ray_ship`` runs the worker on the node and sends its files back.
 
 Generation, judge and inference jobs always run locally: the first two carry an endpoint's key in their
 environment, which a Ray job's runtime environment would store in the cluster's job table (readable from its
