@@ -150,6 +150,47 @@ def test_the_admin_page_sets_and_clears_the_cluster(home, monkeypatch):
     assert last == [{"actor": "quan", "subject": s} for s in ("ray_address", "ray_resource", "ray_ship")]
 
 
+def test_a_shipped_job_takes_its_folder_and_the_files_its_payload_names_under_the_data_folder(home):
+    from core import paths
+
+    data = paths.data_dir()
+    run_dir = data / "runs" / "run-a"
+    (run_dir / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+    (run_dir / "job.json").write_text("{}")
+    (run_dir / "checkpoints" / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    version = data / "datasets" / "v1"
+    version.mkdir(parents=True)
+    (version / "train.parquet").write_bytes(b"PAR1")
+    (version / "test.parquet").write_bytes(b"PAR1")
+    outside = home.parent / f"{home.name}-elsewhere.txt"
+    outside.write_text("not the studio's")
+    job = {"id": 3, "kind": "train", "job_dir": str(run_dir),
+           "config": {"train_file": str(version / "train.parquet"), "nested": [{"test_file": str(version / "test.parquet")}],
+                      "resume_from": str(run_dir / "checkpoints" / "checkpoint-2"), "notes": str(outside),
+                      "missing": str(data / "no-such-file"), "text": "/ not a path\n"}}
+    staged = ray_cluster.stage(job, "vitune-3-abc")
+    got = sorted(str(p.relative_to(staged / "root")) for p in (staged / "root").rglob("*") if p.is_file())
+    want = sorted(str(p).lstrip("/") for p in (run_dir / "job.json", run_dir / "checkpoints" / "checkpoint-2" /
+                                               "trainer_state.json", version / "train.parquet", version / "test.parquet"))
+    assert got == want   # the job folder whole, the named files under data/; nothing from outside the home
+
+
+def test_what_a_node_sends_back_lands_only_in_the_homes_data_folder(home):
+    from core.jobs.ray_ship import HomeWriter
+
+    writer = HomeWriter(str(home))
+    target = home / "data" / "runs" / "run-a" / "worker.log"
+    assert writer.write(str(target), b"line 1\n", 0) == 7
+    writer.write(str(target), b"line 2\n", 7)
+    writer.write(str(target), b"line 1\nline 2\n", 0)   # a log sent again from its start: the same file
+    assert target.read_bytes() == b"line 1\nline 2\n"
+    writer.write(str(target.with_name("status.json")), b'{"state": "succeeded"}')
+    assert json.loads(target.with_name("status.json").read_text()) == {"state": "succeeded"}
+    for bad in (str(home / "studio.txt"), str(home / "data" / ".." / "x"), "relative/path", "/etc/passwd"):
+        with pytest.raises(ValueError, match="not under the studio's data folder"):
+            writer.write(bad, b"x")
+
+
 @pytest.fixture
 def version(home, default_model):
     v, _ = importer.import_files([write_jsonl(home / "d.jsonl", tiny_pairs(16))], "tiny", actor=OPERATOR)
