@@ -4,17 +4,18 @@ from core import secrets
 from core.access import accounts, audit, demo_links, projects, web
 from core.datasets.generation import documents, endpoints
 from core.access.principal import ROLES
-from pages.common import _, actor, fail, flash
+from pages.common import _, actor, fail, flash, say
 
 from core import base_models
+from core.jobs import ray_cluster
 
 st.title(_("Admin"))
 st.caption(_("Accounts and roles, projects, demo links and the audit log. Local accounts are added with the CLI "
              "(`python -m core users add NAME --role ROLE`: the password is typed there, never in a browser)."))
 flash()
 who = actor()
-users_tab, projects_tab, endpoints_tab, models_tab, demo_tab, audit_tab = st.tabs(
-    [_("Accounts"), _("Projects"), _("Endpoints"), _("Base models"), _("Demo links"), _("Audit log")])
+users_tab, projects_tab, endpoints_tab, models_tab, ray_tab, demo_tab, audit_tab = st.tabs(
+    [_("Accounts"), _("Projects"), _("Endpoints"), _("Base models"), _("Ray cluster"), _("Demo links"), _("Audit log")])
 
 with users_tab:
     users = accounts.list_users(who)
@@ -147,6 +148,35 @@ with models_tab:
             flash(_("{name} is no longer allowed as a base model.").format(name=model_name.strip()))
             st.rerun()
     except (ValueError, PermissionError) as exc:
+        fail(exc)
+
+with ray_tab:
+    st.caption(_("With a Ray cluster's address, training, evaluation, export and the measuring jobs run on whichever "
+                 "node has the resources they ask; the studio's home must be on a filesystem every node mounts at "
+                 "the same path (docs/scale.md). Checked (the cluster must answer) and in the audit log; "
+                 "`python -m core jobs ray ADDRESS` does the same, and VITUNE_RAY_ADDRESS overrides it."))
+    try:
+        ray_now = ray_cluster.address()
+        st.info(say(ray_cluster.describe_setting(ray_now, ray_cluster.resource(), bool(ray_now) and ray_cluster.ship())))
+    except ValueError as exc:
+        fail(exc)
+    with st.form("ray"):
+        r1, r2 = st.columns(2)
+        ray_address = r1.text_input(_("Ray dashboard address"), placeholder="http://10.0.0.5:8265")
+        ray_resource = r2.text_input(_("Custom resource a job asks (empty: GPUs)"), placeholder="vitune_worker")
+        ray_ship = st.checkbox(_("The nodes do not see the studio's home: ship each job's folder to its node and "
+                                 "its files back (the home must be on the Ray head node)"))
+        b1, b2 = st.columns(2)
+        use_ray = b1.form_submit_button(_("Use this cluster"))
+        no_ray = b2.form_submit_button(_("Back to local workers"))
+    try:
+        if use_ray:
+            flash(say(ray_cluster.set_cluster(ray_address, ray_resource, actor=who, shipped=ray_ship)))
+            st.rerun()
+        if no_ray:
+            flash(say(ray_cluster.set_cluster(None, actor=who)))
+            st.rerun()
+    except (ValueError, ray_cluster.RayError, PermissionError) as exc:
         fail(exc)
 
 with demo_tab:

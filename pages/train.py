@@ -137,6 +137,13 @@ def run_view(run: dict, live: bool = False) -> None:
         note = _("Gemma 4 E2B/E4B: a loss of 13–15 at the start is normal (Unsloth's Gemma 4 notes).")
     st.plotly_chart(charts.training_dashboard(metrics, f"{run_id} ({label(labels.JOB_STATES, job['state'])})", note, tr=_), key=f"loss-{run_id}")
     st.caption(_("Run {run}: {state}").format(run=run_id, state=label(labels.JOB_STATES, job["state"])))
+    if job.get("ray_job"):   # submitted to the Ray cluster (core.jobs.ray_cluster): where it runs
+        if job.get("ray_node"):
+            st.caption(_("On the Ray cluster: job {ray_job}, node {node}.").format(ray_job=job["ray_job"],
+                                                                                   node=job["ray_node"]))
+        elif job["state"] == "running":
+            st.caption(_("On the Ray cluster: job {ray_job}, waiting for a node with the resources it asks.")
+                       .format(ray_job=job["ray_job"]))
     known = queue.status(job)
     if queue.phase(job, known):   # the first step compiles: a phase with its time, not 0 tokens/s
         st.info(queue.describe(job, known, tr=_))

@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-test.txt 2>&1 | grep -v "^WARNING: Location" || true
+# the cluster set (Ray) for the two-node test; pip's check is quick when it is installed already
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-cluster.txt 2>&1 | grep -v "^WARNING: Location" || true
 if ! command -v chromium >/dev/null 2>&1; then
   echo "==> installing Debian's chromium for the browser test"
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi

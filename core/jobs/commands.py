@@ -46,6 +46,23 @@ def cmd_jobs(args) -> int:
         print(f"workers run under {python}"
               + (" ($VITUNE_WORKER_PYTHON)" if os.environ.get("VITUNE_WORKER_PYTHON") else ""))
         return 0
+    if args.action == "ray":
+        from core.jobs import ray_cluster
+
+        try:
+            if args.clear or args.id:
+                print(ray_cluster.set_cluster(None if args.clear else args.id, args.resource, actor=_actor(),
+                                              shipped=args.ship))
+            else:
+                env = " ($VITUNE_RAY_ADDRESS)" if os.environ.get(ray_cluster.ADDRESS_ENV) is not None else ""
+                addr = ray_cluster.address()
+                print(ray_cluster.describe_setting(addr, ray_cluster.resource(), bool(addr) and ray_cluster.ship())
+                      + env)
+        except (ValueError, ray_cluster.RayError) as exc:
+            return _fail(f"jobs ray: {exc}; nothing was recorded" if (args.clear or args.id) else f"jobs ray: {exc}")
+        return 0
+    if args.resource or args.ship:
+        return _fail("jobs: --resource and --ship go with `jobs ray ADDRESS`", 2)
     if args.id is not None and _job_id(args.id) is None:
         return _fail(f"jobs {args.action}: the job id must be a number, not '{args.id}'", 2)
     args.id = _job_id(args.id) if args.id is not None else None
@@ -82,12 +99,22 @@ def cmd_jobs(args) -> int:
 
 def add_jobs(sub) -> None:
     j = sub.add_parser("jobs", help="list, cancel or resume jobs; run the supervisor (one tick, or on and on)")
-    j.add_argument("action", choices=["list", "cancel", "resume", "tick", "supervise", "worker-python"],
+    j.add_argument("action", choices=["list", "cancel", "resume", "tick", "supervise", "worker-python", "ray"],
                    help="resume: queue a failed or cancelled training job again from its last checkpoint; "
                         "supervise: start queued jobs and ingest finished ones until stopped (Ctrl-C); "
-                        "worker-python [PYTHON]: show, or check and record, the interpreter workers run under")
-    j.add_argument("id", nargs="?", help="job id (cancel, resume); interpreter path (worker-python)")
-    j.add_argument("--clear", action="store_true", help="worker-python: back to the studio's own interpreter")
+                        "worker-python [PYTHON]: show, or check and record, the interpreter workers run under; "
+                        "ray [ADDRESS]: show, or check and record, the Ray cluster jobs are submitted to "
+                        "(its dashboard, http://HOST:8265; docs/scale.md)")
+    j.add_argument("id", nargs="?", help="job id (cancel, resume); interpreter path (worker-python); "
+                                         "the Ray dashboard's address (ray)")
+    j.add_argument("--clear", action="store_true", help="worker-python: back to the studio's own interpreter; "
+                                                         "ray: back to local workers alone")
+    j.add_argument("--resource", metavar="NAME", help="ray: the custom resource each job asks one unit of a GPU "
+                                                       "(nodes declare it: ray start --resources '{\"NAME\": 1}'); "
+                                                       "without it jobs ask GPUs")
+    j.add_argument("--ship", action="store_true", help="ray: the nodes do not see the studio's home: each job's "
+                                                       "folder is shipped to its node and its files sent back to the "
+                                                       "home, which must be on the Ray head node (docs/scale.md)")
     j.add_argument("--limit", type=_count, default=30)
     j.add_argument("--interval", type=_seconds, default=2.0, help="seconds between supervisor ticks (supervise)")
     j.add_argument("--until-idle", action="store_true", help="supervise: stop once nothing is queued or running")

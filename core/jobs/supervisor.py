@@ -19,6 +19,11 @@ started (or ended). On a box without a GPU (the one "cpu" slot) such a job runs 
 in that one slot. A job that needs more GPUs than the box has fails at once, with the reason, rather than
 blocking the queue.
 
+When the studio is pointed at a Ray cluster (``core.jobs.ray_cluster``: the setting ``ray_address`` or
+``$VITUNE_RAY_ADDRESS``), jobs of the compute kinds go to the cluster through Ray's Job API instead of a
+local process: they take no local slot, their liveness is the Ray job's status, cancel is Ray's ``stop_job``.
+Without an address nothing here changes.
+
 Workers run in their own process session, so they outlive an app restart; the next tick re-attaches.
 The supervisor finds each kind's code through ``core.jobs.kinds``: it imports no job kind itself.
 """
@@ -38,7 +43,7 @@ from typing import Any, Callable, Iterator
 
 from core import paths, secrets, store
 from core.access.principal import Principal, require
-from core.jobs import kinds
+from core.jobs import kinds, ray_cluster
 from core.jobs.files import LOG, STATUS, TERMINAL, read_json
 from core.jobs.queue import JobError, get_job, log_tail
 
@@ -224,7 +229,12 @@ def cancel(job_id: int, *, actor: Principal) -> dict:
         job = get_job(job_id)
         if job["state"] in TERMINAL:
             raise JobError(f"job {job_id} has already ended ({job['state']})")
-        if job["state"] == "running":
+        if job["state"] == "running" and job.get("ray_job"):
+            try:   # Ray's stop_job: SIGTERM to the worker on its node, SIGKILL after Ray's grace time
+                ray_cluster.stop(job["ray_address"], job["ray_job"])
+            except ray_cluster.RayError as exc:
+                raise JobError(f"job {job_id} runs on the Ray cluster, which cannot stop it now: {exc}") from None
+        elif job["state"] == "running":
             pid = job["pid"] if _ours(job["pid"], job["job_dir"]) else _find_worker(job["job_dir"])
             if pid:
                 _kill_group(pid, job["job_dir"])
@@ -445,6 +455,78 @@ def _evict(con, resident: dict, job: dict) -> None:
                  resident["id"]])
 
 
+def _start_on_ray(con, job: dict, addr: str, res: str | None, done: dict) -> bool:
+    """Claim the job (``running``, its Ray submission id recorded, committed at once), then submit it to the
+    cluster. A supervisor that dies in between leaves a claimed job whose id the cluster does not know: the next
+    tick queues it again (``_tick_ray``). A cluster that refuses it or does not answer: back to the queue."""
+    sid = ray_cluster.new_submission_id(job)
+    claimed = con.execute(
+        "UPDATE jobs SET state = 'running', slot = ?, pid = NULL, started_at = ?, ray_job = ?, ray_address = ?, "
+        "ray_node = NULL WHERE id = ? AND state = 'queued' RETURNING id",
+        [ray_cluster.SLOT, store.now(), sid, addr, job["id"]]).fetchall()
+    if not claimed:
+        return False
+    _crash_point("ray.claimed")
+    job["config"] = job["config"] if isinstance(job["config"], dict) else json.loads(job["config"])
+    try:
+        ray_cluster.submit(addr, res, job, sid, worker_python(), shipped=ray_cluster.ship())
+    except ray_cluster.RayError as exc:
+        _requeue(con, job)
+        done["ray_error"] = str(exc)
+        return False
+    return True
+
+
+def _requeue(con, job: dict) -> None:
+    con.execute("UPDATE jobs SET state = 'queued', slot = NULL, started_at = NULL, ray_job = NULL, ray_address = NULL, "
+                "ray_node = NULL WHERE id = ? AND state = 'running'", [job["id"]])
+
+
+def _tick_ray(con, job: dict, done: dict, waiting: list[str]) -> None:
+    """A running job on the Ray cluster: ingest what its worker wrote (the job folder is in the shared home),
+    settle it when its status.json says it ended; else ask Ray. Alive (PENDING or RUNNING): nothing to do. Never
+    started (Ray does not know the id, or gave up placing it): back to the queue. Ended without a word: failed,
+    and when its node was lost, the kind's ``on_node_lost`` (a training run resumes from its last checkpoint)."""
+    _ingest_progress(con, job)
+    status = read_json(Path(job["job_dir"]) / STATUS) or {}
+    if status.get("state") in TERMINAL:
+        if _settle(job, status):
+            done["settled"].append(job["id"])
+        return
+    try:
+        got = ray_cluster.state(job["ray_address"], job["ray_job"])
+    except ray_cluster.RayError as exc:   # the job's fate is unknown: it stays running, nothing new is sent
+        done["ray_error"] = str(exc)
+        waiting.append("UNKNOWN")
+        return
+    if got.node and got.node != job.get("ray_node"):
+        con.execute("UPDATE jobs SET ray_node = ? WHERE id = ?", [got.node, job["id"]])
+    if got.status in ray_cluster.LIVE:
+        if got.status == "PENDING":
+            waiting.append(got.status)
+        return
+    status = read_json(Path(job["job_dir"]) / STATUS) or {}   # written as the worker ended, since the first read
+    if status.get("state") in TERMINAL:
+        if _settle(job, status):
+            done["settled"].append(job["id"])
+        return
+    if not status and (got.status == ray_cluster.MISSING or ray_cluster.not_started(got)):
+        _requeue(con, job)   # no worker ever ran it
+        return
+    error = ray_cluster.describe_end(got, job["ray_job"])
+    if not status and not ray_cluster.node_lost(got):   # the worker never started: Ray's own log says why
+        said = ray_cluster.log_tail(job["ray_address"], job["ray_job"])
+        error += f"; Ray's log: {said}" if said else ""
+    if not _settle(job, {"state": "failed", "error": error}):
+        return
+    done["settled"].append(job["id"])
+    if ray_cluster.node_lost(got):
+        hook = getattr(kinds.app_module(job["kind"]), "on_node_lost", None)
+        again = hook(get_job(job["id"])) if hook else None
+        if again:
+            done.setdefault("resumed", []).append(again["id"])
+
+
 _ticks = {"n": 0}
 
 
@@ -455,14 +537,25 @@ def ticks() -> int:
 
 def worker_alive(job: dict) -> bool:
     """Whether the job's recorded worker still runs (the check a tick makes, without the tick)."""
+    if job.get("ray_job"):
+        try:
+            return ray_cluster.state(job["ray_address"], job["ray_job"]).status in ray_cluster.LIVE
+        except ray_cluster.RayError:
+            return True   # unknown: the cluster does not answer, the job is not taken for dead
     return _ours(job.get("pid"), job["job_dir"])
 
 
 def tick() -> dict[str, Any]:
     """One supervisor step. Returns what it did."""
     _ticks["n"] += 1
-    done: dict[str, list] = {"settled": [], "started": [], "evicted": []}
+    done: dict[str, Any] = {"settled": [], "started": [], "evicted": []}
     with tick_lock():
+        try:
+            cluster = ray_cluster.address()
+            cluster_resource = ray_cluster.resource() if cluster else None
+        except ValueError as exc:   # a bad $VITUNE_RAY_ADDRESS: local jobs go on, the pages show why
+            cluster, done["ray_error"] = None, f"{ray_cluster.ADDRESS_ENV}: {exc}"
+        ray_waiting: list[str] = []   # Ray jobs not yet running on a node (PENDING, or the cluster silent)
         with store.connect() as con:
             cur = con.execute("SELECT * FROM jobs WHERE state = 'running' ORDER BY id")
             cols = [d[0] for d in cur.description]
@@ -470,6 +563,9 @@ def tick() -> dict[str, Any]:
             busy: set[str] = set()
             residents: dict[str, list[dict]] = {}
             for job in running:
+                if job.get("ray_job"):
+                    _tick_ray(con, job, done, ray_waiting)
+                    continue
                 if job["pid"] is None:
                     _recover(con, job)
                     if job["state"] == "queued":
@@ -497,6 +593,13 @@ def tick() -> dict[str, Any]:
             cols = [d[0] for d in cur.description]
             for row in cur.fetchall():
                 job = dict(zip(cols, row))
+                if cluster and job["kind"] in ray_cluster.KINDS:
+                    # to the Ray cluster, which queues it until a node has its resources; one at a time waits
+                    # there (Ray fails a job that waits past its start timeout), the rest wait here
+                    if not ray_waiting and _start_on_ray(con, job, cluster, cluster_resource, done):
+                        ray_waiting.append("PENDING")
+                        done["started"].append(job["id"])
+                    continue
                 if _resident(job):  # an inference worker starts at once, beside whatever runs
                     slot = _slot_for_resident(con, job, every, busy, residents)
                     if slot and _start(con, job, slot):
@@ -551,8 +654,11 @@ def start_background(interval: float = 2.0):
     def loop() -> None:
         while not stop.is_set():
             try:
-                tick()
-                _background.pop("error", None)
+                done = tick()
+                if done.get("ray_error"):   # the Ray cluster did not answer or refused a job: the pages say so
+                    _background["error"] = f"Ray: {done['ray_error']}"
+                else:
+                    _background.pop("error", None)
             except Exception as exc:  # keep supervising; the pages show the last error
                 _background["error"] = f"{type(exc).__name__}: {exc}"
             stop.wait(interval)

@@ -44,7 +44,8 @@ CRASH_AT_ENV = "VITUNE_CRASH_AT"   # tests only: the process kills itself (SIGKI
 def crash_point(name: str) -> None:
     """Where a test simulates the process dying between two statements (``VITUNE_CRASH_AT=NAME``): a real
     SIGKILL, so nothing after it runs (no rollback, no ``finally``). The points: the supervisor's ``claimed``
-    and ``started`` (``core.jobs.supervisor._start``), ``settle.ingested`` (a kind's ingest done, the job's
+    and ``started`` (``core.jobs.supervisor._start``), ``ray.claimed`` (a job claimed for the Ray cluster, not
+    yet submitted: ``_start_on_ray``), ``settle.ingested`` (a kind's ingest done, the job's
     state not yet written), ``evaluation.stored`` (an evaluation's row written, its examples not yet),
     ``review.completing`` (a review marked complete, its child version not yet written) and ``import.prepare``
     (an import's reading begins: in the import's own process when the caller isolated it)."""

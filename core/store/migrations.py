@@ -514,11 +514,21 @@ def _m016_quant_cost(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+def _m017_ray_jobs(con: duckdb.DuckDBPyConnection) -> None:
+    """A job run on a Ray cluster (issue 25, core.jobs.ray_cluster): its Ray submission id, recorded when the
+    supervisor claims the job and before it submits it (a supervisor that dies in between finds the id and asks
+    Ray), the cluster's address it went to, and the id of the Ray node whose process ran it, once Ray says. NULL
+    for a job run by a local worker."""
+    con.execute("ALTER TABLE jobs ADD COLUMN IF NOT EXISTS ray_job VARCHAR")
+    con.execute("ALTER TABLE jobs ADD COLUMN IF NOT EXISTS ray_address VARCHAR")
+    con.execute("ALTER TABLE jobs ADD COLUMN IF NOT EXISTS ray_node VARCHAR")
+
+
 MIGRATIONS = [_m001_initial, _m002_reviews, _m004_evaluation_details, _m005_release_lifecycle,
               _m006_training_metrics, _m007_team_access, _m008_preference_votes, _m009_word_scores,
               _m010_saved_conversations, _m011_judge, _m012_sign_in_guards, _m013_artifact_evaluations,
               _m014_sweeps, _m015_retention,
-              _m016_quant_cost]
+              _m016_quant_cost, _m017_ray_jobs]
 
 
 def _migration_number(fn) -> int:

@@ -105,7 +105,7 @@ def resume(job_id: int, *, actor: Principal) -> dict:
         return _resume(job_id, actor)
 
 
-def _resume(job_id: int, actor: Principal) -> dict:
+def _resume(job_id: int, actor: Principal, extra: dict | None = None) -> dict:
     job = queue.get_job(job_id)
     if not actor.sees(job.get("project")):
         raise JobError(f"no job {job_id}")
@@ -132,7 +132,7 @@ def _resume(job_id: int, actor: Principal) -> dict:
     tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
     os.replace(tmp, metrics_file)
     old_payload = {k: v for k, v in job["config"].items() if k not in ("kind", "job_id")}
-    payload = {**old_payload, "resume_from": str(path), "resumed_job": job_id}
+    payload = {**old_payload, "resume_from": str(path), "resumed_job": job_id, **(extra or {})}
     for stale in (STATUS,):
         (run_dir / stale).unlink(missing_ok=True)
     with store.transaction() as con:
@@ -146,6 +146,35 @@ def _resume(job_id: int, actor: Principal) -> dict:
     store.audit("job.resumed", str(new_id), actor, project=job.get("project"), from_job=job_id,
                 checkpoint=str(path), step=step)
     return queue.get_job(new_id)
+
+
+NODE_LOST_RESUMES = 3   # a run resumed this many times after a lost node is not resumed again by itself
+
+
+def on_node_lost(job: dict) -> dict | None:
+    """The supervisor's call when the Ray node running a training job was lost (core.jobs.supervisor, under its
+    tick lock; the job is failed already): queue the run again from its last checkpoint that reached the studio's
+    home, as a resume by hand does, acting as the supervisor (audited ``job.resumed``). Not when the run saved no
+    checkpoint, has moved on to another job, or was resumed ``NODE_LOST_RESUMES`` times after lost nodes already;
+    the failed job's error says which. Returns the new job, or None."""
+    from core.access.principal import system
+
+    count = int((job.get("config") or {}).get("node_lost_resumes") or 0)
+    run = get_run(job["run_id"])
+    found = checkpoints(Path(run["run_dir"]))
+    if run["job_id"] != job["id"]:
+        return None
+    if not found:
+        note = "; the run had saved no checkpoint: train it again"
+    elif count >= NODE_LOST_RESUMES:
+        note = (f"; not resumed by itself: its run was resumed after a lost node {count} times already "
+                f"(`python -m core jobs resume {job['id']}` resumes it)")
+    else:
+        again = _resume(job["id"], system("supervisor", "engineer", job.get("project")),
+                        extra={"node_lost_resumes": count + 1})
+        note = f"; resumed from its checkpoint at step {found[-1][0]} as job {again['id']}"
+    store.execute("UPDATE jobs SET error = error || ? WHERE id = ?", [note, job["id"]])
+    return again if found and count < NODE_LOST_RESUMES else None
 
 
 # ── reading ──────────────────────────────────────────────────────────────────
