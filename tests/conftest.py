@@ -100,6 +100,14 @@ def worker_env(tmp_path_factory) -> Path:
         os.environ["VITUNE_WORKER_PYTHON"] = before
 
 
+def _cmdline(pid: int) -> bytes:
+    """A live process's command line (empty once it has ended: a zombie has none)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def _leftover_workers(under: Path) -> list[tuple[int, str, str]]:
     """Job workers still running from this test session's folders: (pid, kind, job folder). Inference workers
     are left out (they end by themselves once idle, and use no CPU while they wait)."""
@@ -130,11 +138,25 @@ def _leftover_workers(under: Path) -> list[tuple[int, str, str]]:
 def no_leftover_workers(request, tmp_path_factory):
     """A module that ends with a training, export or evaluation worker still running (its CLI timed out, its
     studio was stopped mid-job) would share the two cores with every later module: the worker runs in its
-    own session, so nothing else stops it. Each is stopped here and named in the session's summary."""
+    own session, so nothing else stops it. Each is stopped here and named in the session's summary; one that has
+    written its end (status.json) is first given a minute to exit by itself."""
     yield
     import signal
+    import time
+
+    from core.jobs.files import TERMINAL
 
     for pid, kind, job_dir in _leftover_workers(tmp_path_factory.getbasetemp()):
+        try:
+            ended = json.loads((Path(job_dir) / "status.json").read_text(encoding="utf-8")).get("state") in TERMINAL
+        except (OSError, ValueError):
+            ended = False
+        if ended:   # it has written its end and is on its way out (the interpreter's own teardown): let it go
+            deadline = time.monotonic() + 60
+            while _cmdline(pid) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if not _cmdline(pid):
+                continue
         try:
             os.killpg(pid, signal.SIGKILL)
         except OSError:
