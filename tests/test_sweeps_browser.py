@@ -1,13 +1,14 @@
-"""A sweep through the Train page in real Chromium against the real server (issue 25): a grid of two runs of the
-default model (the 3 × 2 grid runs through the CLI in tests/test_sweeps.py; two keep CI's time) typed into the page's sweep form, counted, queued, trained and evaluated by the server's own
-supervisor, and the sweep view showing it finished with the best run marked, without a reload."""
+"""A sweep through the Train page in real Chromium against the real server (issue 25): the 3 × 2 grid (r 4, 8, 16
+by learning rate 1e-4, 2e-4) of the default model, 2 steps a run, typed into the page's sweep form, counted,
+queued, trained and evaluated by the server's own supervisor, and the sweep view showing it finished with the
+best run marked, without a reload. (The same grid runs through the CLI in tests/test_sweeps.py.)"""
 from __future__ import annotations
 
 import pytest
 
 from tests.conftest import cli, free_port, settled, start_studio, studio_home, unfolded
 
-pytestmark = pytest.mark.slow   # two trainings and two evaluations of the default model, watched in the browser
+pytestmark = pytest.mark.slow   # six trainings and six evaluations of the default model, watched in the browser
 
 
 @pytest.fixture
@@ -29,18 +30,18 @@ def test_a_sweep_through_the_train_page_runs_to_the_best(studio, chromium):
     expander = page.locator('[data-testid="stExpander"]').filter(has_text="New sweep")
     expander.get_by_text("New sweep").first.click()
     unfolded(expander)
-    page.get_by_role("textbox", name="LoRA r values").fill("4, 8")   # (its help icon has the name too)
-    page.get_by_role("textbox", name="Learning rates").fill("2e-4")
+    page.get_by_role("textbox", name="LoRA r values").fill("4, 8, 16")   # (its help icon has the name too)
+    page.get_by_role("textbox", name="Learning rates").fill("1e-4, 2e-4")
     page.get_by_role("spinbutton", name="Steps per sweep run (0: by epochs)").fill("2")
     page.get_by_role("spinbutton", name="Held-out pairs evaluated (0: all, as the gate needs)").fill("2")
     page.get_by_role("spinbutton", name="Answer length in the evaluation (tokens)").fill("4")
     page.get_by_role("button", name="Count the runs and estimate the time").click()
-    page.get_by_text("2 runs; no time estimate yet").wait_for()
+    page.get_by_text("6 runs; no time estimate yet").wait_for()
     settled(page)
     page.get_by_role("button", name="Queue the sweep").click()
     page.get_by_text("Queued sweep").wait_for()
     # the server's supervisor trains and evaluates each run; the open page follows the sweep until it ends
-    page.get_by_text("sweep finished: 2 of 2 runs trained, 2 evaluated, 0 failed").wait_for(timeout=3_000_000)
+    page.get_by_text("sweep finished: 6 of 6 runs trained, 6 evaluated, 0 failed").wait_for(timeout=3_000_000)
     page.get_by_text("Best run: ").wait_for()
     assert page.locator('[data-testid="stException"]').count() == 0
 
@@ -50,7 +51,7 @@ def test_a_sweep_through_the_train_page_runs_to_the_best(studio, chromium):
     with studio_home(home):
         [s] = sweeps.list_sweeps(operator())
         v = sweeps.view(s["id"])
-    assert v["state"] == "finished" and v["counts"] == {"runs": 2, "trained": 2, "evaluated": 2, "failed": 0}
+    assert v["state"] == "finished" and v["counts"] == {"runs": 6, "trained": 6, "evaluated": 6, "failed": 0}
     best = v["runs"][0]
     assert best["best"] and best["run_id"] == v["best"] and all(r["n"] == 2 for r in v["runs"])
     assert page.get_by_text(f"Best run: {best['run_id']} ({best['label']})").count() == 1
