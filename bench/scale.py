@@ -48,6 +48,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 PAGES = {"": "Datasets", "generate": "Generate pairs", "train": "Train", "evaluate": "Evaluate",
          "playground": "Playground", "deploy": "Deploy", "admin": "Admin"}
 SWEEP_VIEW = "Train: sweep view"   # the Train page until the newest sweep's view has rendered
+SWEEP_SWITCH = "Train: another sweep picked"   # on the open Train page, until the picked sweep's view has rendered
 LISTINGS = {"dataset list": ["dataset", "list"], "evaluate list": ["evaluate", "list"], "jobs list": ["jobs", "list"]}
 WORDS = ("khách hàng hợp đồng dịch vụ thanh toán bảo hành sản phẩm yêu cầu hỗ trợ điều khoản thời hạn giao hàng "
          "đổi trả hoá đơn tài khoản mật khẩu ngân hàng chuyển khoản phí lãi suất bên mua bên bán trách nhiệm "
@@ -180,7 +181,7 @@ def _ended_evaluation(ev: dict, picked: list[dict], preds: list[str]) -> None:
         "prompt_format": "chat", "predictions": str(out)}})
 
 
-def _seed_sweep(rng: random.Random, version: str, who, metric_rows: int, examples: int) -> str:
+def _seed_sweep(rng: random.Random, version: str, who, metric_rows: int, examples: int, name: str = SWEEP_NAME) -> str:
     """A 3 × 3 sweep through ``sweeps.submit``; each training job's result written the way a worker writes it
     and settled the way a tick settles it (which queues each run's evaluation), then each evaluation likewise."""
     from core.datasets import versions
@@ -189,7 +190,7 @@ def _seed_sweep(rng: random.Random, version: str, who, metric_rows: int, example
     from core import store
     from core.training import sweeps
 
-    started = sweeps.submit({"name": SWEEP_NAME, "preset": "demo pass (CPU, 40 steps)",
+    started = sweeps.submit({"name": name, "preset": "demo pass (CPU, 40 steps)",
                              "grid": {"r": [8, 16, 32], "lr": [1e-4, 2e-4, 5e-4]}, "evaluate": {"limit": examples}},
                             version, actor=who)
     jobs = []
@@ -213,6 +214,64 @@ def _seed_sweep(rng: random.Random, version: str, who, metric_rows: int, example
         _ended_evaluation(ev, picked, [_perturb(rng, r["output"], 0.1 + 0.07 * n) for r in picked])
     _settle(evals, len(evals))
     return started["id"]
+
+
+OTHER_SWEEP = "r-and-lr-again"   # a second seeded sweep: the one the Train page switches to (``time_sweep_switch``)
+
+
+def ensure_second_sweep(home: Path) -> str:
+    """A second sweep like the first (seeded and settled the same way) in a home that has one: what picking another
+    sweep on the open Train page switches to. Returns its id (the existing one when there is one already)."""
+    os.environ["VITUNE_HOME"] = str(home)
+    sys.path.insert(0, str(REPO))
+    from core import store
+    from core.access.principal import operator
+
+    got = store.one("SELECT id FROM sweeps WHERE name = ?", [OTHER_SWEEP])
+    if got:
+        return got["id"]
+    first = store.one("SELECT dataset_version_id FROM sweeps WHERE name = ?", [SWEEP_NAME])
+    if not first:
+        raise SystemExit(f"{home} has no sweep: seed it with today's bench/scale.py")
+    return _seed_sweep(random.Random(25), first["dataset_version_id"], operator(), 50, 4, name=OTHER_SWEEP)
+
+
+def time_sweep_switch(page, url: str, rounds: int, limit_s: float = 120) -> list[float | None]:
+    """The sweep view as a person opens it on the Train page already open: pick the other sweep in the "Sweep"
+    select box, until its view (heading, best run, ranking table and loss chart) has rendered and the page's
+    script run has ended. Alternates between the two seeded sweeps; ``rounds`` switches."""
+    from playwright.sync_api import TimeoutError as Timeout
+
+    if render(page, f"{url}/train", "Sweeps", limit_s) is None:
+        return [None] * rounds
+    names = [SWEEP_NAME, OTHER_SWEEP]   # the Train page opens on the newest (the other one)
+    took: list[float | None] = []
+    for i in range(rounds):
+        name = names[i % 2]
+        option = page.get_by_role("option").filter(has_text=f"{name} ·").first
+        for _ in range(10):   # a list opened while the page re-renders closes again: open it again, as a person does
+            page.locator(".st-key-sweep-pick").get_by_role("button", name="Open").click()
+            try:
+                option.wait_for(state="visible", timeout=5_000)
+                break
+            except Timeout:
+                page.keyboard.press("Escape")
+        else:
+            took.append(None)
+            continue
+        t0 = time.perf_counter()
+        option.click()
+        try:
+            page.get_by_role("heading", name=f"Sweep {name}", exact=True).wait_for(timeout=limit_s * 1000)
+            view = page.locator('[data-testid="stTable"]').filter(has_text="ROUGE-L")
+            view.first.wait_for(timeout=limit_s * 1000)
+            page.locator(".js-plotly-plot").last.wait_for(timeout=limit_s * 1000)
+            page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=limit_s * 1000)
+        except Timeout:
+            took.append(None)
+            continue
+        took.append(time.perf_counter() - t0)
+    return took
 
 
 def time_sweep_view(home: Path, rounds: int = 5) -> dict:
@@ -345,7 +404,9 @@ def time_pages(url: str, rounds: int, limit_s: float = 120, server_pid: int | No
                     page.goto("about:blank")
                     _quiet(server_pid)
         if sweep_view:   # the Train page until its sweep view (the newest sweep, shown at once) has rendered
-            got[SWEEP_VIEW] = [render(page, f"{url}/train", f"Sweep {SWEEP_NAME}", limit_s) for _ in range(rounds)]
+            got[SWEEP_VIEW] = [render(page, f"{url}/train", f"Sweep {OTHER_SWEEP}", limit_s) for _ in range(rounds)]
+            # and on the open Train page, another sweep picked until its view has rendered
+            got[SWEEP_SWITCH] = time_sweep_switch(page, url, rounds, limit_s)
         browser.close()
     out = {}
     for title, v in got.items():
@@ -537,6 +598,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path)
     ap.add_argument("_seed", nargs="?", help=argparse.SUPPRESS)   # internal: `scale.py seed` in a subprocess
     args = ap.parse_args(argv)
+    if args._seed == "second-sweep":
+        print(ensure_second_sweep(args.home))
+        return 0
     if args._seed == "seed":
         print(json.dumps(seed(args.home, imports=args.imports, n_runs=args.runs, n_evals=args.runs)))
         return 0
@@ -563,6 +627,12 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(REPO))
     from scripts.launch import free_port, start_studio
 
+    # a second sweep, for picking another sweep on the open Train page (in a subprocess, as the seeding: the
+    # server opens the home's database next)
+    proc = subprocess.run([sys.executable, __file__, "second-sweep", "--home", str(home)], cwd=REPO,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"the second sweep could not be seeded:\n{proc.stderr[-4000:]}")
     port = free_port()
     server = start_studio(home, port, VITUNE_LANGUAGE="en")   # the headings it waits for are the English ones
     url = f"http://127.0.0.1:{port}"

@@ -156,6 +156,12 @@ def test_the_cpu_benches_small_passes(tmp_path, default_model):
     assert seeded["seed"]["made"]["sweeps"] == 1 and seeded["seed"]["made"]["sweep_runs"] == 9
     assert seeded["sweep_view"]["runs"] == 9 and seeded["sweep_view"]["best"]
     assert len(seeded["sweep_view"]["train_page_apptest_s"]) == 5
+    # in Chromium: the Train page opened on the newest sweep, and another sweep picked on the open page
+    timed = tmp_path / "sweep-view.json"
+    _bench(str(BENCH / "scale.py"), "--home", str(tmp_path / "scale"), "--sweep-only", "--rounds", "1", "--out",
+           str(timed), timeout=900)
+    pages = json.loads(timed.read_text())["pages"]
+    assert all(pages[k]["median_s"] for k in ("Train: sweep view", "Train: another sweep picked")), pages
 
 
 @pytest.mark.slow
