@@ -179,6 +179,19 @@ def test_a_job_that_needs_more_gpus_than_the_box_has_fails_instead_of_blocking(h
                 supervisor.cancel(job_id, actor=OPERATOR)
 
 
+def test_a_box_with_no_free_slot_configured_keeps_its_jobs_queued(home, version, monkeypatch):
+    """VITUNE_SLOTS="," (no slot: the studio takes jobs but runs none, as tests/test_access_browser.py's guarded
+    studio does) keeps a one-GPU job queued, as before gpus: N; only a job asking more than one GPU of a box
+    that has fewer fails."""
+    monkeypatch.setenv("VITUNE_SLOTS", ",")
+    job = runs.submit_train(version, _cfg(500), actor=OPERATOR)["id"]
+    try:
+        assert supervisor.tick()["started"] == []
+        assert queue.get_job(job)["state"] == "queued"
+    finally:
+        supervisor.cancel(job, actor=OPERATOR)
+
+
 def test_a_failing_rank_fails_the_job_with_its_error_and_traceback(home, version):
     """Both ranks fail to load a model folder that is none (as tests/test_jobs.py's one-process failure):
     the job fails with the first failed rank's own words, its traceback in the log tail."""

@@ -87,7 +87,7 @@ def _take_slots(con, job: dict, every: list[str], free: list[str], reserved: dic
     with reservation (the module's docstring): once an older job is waiting for more slots than are free
     (``reserved["by"]``), no job behind it takes any. A job that needs more slots than the box has fails."""
     need = slots_needed(job, every)
-    if need > len(every):
+    if need > 1 and need > len(every):   # a one-slot job on a box with no slot waits, as it always has
         con.execute("UPDATE jobs SET state = 'failed', finished_at = ?, error = ? WHERE id = ? AND state = 'queued'",
                     [store.now(), f"gpus: {need}, but this box has {len(every)} GPU slot(s) ({', '.join(every)}); "
                      f"queue it again with gpus at most {len(every)}", job["id"]])
