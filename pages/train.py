@@ -10,8 +10,8 @@ from pages.common import (_, actor, can, fail, job_progress, jobs_table, label, 
 RUNS_SHOWN = 50   # the live view offers the newest runs; every run: Evaluate page, `python -m core evaluate list`
 
 st.title(_("Train"))
-st.caption(_("LoRA/QLoRA jobs run in worker processes, one per GPU (the CPU counts as one), first come first served. "
-             "Every browser session sees the same queue, and jobs survive an app restart."))
+st.caption(_("LoRA/QLoRA jobs run in worker processes, one per GPU unless a job asks for more (the CPU counts as one), "
+             "first come first served. Every browser session sees the same queue, and jobs survive an app restart."))
 
 who, here = actor(), project()
 versions = review.list_with_status(who, here)
